@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` (the whole system) and `make test` (everything).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export JOBQ_JWT_SECRET_FILE ?= .jobq/jwt-secret
+
+.PHONY: install run test lint types bench lock clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	uv venv --quiet --allow-existing $(VENV)
+	uv pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	uv pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+## Start api, scheduler and 2 workers in the foreground (first run: database, migrations, admin).
+run: install
+	$(BIN)/jobq init
+	$(BIN)/jobq up --workers 2
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: install
+	$(BIN)/mypy
+
+## Lint, types and every test (unit, integration, end to end) against real PostgreSQL and RabbitMQ.
+test: lint types
+	$(BIN)/pytest -q
+
+## Throughput and latency against Celery on the same RabbitMQ (prints a table; not a test).
+bench: install
+	$(PY) -m tests.bench $(BENCH_ARGS)
+
+## Re-resolve dependencies and export the hashed lock (uv.lock itself is never committed).
+lock:
+	uv lock
+	uv export --quiet --format requirements-txt --no-emit-project --all-groups -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,96 @@
+"""Composition root of the API: ``create_app(settings)`` wires routes, auth, errors, telemetry.
+
+Resources (engine, broker, dispatcher) are owned by the lifespan; handlers receive them by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.sdk.trace import TracerProvider
+
+from services.api import errors
+from services.api.auth import BearerAuth
+from services.api.routes import auth, health, jobs, queues
+from services.api.submission import Dispatcher
+from services.api.tokens import TokenConfig
+from shared.config import Settings
+from shared.db.store import ClientStore, JobStore
+from shared.runtime import service_resources
+from shared.telemetry import make_tracer_provider
+
+
+def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> Litestar:
+    tokens = TokenConfig(
+        secret=settings.signing_secret(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.jwt_ttl_seconds,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+    provider = tracer_provider or make_tracer_provider("api")
+
+    @asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        async with service_resources(settings, "api") as (engine, broker):
+            store = JobStore(engine)
+            dispatcher = Dispatcher(store, broker)
+            app.state.update(
+                store=store, clients=ClientStore(engine), broker=broker, dispatcher=dispatcher
+            )
+            try:
+                yield
+            finally:
+                await dispatcher.close()
+
+    def from_state(name: str) -> Provide:
+        def provide(state: State) -> Any:
+            return state[name]
+
+        return Provide(provide, sync_to_thread=False)
+
+    def constant(value: Any) -> Provide:
+        def provide() -> Any:
+            return value
+
+        return Provide(provide, sync_to_thread=False, use_cache=True)
+
+    dependencies = {
+        **{name: from_state(name) for name in ("store", "clients", "broker", "dispatcher")},
+        "settings": constant(settings),
+        "tokens": constant(tokens),
+    }
+    return Litestar(
+        route_handlers=[*jobs.ROUTES, *auth.ROUTES, *health.ROUTES, *queues.ROUTES],
+        lifespan=[resources],
+        dependencies=dependencies,
+        middleware=[DefineMiddleware(BearerAuth, tokens=tokens)],
+        exception_handlers=errors.EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_request_bytes,
+        plugins=[
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["send", "receive"])
+            )
+        ],
+        openapi_config=OpenAPIConfig(
+            title="jobq",
+            version="0.1.0",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
+            security=[{"BearerToken": []}],
+        ),
+        logging_config=None,
+    )

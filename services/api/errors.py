@@ -1,0 +1,57 @@
+"""Every error as ``application/problem+json`` (RFC 9457), mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from litestar import Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from shared.db.errors import is_transient
+from shared.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger("jobq.api")
+PROBLEM = "application/problem+json"
+
+
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[dict[str, Any]]:
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    headers = dict(exc.headers or {})
+    if isinstance(exc, ValidationException):
+        # Schema violations are 422 naming the field; malformed JSON stays a plain 400.
+        errors = exc.extra if isinstance(exc.extra, list) else []
+        if "JSON is malformed" in exc.detail or "decode" in exc.detail.lower():
+            return problem(400, "request body is not valid JSON")
+        return problem(422, exc.detail, headers, errors=errors)
+    return problem(exc.status_code, exc.detail, headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, DependencyUnavailable) or is_transient(exc):
+        log.warning("dependency unavailable", extra={"path": request.url.path, "error": repr(exc)})
+        return problem(
+            503, "a dependency is unavailable; try again shortly", headers={"Retry-After": "2"}
+        )
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(500, "internal error")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {HTTPException: _http, Exception: _unexpected}

@@ -1,0 +1,36 @@
+"""Liveness and readiness (no token needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+
+from services.api.errors import problem
+from shared.db.store import JobStore
+from shared.messaging import Broker
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@get("/health/ready")
+async def ready(store: NamedDependency[JobStore], broker: NamedDependency[Broker]) -> Response[Any]:
+    """PostgreSQL and RabbitMQ are reachable; ``503`` naming the one that is not."""
+    down = []
+    try:
+        await store.ping()
+    except Exception:
+        down.append("postgresql")
+    if broker.connection is None or broker.connection.is_closed:
+        down.append("rabbitmq")
+    if down:
+        return problem(503, f"unreachable: {', '.join(down)}", headers={"Retry-After": "2"})
+    return Response({"status": "ready"})
+
+
+ROUTES = [health, ready]

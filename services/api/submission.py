@@ -1,0 +1,118 @@
+"""Turning accepted requests into committed jobs and confirmed tickets.
+
+The row is committed first (a 2xx means the job exists); the ticket is published after, with
+confirms in flight together for a batch; the confirm is recorded by a group-committed UPDATE
+off the request path. If the process dies in between, the scheduler publishes the job again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING
+
+from litestar.exceptions import HTTPException, ValidationException
+
+from services.api.schemas import JobIn, encoded_size
+from shared.batching import Batcher
+from shared.db.store import NewJob
+from shared.domain import JobStatus
+from shared.ids import uuid7
+from shared.messaging import Ticket
+
+if TYPE_CHECKING:
+    from services.api.tokens import Principal
+    from shared.config import Settings
+    from shared.db.models import Job
+    from shared.db.store import JobStore
+    from shared.messaging import Broker
+
+
+class PayloadTooLarge(HTTPException):
+    status_code = 413
+
+
+class Dispatcher:
+    """Publishes tickets after commit and records their confirms in batches."""
+
+    def __init__(self, store: JobStore, broker: Broker) -> None:
+        self.store = store
+        self.broker = broker
+        self._marks: Batcher[uuid.UUID, None] = Batcher(store.mark_published)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def dispatch(self, tickets: list[Ticket]) -> None:
+        if not tickets:
+            return
+        confirmed = await self.broker.publish_many(tickets)
+        for job_id in confirmed:
+            task = asyncio.create_task(self._marks.submit(job_id))
+            self._pending.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # a lost mark only costs a duplicate ticket later; never raise
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def ticket_of(job: Job) -> Ticket:
+    return Ticket(job.id, job.type, job.attempts, job.queue, job.priority, job.traceparent)
+
+
+def new_job(
+    data: JobIn,
+    principal: Principal,
+    settings: Settings,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> NewJob:
+    """Validate what the schema cannot express and build the row to insert."""
+    if data.run_at is not None and data.delay_seconds is not None:
+        raise ValidationException(detail="give run_at or delay_seconds, not both")
+    if data.run_at is not None and data.run_at.tzinfo is None:
+        raise ValidationException(detail="run_at needs a time zone (RFC 3339)")
+    payload_json, size = encoded_size(data.payload)
+    if size > settings.max_payload_bytes:
+        raise PayloadTooLarge(
+            detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
+        )
+    if "\\u0000" in payload_json:
+        raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
+    if (
+        data.retry_backoff_seconds
+        and data.retry_backoff_max_seconds
+        and data.retry_backoff_max_seconds < data.retry_backoff_seconds
+    ):
+        raise ValidationException(detail="retry_backoff_max_seconds is below retry_backoff_seconds")
+    return NewJob(
+        id=uuid7(),
+        tenant=principal.tenant,
+        type=data.type,
+        queue=data.queue,
+        payload_json=payload_json,
+        priority=data.priority,
+        max_attempts=data.max_attempts,
+        timeout_seconds=data.timeout_seconds,
+        delay_seconds=data.delay_seconds or 0.0,
+        run_at=data.run_at,
+        idempotency_key=idempotency_key,
+        retry_backoff_seconds=data.retry_backoff_seconds,
+        retry_backoff_max_seconds=data.retry_backoff_max_seconds,
+        traceparent=traceparent,
+    )
+
+
+async def submit(
+    store: JobStore, dispatcher: Dispatcher, jobs: list[NewJob]
+) -> list[tuple[Job, bool]]:
+    """Insert in one transaction, then publish the new jobs that are due now."""
+    results = await store.insert(jobs)
+    await dispatcher.dispatch(
+        [ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED]
+    )
+    return results

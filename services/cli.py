@@ -1,0 +1,384 @@
+"""The ``jobq`` command: the three services, local supervision, migrations, clients, and a
+small HTTP client for humans. Each subcommand imports its service lazily, so ``jobq worker``
+never imports Litestar."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings
+from shared.errors import ConfigError, DependencyUnavailable
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {}
+    if getattr(args, "queues", None):
+        overrides["worker_queues"] = args.queues
+    if getattr(args, "concurrency", None):
+        overrides["worker_concurrency"] = args.concurrency
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def _setup_logging(settings: Settings) -> None:
+    from shared.logging import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from services.api.main import main as serve
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    settings.signing_secret()  # fail before binding the port
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.worker.main import main as serve
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    serve(settings)
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from services.scheduler.main import main as serve
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    serve(settings)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.supervisor import up
+
+    settings = _settings(args)
+    settings.signing_secret()
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    print(
+        f"jobq up: api on {url} (OpenAPI: {url}/schema), scheduler, {args.workers} worker(s).\n"
+        f"  token:  jobq token --client-id ID --client-secret SECRET   (credentials: jobq init)\n"
+        f"  broker: http://127.0.0.1:15672 (RabbitMQ management, guest/guest)\n"
+        f"  Ctrl-C stops everything.",
+        flush=True,
+    )
+    worker_args = ["--queues", settings.worker_queues]
+    return up(args.workers, settings.shutdown_grace_seconds, worker_args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from shared.db.migrate import ensure_database, upgrade
+
+    settings = _settings(args)
+
+    async def go() -> None:
+        if await ensure_database(settings):
+            print("created the database", file=sys.stderr)
+        await upgrade(settings)
+
+    _run_db(go(), settings)
+    print("migrations applied")
+    return 0
+
+
+def _run_db(coro: Any, settings: Settings) -> Any:
+    """Run a coroutine against the database, turning an unreachable server into one line."""
+    try:
+        return asyncio.run(coro)
+    except OSError as exc:
+        raise DependencyUnavailable(
+            f"PostgreSQL is unreachable ({exc.strerror or exc}); start it "
+            "(pg_ctlcluster <version> main start) or set JOBQ_DATABASE_URL"
+        ) from None
+
+
+async def _create_client(
+    settings: Settings, name: str, tenant: str, scopes: list[str]
+) -> dict[str, Any]:
+    from shared.credentials import SCOPES, hash_secret, new_secret
+    from shared.db.engine import make_engine
+    from shared.db.models import ApiClient
+    from shared.db.store import ClientStore
+
+    unknown = set(scopes) - SCOPES
+    if unknown:
+        raise ConfigError(f"unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}")
+    secret = new_secret()
+    client = ApiClient(
+        id=uuid.uuid4(), name=name, tenant=tenant, scopes=scopes, secret_hash=hash_secret(secret)
+    )
+    engine = make_engine(settings, "cli", pool_size=1)
+    try:
+        await ClientStore(engine).create(client)
+    finally:
+        await engine.dispose()
+    return {
+        "client_id": str(client.id),
+        "client_secret": secret,
+        "name": name,
+        "tenant": tenant,
+        "scopes": scopes,
+    }
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    from shared.db.engine import make_engine
+    from shared.db.store import ClientStore
+
+    settings = _settings(args)
+    if args.action == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        created = _run_db(_create_client(settings, args.name, args.tenant, scopes), settings)
+        if args.json:
+            print(json.dumps(created))
+        else:
+            print(
+                f"client_id:     {created['client_id']}\nclient_secret: {created['client_secret']}"
+                "\n(the secret is shown once; store it now)"
+            )
+        return 0
+
+    async def go() -> Any:
+        engine = make_engine(settings, "cli", pool_size=1)
+        try:
+            store = ClientStore(engine)
+            if args.action == "list":
+                return await store.list()
+            return await store.revoke(uuid.UUID(args.client_id))
+        finally:
+            await engine.dispose()
+
+    result = _run_db(go(), settings)
+    if args.action == "list":
+        for c in result:
+            state = "revoked" if c.revoked_at else "active"
+            print(
+                f"{c.id}  {c.name:<20} tenant={c.tenant:<12} scopes={','.join(c.scopes)}  {state}"
+            )
+    elif not result:
+        print("no such active client", file=sys.stderr)
+        return 1
+    else:
+        print("revoked")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Everything ``make run`` needs once: signing secret, database, migrations, an admin."""
+    import secrets
+
+    from shared.db.engine import make_engine
+    from shared.db.migrate import ensure_database, upgrade
+    from shared.db.store import ClientStore
+
+    secret_file = Path(args.secret_file)
+    if not os.environ.get("JOBQ_JWT_SECRET") and not secret_file.exists():
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(secrets.token_urlsafe(48))
+        secret_file.chmod(0o600)
+    settings = _settings(args)
+    admin_file = Path(args.admin_file)
+
+    async def go() -> dict[str, Any] | None:
+        await ensure_database(settings)
+        await upgrade(settings)
+        engine = make_engine(settings, "cli", pool_size=1)
+        try:
+            if await ClientStore(engine).any_admin():
+                return None
+        finally:
+            await engine.dispose()
+        return await _create_client(
+            settings, "local-admin", "default", ["admin", "jobs:write", "jobs:read", "jobs:work"]
+        )
+
+    created = _run_db(go(), settings)
+    if created is None:
+        print(
+            f"jobq init: database migrated; an admin client exists (credentials: {admin_file},"
+            " if this machine created it)"
+        )
+        return 0
+    admin_file.parent.mkdir(parents=True, exist_ok=True)
+    admin_file.write_text(json.dumps(created, indent=2))
+    admin_file.chmod(0o600)
+    print(
+        f"jobq init: created admin client (tenant 'default'); saved to {admin_file}:\n"
+        f"  client_id:     {created['client_id']}\n  client_secret: {created['client_secret']}"
+    )
+    return 0
+
+
+# -- HTTP client commands ---------------------------------------------------------------
+
+
+def _http(args: argparse.Namespace) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=args.url, timeout=30.0)
+
+
+def _fetch_token(args: argparse.Namespace) -> str:
+    with _http(args) as client:
+        r = client.post(
+            "/v1/auth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(args.client_id, args.client_secret),
+        )
+    if r.status_code != 200:
+        raise ConfigError(f"token request failed: {r.status_code} {r.text}")
+    return str(r.json()["access_token"])
+
+
+def _bearer(args: argparse.Namespace) -> dict[str, str]:
+    token = args.token or (args.client_id and args.client_secret and _fetch_token(args))
+    if not token:
+        raise ConfigError("give --token (or JOBQ_TOKEN), or --client-id and --client-secret")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    if not (args.client_id and args.client_secret):
+        raise ConfigError(
+            "give --client-id and --client-secret (or JOBQ_CLIENT_ID/JOBQ_CLIENT_SECRET)"
+        )
+    print(_fetch_token(args))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "type": args.type,
+        "payload": json.loads(args.payload),
+        "queue": args.queue,
+        "priority": args.priority,
+    }
+    if args.delay:
+        body["delay_seconds"] = args.delay
+    headers = _bearer(args)
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    with _http(args) as client:
+        r = client.post("/v1/jobs", json=body, headers=headers)
+        if r.status_code not in (200, 202):
+            print(r.text, file=sys.stderr)
+            return 1
+        job = r.json()
+        if args.wait:
+            job = _wait(client, headers, job["id"], args.wait)
+    print(json.dumps(job, indent=2))
+    return 0 if job["status"] != "dead" else 1
+
+
+def _wait(client: Any, headers: dict[str, str], job_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("succeeded", "dead", "canceled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _http(args) as client:
+        r = client.get(f"/v1/jobs/{args.job_id}", headers=_bearer(args))
+    print(json.dumps(r.json(), indent=2))
+    return 0 if r.status_code == 200 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobq", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=cmd_api)
+
+    for name, func, help_ in (
+        ("worker", cmd_worker, "run a worker"),
+        ("up", cmd_up, "run api, scheduler and workers, supervised"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--queues", help="comma-separated queues (JOBQ_WORKER_QUEUES)")
+        sp.add_argument("--concurrency", type=int, help="jobs at once (JOBQ_WORKER_CONCURRENCY)")
+        sp.set_defaults(func=func)
+        if name == "up":
+            sp.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+
+    sub.add_parser("scheduler", help="run the scheduler").set_defaults(func=cmd_scheduler)
+    sub.add_parser("migrate", help="create the database if missing and migrate it").set_defaults(
+        func=cmd_migrate
+    )
+
+    init = sub.add_parser("init", help="first run: secret, database, migrations, admin client")
+    init.add_argument(
+        "--secret-file", default=os.environ.get("JOBQ_JWT_SECRET_FILE", ".jobq/jwt-secret")
+    )
+    init.add_argument("--admin-file", default=".jobq/admin.json")
+    init.set_defaults(func=cmd_init)
+
+    clients = sub.add_parser("clients", help="manage API clients").add_subparsers(
+        dest="action", required=True
+    )
+    create = clients.add_parser("create", help="create a client (prints its secret once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--scopes", required=True, help="e.g. jobs:write,jobs:read")
+    create.add_argument("--json", action="store_true")
+    clients.add_parser("list", help="list clients (never secrets)")
+    revoke = clients.add_parser("revoke", help="revoke a client")
+    revoke.add_argument("client_id")
+    for sp in (create, *clients.choices.values()):
+        sp.set_defaults(func=cmd_clients)
+
+    def http_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--url", default=os.environ.get("JOBQ_API_URL", DEFAULT_API_URL))
+        sp.add_argument("--token", default=os.environ.get("JOBQ_TOKEN"))
+        sp.add_argument("--client-id", default=os.environ.get("JOBQ_CLIENT_ID"))
+        sp.add_argument("--client-secret", default=os.environ.get("JOBQ_CLIENT_SECRET"))
+        return sp
+
+    http_args(sub.add_parser("token", help="print a bearer token")).set_defaults(func=cmd_token)
+    submit = http_args(sub.add_parser("submit", help="submit a job"))
+    submit.add_argument("type")
+    submit.add_argument("--payload", default="null", help="JSON")
+    submit.add_argument("--queue", default="default")
+    submit.add_argument("--priority", type=int, default=5)
+    submit.add_argument("--delay", type=float, help="seconds")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", type=float, metavar="SECONDS", help="wait for a final state")
+    submit.set_defaults(func=cmd_submit)
+    status = http_args(sub.add_parser("status", help="show a job"))
+    status.add_argument("job_id")
+    status.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except (ConfigError, DependencyUnavailable) as exc:
+        print(f"jobq: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

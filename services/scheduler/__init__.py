@@ -1,0 +1,1 @@
+"""The scheduler service: due jobs, retries, expired leases and lost publishes."""

@@ -1,0 +1,105 @@
+"""One loop that keeps time for every job (SPEC §3.1, §3.4).
+
+Each tick, in batches taken with ``FOR UPDATE SKIP LOCKED`` so that any number of schedulers
+can run side by side without taking the same job twice:
+
+1. due ``scheduled`` and ``retrying`` jobs become ``queued`` and are published;
+2. ``running`` jobs whose lease expired are queued again (or, with no attempts left, dead);
+3. ``queued`` (and ``dead``) jobs whose publish was never confirmed are published again;
+4. ``queued`` jobs whose confirmed ticket is old while their broker queue shows nothing ready
+   (a purged or deleted queue) are published again. A long, healthy backlog has messages
+   ready, so it is never flooded with duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from shared.db.errors import is_transient
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from shared.config import Settings
+    from shared.db.store import JobStore
+    from shared.messaging import Broker, Ticket
+
+log = logging.getLogger("jobq.scheduler")
+
+#: Batches per step per tick: bounds one tick's work so every step gets its turn.
+MAX_BATCHES = 20
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: JobStore, broker: Broker, tracer: Tracer):
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.tracer = tracer
+        self.stats: Counter[str] = Counter()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("scheduler running", extra={"interval": self.settings.scheduler_interval_seconds})
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("tick failed; PostgreSQL unavailable", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.scheduler_interval_seconds)
+
+    async def tick(self) -> Counter[str]:
+        """One pass over every step; returns how many jobs each step moved."""
+        s, limit = self.settings, self.settings.scheduler_batch_size
+        moved: Counter[str] = Counter()
+        with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
+            moved["promoted"] = await self._step(lambda: self.store.promote_due(limit))
+            moved["expired"] = await self._step(lambda: self.store.expire_leases(limit))
+            moved["republished"] = await self._step(
+                lambda: self.store.take_unpublished(s.republish_after_seconds, limit)
+            )
+            for queue in await self.store.queues_with_stale_tickets(s.lost_ticket_after_seconds):
+                if await self._queue_looks_empty(queue):
+                    moved["lost"] += await self._step(
+                        functools.partial(
+                            self.store.take_lost, queue, s.lost_ticket_after_seconds, limit
+                        )
+                    )
+            for key, n in moved.items():
+                span.set_attribute(f"jobq.{key}", n)
+        if any(moved.values()):
+            log.info("tick", extra=dict(moved))
+        self.stats.update(moved)
+        return moved
+
+    async def _step(self, take: Callable[[], Awaitable[list[Ticket]]]) -> int:
+        total = 0
+        for _ in range(MAX_BATCHES):
+            tickets = await take()
+            if tickets:
+                confirmed = await self.broker.publish_many(tickets)
+                await self.store.mark_published(confirmed)
+            total += len(tickets)
+            if len(tickets) < self.settings.scheduler_batch_size:
+                break
+        return total
+
+    async def _queue_looks_empty(self, queue: str) -> bool:
+        try:
+            ready, _ = await self.broker.queue_state(queue)
+            return ready == 0
+        except Exception as exc:
+            # The queue itself is gone (deleted): declare it again; its tickets are lost.
+            log.warning(
+                "queue missing; declaring it again", extra={"queue": queue, "error": repr(exc)}
+            )
+            await self.broker.ensure_queue(queue, redeclare=True)
+            return True

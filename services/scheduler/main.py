@@ -1,0 +1,29 @@
+"""Composition root of the scheduler process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.scheduler.loop import Scheduler
+from shared.config import Settings
+from shared.db.store import JobStore
+from shared.runtime import service_resources, stop_on_signals
+from shared.telemetry import make_tracer_provider
+
+log = logging.getLogger("jobq.scheduler")
+
+
+async def serve(settings: Settings) -> None:
+    provider = make_tracer_provider("scheduler")
+    async with service_resources(settings, "scheduler", pool_size=4) as (engine, broker):
+        scheduler = Scheduler(
+            settings, JobStore(engine), broker, provider.get_tracer("jobq.scheduler")
+        )
+        await scheduler.run(stop_on_signals())
+        log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
+    provider.shutdown()
+
+
+def main(settings: Settings) -> None:
+    asyncio.run(serve(settings))

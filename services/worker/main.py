@@ -1,0 +1,33 @@
+"""Composition root of the worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
+from services.worker.registry import registry
+from services.worker.runner import Worker
+from shared.config import Settings
+from shared.db.store import JobStore
+from shared.runtime import service_resources, stop_on_signals
+from shared.telemetry import make_tracer_provider
+
+log = logging.getLogger("jobq.worker")
+
+
+async def serve(settings: Settings) -> None:
+    registry.load_modules(settings.handler_modules)
+    provider = make_tracer_provider("worker")
+    pool = min(settings.worker_concurrency + 4, 40)
+    async with service_resources(settings, "worker", pool_size=pool) as (engine, broker):
+        worker = Worker(
+            settings, JobStore(engine), broker, registry, provider.get_tracer("jobq.worker")
+        )
+        await worker.run(stop_on_signals())
+        log.info("worker stopped", extra={"stats": dict(worker.stats)})
+    provider.shutdown()
+
+
+def main(settings: Settings) -> None:
+    asyncio.run(serve(settings))

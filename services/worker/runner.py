@@ -1,0 +1,372 @@
+"""The worker: consume tickets, claim jobs in batches, run handlers, record outcomes.
+
+Deliveries wait in a priority-ordered buffer (bounded by the prefetch) until a slot is free;
+free slots are filled by one claim UPDATE for all the deliveries at hand, and each delivery is
+acked once that claim commits (SPEC §3.3). From then on the lease in PostgreSQL, renewed by one
+heartbeat UPDATE for all running jobs, is what recovers the job if this process dies.
+Successes are group-committed; failures are recorded one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import itertools
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.worker.registry import JobContext, Registry
+from shared.batching import Batcher
+from shared.db.errors import is_transient
+from shared.domain import decide_failure
+from shared.errors import DecodeError, PermanentFailure
+from shared.logging import current_job_id
+from shared.messaging import Ticket, decode_ticket
+from shared.telemetry import context_from
+
+if TYPE_CHECKING:
+    import uuid
+
+    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+    from opentelemetry.trace import Tracer
+
+    from shared.config import Settings
+    from shared.db.store import Claimed, JobStore
+    from shared.messaging import Broker, TicketBody
+
+log = logging.getLogger("jobq.worker")
+
+StopReason = Literal["canceled", "lease_lost", "shutdown"]
+
+
+@dataclass(order=True)
+class Delivery:
+    sort_key: tuple[int, int]
+    message: AbstractIncomingMessage = field(compare=False)
+    ticket: TicketBody = field(compare=False)
+    received: float = field(compare=False)
+
+
+@dataclass
+class Running:
+    job: Claimed
+    task: asyncio.Task[None]
+    stop_reason: StopReason | None = None
+
+
+class Worker:
+    """One worker process's runtime; ``run(stop)`` returns after a graceful drain."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        broker: Broker,
+        registry: Registry,
+        tracer: Tracer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.tracer = tracer
+        self.concurrency = settings.worker_concurrency
+        self.stats: Counter[str] = Counter()
+        self._buffer: list[Delivery] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._running: dict[uuid.UUID, Running] = {}
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(store.complete)
+        self._published: Batcher[uuid.UUID, None] = Batcher(store.mark_published)
+        self._db_ok = True
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then drain (SPEC §3.6)."""
+        channel = await self.broker.connection.channel()  # type: ignore[union-attr]
+        await channel.set_qos(prefetch_count=self.concurrency)
+        for queue in self.settings.queues:
+            name = await self.broker.ensure_queue(queue)
+            q = await channel.get_queue(name, ensure=False)
+            tag = await q.consume(self._on_message)
+            self._consumers.append((q, tag))
+        log.info(
+            "worker consuming",
+            extra={"queues": self.settings.queues, "concurrency": self.concurrency},
+        )
+        loops = [
+            asyncio.create_task(self._dispatch_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            await self._drain()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await channel.close()
+
+    async def _drain(self) -> None:
+        """Stop taking deliveries, let running jobs finish within the grace period, then
+        release the rest to be re-run elsewhere."""
+        for q, tag in self._consumers:
+            try:
+                await q.cancel(tag)
+            except Exception as exc:  # broker gone: its deliveries return by themselves
+                log.warning("could not cancel consumer", extra={"error": repr(exc)})
+        buffered, self._buffer = self._buffer, []
+        for d in buffered:
+            await self._settle(d.message, "nack")
+        running = [r.task for r in self._running.values()]
+        if running:
+            log.info("draining", extra={"running": len(running)})
+            await asyncio.wait(running, timeout=self.settings.shutdown_grace_seconds)
+        for r in list(self._running.values()):
+            r.stop_reason = "shutdown"
+            r.task.cancel()
+        if self._running:
+            await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
+        await self._completions.drain()
+        await self._published.drain()
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            ticket = decode_ticket(message.body)
+        except DecodeError as exc:
+            self.stats["rejected"] += 1
+            log.error("undecodable message dead-lettered", extra={"error": str(exc)})
+            await self._settle(message, "reject")
+            return
+        priority = message.priority or 0
+        heapq.heappush(
+            self._buffer, Delivery((-priority, next(self._seq)), message, ticket, time.monotonic())
+        )
+        self._wake.set()
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, how: Literal["ack", "nack", "reject"]
+    ) -> None:
+        """Ack, requeue or dead-letter a delivery; a closed channel means the broker already
+        took it back, which is fine: the claim in PostgreSQL decides."""
+        try:
+            if how == "ack":
+                await message.ack()
+            elif how == "nack":
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+        except Exception as exc:
+            log.warning("delivery not settled", extra={"how": how, "error": repr(exc)})
+
+    async def _dispatch_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buffer and (free := self.concurrency - len(self._running)) > 0:
+                batch = [heapq.heappop(self._buffer) for _ in range(min(free, len(self._buffer)))]
+                try:
+                    await self._claim(batch)
+                    self._db_ok, backoff = True, 0.1
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    # PostgreSQL is down: keep the deliveries (the prefetch stops the broker
+                    # sending more) instead of bouncing them and burning their delivery count.
+                    self._db_ok = False
+                    for d in batch:
+                        heapq.heappush(self._buffer, d)
+                    log.warning("claim failed; pausing", extra={"error": repr(exc)})
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    async def _claim(self, batch: list[Delivery]) -> None:
+        claimed, others = await self.store.claim(
+            [d.ticket.job_id for d in batch], self.settings.lease_seconds
+        )
+        by_id = {c.id: c for c in claimed}
+        for d in batch:
+            job = by_id.pop(d.ticket.job_id, None)
+            if job is not None:
+                self.stats["claimed"] += 1
+                task = asyncio.create_task(self._run_job(job))
+                self._running[job.id] = Running(job, task)
+                task.add_done_callback(functools.partial(self._slot_freed, job.id))
+                await self._settle(d.message, "ack")
+            elif d.ticket.job_id in others or d.ticket.job_id in self._running:
+                self.stats["duplicates"] += 1
+                await self._settle(d.message, "ack")
+            else:
+                self.stats["rejected"] += 1
+                log.error(
+                    "ticket names no job; dead-lettered", extra={"job_id": str(d.ticket.job_id)}
+                )
+                await self._settle(d.message, "reject")
+
+    def _slot_freed(self, job_id: uuid.UUID, _task: object = None) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()
+
+    # -- running a job --------------------------------------------------------------------
+
+    async def _run_job(self, job: Claimed) -> None:
+        token = current_job_id.set(str(job.id))
+        ctx = JobContext(job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id)
+        with self.tracer.start_as_current_span(
+            f"jobq.run {job.type}",
+            context=context_from(job.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "jobq.job_id": str(job.id),
+                "jobq.attempt": job.attempts,
+                "jobq.queue": job.queue,
+            },
+        ) as span:
+            try:
+                async with asyncio.timeout(job.timeout_seconds):
+                    result = await self.registry.get(job.type)(job.payload, ctx)
+                await self._succeed(job, result)
+            except asyncio.CancelledError:
+                await self._stopped(job)
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                if isinstance(exc, TimeoutError):
+                    exc = TimeoutError(f"attempt exceeded timeout_seconds={job.timeout_seconds}")
+                await self._fail(job, exc)
+            finally:
+                current_job_id.reset(token)
+
+    async def _succeed(self, job: Claimed, result: Any) -> None:
+        try:
+            encoded = msgspec.json.encode(result).decode()
+        except (TypeError, msgspec.EncodeError) as exc:
+            await self._fail(job, PermanentFailure(f"result is not JSON: {exc}"))
+            return
+        written = await self._persist(
+            lambda: self._completions.submit((job.id, job.lease_id, encoded))
+        )
+        self.stats["succeeded" if written else "stale"] += 1
+        if not written:
+            log.warning("completion refused: lease no longer held")
+
+    async def _fail(self, job: Claimed, exc: BaseException) -> None:
+        permanent = isinstance(exc, PermanentFailure)
+        decision = decide_failure(
+            job.attempts,
+            job.max_attempts,
+            permanent=permanent,
+            base=job.retry_backoff_seconds or self.settings.retry_backoff_seconds,
+            cap=job.retry_backoff_max_seconds or self.settings.retry_backoff_max_seconds,
+        )
+        error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        dead = await self._persist(
+            lambda: self.store.fail(job, decision.status, decision.delay_seconds, error)
+        )
+        self.stats[f"failed_{decision.status}"] += 1
+        log.info("attempt failed", extra={"error": error, "next": str(decision.status)})
+        if dead is not None:
+            await self._publish(dead)
+
+    async def _stopped(self, job: Claimed) -> None:
+        """The job's task was cancelled by us: honour the reason."""
+        running = self._running.get(job.id)
+        reason = running.stop_reason if running else "shutdown"
+        if reason == "canceled":
+            await self._persist(lambda: self.store.cancel_running(job))
+            self.stats["canceled"] += 1
+        elif reason == "shutdown":
+            ticket = await self._persist(lambda: self.store.release(job))
+            self.stats["released"] += 1
+            if ticket is not None:
+                await self._publish(ticket)
+
+    async def _publish(self, ticket: Ticket) -> None:
+        """Publish after the commit; unconfirmed tickets are left to the scheduler."""
+        confirmed = await self.broker.publish_many([ticket])
+        if confirmed:
+            await self._persist(lambda: self._published.submit(ticket.job_id))
+
+    async def _persist(self, write: Any) -> Any:
+        """Run a database write, retrying while PostgreSQL is unreachable. The write's own
+        compare-and-set makes a late retry harmless."""
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("database unavailable; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+            await self._hand_back_stale_deliveries()
+
+    async def _heartbeat(self) -> None:
+        running = [r for r in self._running.values() if r.stop_reason is None]
+        held = await self.store.heartbeat(
+            [(r.job.id, r.job.lease_id) for r in running], self.settings.lease_seconds
+        )
+        for r in running:
+            if r.job.id not in held:
+                # Another worker may run this job now; this one's writes would be refused.
+                r.stop_reason = "lease_lost"
+                r.task.cancel()
+                self.stats["lease_lost"] += 1
+            elif held[r.job.id]:
+                r.stop_reason = "canceled"
+                r.task.cancel()
+
+    async def _hand_back_stale_deliveries(self) -> None:
+        """Deliveries that waited in the buffer too long (every slot busy with long jobs) go
+        back to the queue as fresh tickets, so none nears RabbitMQ's consumer_timeout."""
+        if not self._db_ok:
+            return
+        limit = time.monotonic() - self.settings.handback_after_seconds
+        stale = [d for d in self._buffer if d.received < limit]
+        if not stale:
+            return
+        self._buffer = [d for d in self._buffer if d.received >= limit]
+        heapq.heapify(self._buffer)
+        for d in stale:
+            t = d.ticket
+            ticket = Ticket(
+                t.job_id,
+                t.type,
+                t.attempt,
+                queue=d.message.routing_key or "default",
+                priority=d.message.priority or 0,
+                traceparent=(d.message.headers or {}).get("traceparent"),  # type: ignore[arg-type]
+            )
+            try:
+                await self.broker.publish(ticket)
+            except Exception as exc:
+                log.warning("hand-back failed; delivery kept", extra={"error": repr(exc)})
+                heapq.heappush(self._buffer, d)
+                continue
+            await self._settle(d.message, "ack")
+            self.stats["handed_back"] += 1

@@ -1,0 +1,81 @@
+"""The tables. SQLModel gives typed rows for reads; writes on the hot path go through ``store``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlmodel import Field, SQLModel
+
+from shared.domain import JobStatus
+
+NOW = sa.text("now()")
+
+
+def _ts(nullable: bool = True, default: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=nullable, server_default=NOW if default else None
+        ),
+    )
+
+
+class Job(SQLModel, table=True):
+    """One job: the source of truth for its status, attempts, lease and outcome."""
+
+    __tablename__ = "jobs"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    type: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    queue: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    payload: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    priority: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    status: JobStatus = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    max_attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    timeout_seconds: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    retry_backoff_seconds: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    retry_backoff_max_seconds: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    run_at: datetime = _ts(nullable=False, default=True)
+    result: Any = Field(default=None, sa_column=sa.Column(JSONB))
+    last_error: Any = Field(default=None, sa_column=sa.Column(JSONB))
+    errors: Any = Field(
+        default=None, sa_column=sa.Column(JSONB, nullable=False, server_default="[]")
+    )
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: Fencing token of the current claim; every write by a worker names it.
+    lease_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
+    lease_expires_at: datetime | None = _ts()
+    cancel_requested: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
+    #: Last time a ticket for this job was handed to the broker, and when it was confirmed.
+    dispatched_at: datetime | None = _ts()
+    published_at: datetime | None = _ts()
+    #: W3C traceparent of the submit, so every later span joins the job's trace.
+    traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    created_at: datetime = _ts(nullable=False, default=True)
+    updated_at: datetime = _ts(nullable=False, default=True)
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class ApiClient(SQLModel, table=True):
+    """An OAuth2 client: exchanges its secret (stored as SHA-256) for short-lived tokens."""
+
+    __tablename__ = "api_clients"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    scopes: list[str] = Field(sa_column=sa.Column(ARRAY(sa.Text), nullable=False))
+    secret_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = _ts(nullable=False, default=True)
+    expires_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()

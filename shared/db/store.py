@@ -1,0 +1,597 @@
+"""Every job state change, as compare-and-set SQL: the row decides, a lost race returns nothing.
+
+Each UPDATE names the status it expects (``shared.domain.LEGAL`` lists the moves) and, for a
+worker's writes, the lease id it was given at claim time (the fencing token). Statements work
+on sets of jobs so that submit, claim, heartbeat and completion cost one round trip per batch.
+All times come from the database clock (``now()``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import col, select
+
+from shared.db.models import ApiClient, Job
+from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
+from shared.messaging import Ticket
+
+JOB_COLUMNS = ", ".join(c.name for c in Job.metadata.tables["jobs"].columns)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert."""
+
+    id: uuid.UUID
+    tenant: str
+    type: str
+    queue: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    timeout_seconds: int
+    delay_seconds: float
+    run_at: datetime | None
+    idempotency_key: str | None
+    retry_backoff_seconds: float | None
+    retry_backoff_max_seconds: float | None
+    traceparent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job this worker holds: run it, then write back naming ``lease_id``."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    payload: Any
+    attempts: int
+    max_attempts: int
+    timeout_seconds: int
+    lease_id: uuid.UUID
+    retry_backoff_seconds: float | None
+    retry_backoff_max_seconds: float | None
+    traceparent: str | None
+    tenant: str
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    return Job.model_validate(dict(row._mapping))
+
+
+def _ticket(row: sa.Row[Any]) -> Ticket:
+    m = row._mapping
+    dead = m["status"] == JobStatus.DEAD
+    reason = None
+    if dead:
+        err = m["last_error"] or {}
+        reason = f"{err.get('type', 'dead')}: {err.get('message', '')}"
+    return Ticket(
+        job_id=m["id"],
+        type=m["type"],
+        attempt=m["attempts"],
+        queue=m["queue"],
+        priority=m["priority"],
+        traceparent=m["traceparent"],
+        dead=dead,
+        reason=reason,
+        tenant=m["tenant"],
+    )
+
+
+TICKET_COLUMNS = "id, type, attempts, queue, priority, traceparent, status, last_error, tenant"
+
+
+class JobStore:
+    """The jobs table's writes and reads, on an async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """Insert jobs in one statement; returns each job with ``True`` if it was created,
+        ``False`` if its idempotency key already named a job (which is returned instead)."""
+        cols = list(
+            zip(
+                *(
+                    (
+                        j.id,
+                        j.tenant,
+                        j.type,
+                        j.queue,
+                        j.payload_json,
+                        j.priority,
+                        j.max_attempts,
+                        j.timeout_seconds,
+                        j.delay_seconds,
+                        j.run_at,
+                        j.idempotency_key,
+                        j.retry_backoff_seconds,
+                        j.retry_backoff_max_seconds,
+                        j.traceparent,
+                    )
+                    for j in jobs
+                ),
+                strict=True,
+            )
+        )
+        stmt = sa.text(f"""
+            INSERT INTO jobs (id, tenant, type, queue, payload, priority, status, max_attempts,
+                timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
+                retry_backoff_max_seconds, traceparent, dispatched_at)
+            SELECT v.id, v.tenant, v.type, v.queue, v.payload::jsonb, v.priority,
+                CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
+                v.max_attempts, v.timeout_seconds, at, v.idem, v.rb, v.rbm, v.tp,
+                CASE WHEN at > now() THEN NULL ELSE now() END
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS text[]), CAST(:types AS text[]),
+                        CAST(:queues AS text[]), CAST(:payloads AS text[]),
+                        CAST(:priorities AS smallint[]), CAST(:max_attempts AS int[]),
+                        CAST(:timeouts AS int[]), CAST(:delays AS float8[]),
+                        CAST(:run_ats AS timestamptz[]), CAST(:idems AS text[]),
+                        CAST(:rbs AS float8[]), CAST(:rbms AS float8[]), CAST(:tps AS text[]))
+                AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
+                     delay, run_at, idem, rb, rbm, tp),
+            LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
+            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING {JOB_COLUMNS}
+        """)
+        names = [
+            "ids",
+            "tenants",
+            "types",
+            "queues",
+            "payloads",
+            "priorities",
+            "max_attempts",
+            "timeouts",
+            "delays",
+            "run_ats",
+            "idems",
+            "rbs",
+            "rbms",
+            "tps",
+        ]
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))).all()
+            created = {row.id: _job(row) for row in rows}
+            missing = [j for j in jobs if j.id not in created]
+            existing: dict[tuple[str, str | None], Job] = {}
+            if missing:
+                found = await conn.execute(
+                    select(Job).where(
+                        sa.tuple_(col(Job.tenant), col(Job.idempotency_key)).in_(
+                            [(j.tenant, j.idempotency_key) for j in missing]
+                        )
+                    )
+                )
+                existing = {(j.tenant, j.idempotency_key): j for j in map(_job, found)}
+        out: list[tuple[Job, bool]] = []
+        for j in jobs:
+            if j.id in created:
+                out.append((created[j.id], True))
+            else:
+                out.append((existing[(j.tenant, j.idempotency_key)], False))
+        return out
+
+    async def mark_published(self, ids: Sequence[uuid.UUID]) -> list[None]:
+        """Record confirmed publishes (one statement for the whole batch)."""
+        if ids:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    sa.text("""UPDATE jobs SET published_at = now()
+                               WHERE id = ANY(CAST(:ids AS uuid[]))
+                                 AND status IN ('queued', 'dead') AND published_at IS NULL"""),
+                    {"ids": list(ids)},
+                )
+        return [None] * len(ids)
+
+    # -- worker -------------------------------------------------------------------------
+
+    async def claim(
+        self, ids: Sequence[uuid.UUID], lease_seconds: float
+    ) -> tuple[list[Claimed], set[uuid.UUID]]:
+        """Move queued jobs to running with a fresh lease id; one statement for the batch.
+
+        Returns the claimed jobs and the ids that exist but could not be claimed (already
+        running, finished, canceled or not yet due): their tickets are duplicates or stale.
+        Ids in neither set name no job at all.
+        """
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text("""
+                    UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                        lease_id = gen_random_uuid(),
+                        lease_expires_at = now() + make_interval(secs => :lease),
+                        started_at = now(), updated_at = now(),
+                        published_at = coalesce(published_at, now())
+                    WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+                    RETURNING id, type, queue, priority, payload, attempts, max_attempts,
+                        timeout_seconds, lease_id, retry_backoff_seconds,
+                        retry_backoff_max_seconds, traceparent, tenant
+                """).columns(payload=sa.JSON),
+                    {"ids": list(ids), "lease": lease_seconds},
+                )
+            ).all()
+            claimed = [Claimed(**row._mapping) for row in rows]
+            others: set[uuid.UUID] = set()
+            if len(claimed) < len(ids):
+                got = {c.id for c in claimed}
+                rest = [i for i in ids if i not in got]
+                others = set(
+                    (
+                        await conn.execute(
+                            sa.text("SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                            {"ids": rest},
+                        )
+                    ).scalars()
+                )
+        return claimed, others
+
+    async def heartbeat(
+        self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
+    ) -> dict[uuid.UUID, bool]:
+        """Extend the leases still held; returns ``{job id: cancel requested}`` for those.
+
+        A job missing from the answer has lost its lease: its worker must stop writing.
+        """
+        if not leases:
+            return {}
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text("""
+                    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease)
+                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
+                    WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                      AND j.lease_expires_at > now()
+                    RETURNING j.id, j.cancel_requested
+                """),
+                    {
+                        "ids": [i for i, _ in leases],
+                        "leases": [lease for _, lease in leases],
+                        "lease": lease_seconds,
+                    },
+                )
+            ).all()
+        return {row.id: row.cancel_requested for row in rows}
+
+    async def complete(self, items: Sequence[tuple[uuid.UUID, uuid.UUID, str]]) -> list[bool]:
+        """Record successes ``(job id, lease id, result JSON)`` in one statement.
+
+        Returns, per item, whether it was written: ``False`` means the lease was stale.
+        """
+        async with self.engine.begin() as conn:
+            done = set(
+                (
+                    await conn.execute(
+                        sa.text("""
+                    UPDATE jobs j SET status = 'succeeded', result = v.result::jsonb,
+                        finished_at = now(), updated_at = now(),
+                        lease_id = NULL, lease_expires_at = NULL
+                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[]),
+                                CAST(:results AS text[])) AS v(id, lease, result)
+                    WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                    RETURNING j.id
+                """),
+                        {
+                            "ids": [i[0] for i in items],
+                            "leases": [i[1] for i in items],
+                            "results": [i[2] for i in items],
+                        },
+                    )
+                ).scalars()
+            )
+        return [item[0] in done for item in items]
+
+    async def fail(
+        self, job: Claimed, status: JobStatus, delay_seconds: float, error: dict[str, str]
+    ) -> Ticket | None:
+        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead``.
+
+        Returns the dead-letter ticket for a dead job, ``None`` otherwise or if the lease
+        was stale (nothing written then).
+        """
+        err = json.dumps({**error, "attempt": job.attempts})
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.text(f"""
+                    UPDATE jobs SET status = :status, last_error = CAST(:err AS jsonb),
+                        errors = errors || jsonb_build_array(CAST(:err AS jsonb)),
+                        run_at = now() + make_interval(secs => :delay),
+                        finished_at = CASE WHEN :status = 'dead' THEN now() END,
+                        dispatched_at = CASE WHEN :status = 'dead' THEN now() END,
+                        published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
+                        updated_at = now()
+                    WHERE id = :id AND lease_id = :lease AND status = 'running'
+                    RETURNING {TICKET_COLUMNS}
+                """).columns(last_error=sa.JSON),
+                    {
+                        "status": str(status),
+                        "err": err,
+                        "delay": delay_seconds,
+                        "id": job.id,
+                        "lease": job.lease_id,
+                    },
+                )
+            ).first()
+        if row is None or status != JobStatus.DEAD:
+            return None
+        return _ticket(row)
+
+    async def release(self, job: Claimed) -> Ticket | None:
+        """Hand a held job back to the queue without counting the attempt (graceful
+        shutdown); returns its new ticket, or ``None`` if the lease was already lost."""
+        return await self._finish_running(
+            job,
+            "status = 'queued', attempts = attempts - 1, dispatched_at = now(),"
+            " published_at = NULL, started_at = NULL",
+        )
+
+    async def cancel_running(self, job: Claimed) -> bool:
+        """Honour a cancel request on a job this worker holds."""
+        return (
+            await self._finish_running(job, "status = 'canceled', finished_at = now()") is not None
+        )
+
+    async def _finish_running(self, job: Claimed, assignments: str) -> Ticket | None:
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.text(f"""
+                    UPDATE jobs SET {assignments}, lease_id = NULL, lease_expires_at = NULL,
+                        updated_at = now()
+                    WHERE id = :id AND lease_id = :lease AND status = 'running'
+                    RETURNING {TICKET_COLUMNS}
+                """).columns(last_error=sa.JSON),
+                    {"id": job.id, "lease": job.lease_id},
+                )
+            ).first()
+        return None if row is None else _ticket(row)
+
+    # -- scheduler ----------------------------------------------------------------------
+
+    async def promote_due(self, limit: int) -> list[Ticket]:
+        """Move due scheduled and retrying jobs to queued; returns their tickets."""
+        return await self._take(
+            f"""
+            UPDATE jobs SET status = 'queued', dispatched_at = now(), published_at = NULL,
+                updated_at = now()
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
+                         ORDER BY run_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+            RETURNING {TICKET_COLUMNS}
+        """,
+            limit=limit,
+        )
+
+    async def expire_leases(self, limit: int) -> list[Ticket]:
+        """Running jobs whose lease expired: queued again while attempts remain, else dead."""
+        return await self._take(
+            f"""
+            UPDATE jobs SET
+                status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
+                last_error = CASE WHEN attempts < max_attempts THEN last_error ELSE e.err END,
+                errors = errors || jsonb_build_array(e.err),
+                finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END,
+                lease_id = NULL, lease_expires_at = NULL, dispatched_at = now(),
+                published_at = NULL, updated_at = now()
+            FROM (SELECT id AS eid, jsonb_build_object(
+                        'type', 'LeaseExpired', 'attempt', attempts,
+                        'message', 'the worker stopped heartbeating (crashed or stalled)') AS err
+                  FROM jobs WHERE status = 'running' AND lease_expires_at < now()
+                  ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED) e
+            WHERE id = e.eid
+            RETURNING {TICKET_COLUMNS}
+        """,
+            limit=limit,
+        )
+
+    async def take_unpublished(self, older_than: float, limit: int) -> list[Ticket]:
+        """Queued and dead jobs whose ticket was not confirmed ``older_than`` seconds after it
+        was sent; stamps them as sent again so another scheduler does not take them too."""
+        return await self._take(
+            f"""
+            UPDATE jobs SET dispatched_at = now(), updated_at = now()
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE status IN ('queued', 'dead') AND published_at IS NULL
+                           AND dispatched_at < now() - make_interval(secs => :older)
+                         ORDER BY dispatched_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+            RETURNING {TICKET_COLUMNS}
+        """,
+            limit=limit,
+            older=older_than,
+        )
+
+    async def queues_with_stale_tickets(self, older_than: float) -> list[str]:
+        """Queues holding jobs whose confirmed ticket is older than ``older_than`` seconds."""
+        async with self.engine.connect() as conn:
+            return list(
+                (
+                    await conn.execute(
+                        sa.text("""
+                SELECT DISTINCT queue FROM jobs
+                WHERE status = 'queued' AND published_at < now() - make_interval(secs => :older)
+            """),
+                        {"older": older_than},
+                    )
+                ).scalars()
+            )
+
+    async def take_lost(self, queue: str, older_than: float, limit: int) -> list[Ticket]:
+        """Re-send the oldest confirmed-but-unclaimed jobs of a queue the broker shows empty."""
+        return await self._take(
+            f"""
+            UPDATE jobs SET dispatched_at = now(), published_at = NULL, updated_at = now()
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE status = 'queued' AND queue = :queue
+                           AND published_at < now() - make_interval(secs => :older)
+                         ORDER BY published_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+            RETURNING {TICKET_COLUMNS}
+        """,
+            limit=limit,
+            older=older_than,
+            queue=queue,
+        )
+
+    async def _take(self, sql: str, **params: Any) -> list[Ticket]:
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(sa.text(sql).columns(last_error=sa.JSON), params)).all()
+        return [_ticket(row) for row in rows]
+
+    # -- API reads and commands -----------------------------------------------------------
+
+    async def get(self, tenant: str, job_id: uuid.UUID) -> Job | None:
+        async with self.engine.connect() as conn:
+            return await _get(conn, tenant, job_id)
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        before: uuid.UUID | None = None,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> list[Job]:
+        """Newest first, keyset-paginated on the time-ordered id."""
+        q = select(Job).where(col(Job.tenant) == tenant)
+        for column, value in ((Job.status, status), (Job.type, type), (Job.queue, queue)):
+            if value is not None:
+                q = q.where(col(column) == value)
+        if created_after is not None:
+            q = q.where(col(Job.created_at) >= created_after)
+        if created_before is not None:
+            q = q.where(col(Job.created_at) < created_before)
+        if before is not None:
+            q = q.where(col(Job.id) < before)
+        q = q.order_by(col(Job.id).desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_job(row) for row in await conn.execute(q)]
+
+    async def cancel(self, tenant: str, job_id: uuid.UUID) -> tuple[JobStatus | None, Job | None]:
+        """Cancel a waiting job at once; a running one gets a request its worker honours at
+        the next heartbeat. Returns the status before and the job after (``None`` if
+        unknown); a terminal job is left unchanged."""
+        async with self.engine.begin() as conn:
+            job = await _get(conn, tenant, job_id, lock=True)
+            if job is None or job.status in TERMINAL:
+                return (None if job is None else JobStatus(job.status)), job
+            if job.status in CANCELABLE:
+                values: dict[str, Any] = {
+                    "status": JobStatus.CANCELED,
+                    "finished_at": sa.func.now(),
+                }
+            else:
+                values = {"cancel_requested": True}
+            await conn.execute(
+                sa.update(Job)
+                .where(col(Job.id) == job_id)
+                .values(**values, updated_at=sa.func.now())
+            )
+            return JobStatus(job.status), await _get(conn, tenant, job_id)
+
+    async def retry(self, tenant: str, job_id: uuid.UUID) -> tuple[Job | None, Ticket | None]:
+        """Re-queue a dead or canceled job with a fresh attempt budget."""
+        async with self.engine.begin() as conn:
+            job = await _get(conn, tenant, job_id, lock=True)
+            if job is None or job.status not in RETRYABLE_BY_API:
+                return job, None
+            rows = (
+                await conn.execute(
+                    sa.text(f"""
+                UPDATE jobs SET status = 'queued', attempts = 0, cancel_requested = false,
+                    run_at = now(), finished_at = NULL, started_at = NULL, result = NULL,
+                    dispatched_at = now(), published_at = NULL, updated_at = now()
+                WHERE id = :id RETURNING {TICKET_COLUMNS}
+            """).columns(last_error=sa.JSON),
+                    {"id": job_id},
+                )
+            ).all()
+            return await _get(conn, tenant, job_id), _ticket(rows[0])
+
+    async def counts_by_queue(self, tenant: str | None) -> dict[str, dict[str, int]]:
+        """``{queue: {status: count}}``, for one tenant or (admin) all."""
+        q = select(col(Job.queue), col(Job.status), sa.func.count()).group_by(
+            col(Job.queue), col(Job.status)
+        )
+        if tenant is not None:
+            q = q.where(col(Job.tenant) == tenant)
+        out: dict[str, dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for queue, status, n in (await conn.execute(q)).all():
+                out.setdefault(queue, {})[status] = n
+        return out
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+
+async def _get(
+    conn: AsyncConnection, tenant: str, job_id: uuid.UUID, lock: bool = False
+) -> Job | None:
+    q = select(Job).where(col(Job.id) == job_id, col(Job.tenant) == tenant)
+    if lock:
+        q = q.with_for_update()
+    row = (await conn.execute(q)).first()
+    return None if row is None else _job(row)
+
+
+class ClientStore:
+    """API clients: created with a hashed secret, looked up at token time, revoked."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self, client: ApiClient) -> ApiClient:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(ApiClient).values(**client.model_dump(exclude_none=True)))
+        return client
+
+    async def get(self, client_id: uuid.UUID) -> ApiClient | None:
+        async with self.engine.connect() as conn:
+            q = select(ApiClient).where(col(ApiClient.id) == client_id)
+            row = (await conn.execute(q)).first()
+        return None if row is None else ApiClient.model_validate(dict(row._mapping))
+
+    async def list(self) -> list[ApiClient]:
+        async with self.engine.connect() as conn:
+            q = select(ApiClient).order_by(col(ApiClient.created_at))
+            return [ApiClient.model_validate(dict(r._mapping)) for r in await conn.execute(q)]
+
+    async def revoke(self, client_id: uuid.UUID) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(ApiClient)
+                .where(col(ApiClient.id) == client_id, col(ApiClient.revoked_at).is_(None))
+                .values(revoked_at=sa.func.now())
+            )
+            return bool(result.rowcount)
+
+    async def any_admin(self) -> bool:
+        async with self.engine.connect() as conn:
+            q = (
+                select(ApiClient.id)
+                .where(
+                    col(ApiClient.scopes).contains(["admin"]), col(ApiClient.revoked_at).is_(None)
+                )
+                .limit(1)
+            )
+            return (await conn.execute(q)).first() is not None

@@ -1,0 +1,38 @@
+"""jobq's exception tree: each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class JobqError(Exception):
+    """Unexpected jobq error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigError(JobqError):
+    """jobq is misconfigured."""
+
+
+class DependencyUnavailable(JobqError):
+    """PostgreSQL or RabbitMQ cannot be reached."""
+
+
+class PermanentFailure(JobqError):
+    """The job cannot succeed by running again."""
+
+
+class UnknownJobType(PermanentFailure):
+    """No handler is registered for this job type."""
+
+
+class InvalidPayload(PermanentFailure):
+    """The job's payload does not fit its handler."""
+
+
+class DecodeError(JobqError):
+    """A broker message is not a jobq ticket."""
+
+
+class IllegalTransition(JobqError):
+    """The job state machine does not allow this move."""

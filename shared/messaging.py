@@ -1,0 +1,247 @@
+"""RabbitMQ: topology (SPEC §4), the ticket codec, and publishing with confirms.
+
+A message is a ticket saying "job X may run now"; the job itself lives in PostgreSQL. Losing
+or duplicating a ticket costs latency, never a job: the worker's claim decides, and the
+scheduler publishes again what was not confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import msgspec
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustConnection,
+    DeliveryMode,
+    ExchangeType,
+)
+
+from shared.errors import DecodeError
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+log = logging.getLogger("jobq.broker")
+
+
+class TicketBody(msgspec.Struct, forbid_unknown_fields=False):
+    """The message body: ids only; the payload stays in PostgreSQL."""
+
+    job_id: uuid.UUID
+    type: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Everything needed to publish one job's message.
+
+    ``dead`` tickets go to the dead-letter exchange with ``reason``; the rest to the job's queue.
+    """
+
+    job_id: uuid.UUID
+    type: str
+    attempt: int
+    queue: str
+    priority: int
+    traceparent: str | None = None
+    dead: bool = False
+    reason: str | None = None
+    tenant: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(TicketBody)
+
+
+def encode_ticket(ticket: Ticket) -> bytes:
+    return _encoder.encode(TicketBody(ticket.job_id, ticket.type, ticket.attempt))
+
+
+def decode_ticket(body: bytes) -> TicketBody:
+    """Decode a message body; anything that is not a ticket raises ``DecodeError``."""
+    try:
+        return _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise DecodeError(f"not a jobq ticket: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Exchange and queue names and arguments, derived from the settings."""
+
+    prefix: str
+    queue_type: str
+    delivery_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(settings.broker_prefix, settings.queue_type, settings.delivery_limit)
+
+    @property
+    def jobs_exchange(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def queue_name(self, queue: str) -> str:
+        return f"{self.prefix}.q.{queue}"
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """Quorum queues get a delivery limit and at-least-once dead-lettering; classic queues
+        get ``x-max-priority`` (RabbitMQ 3.10 quorum queues have no priorities)."""
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.dlx}
+        if self.queue_type == "quorum":
+            args |= {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        else:
+            args |= {"x-queue-type": "classic", "x-max-priority": 9}
+        return args
+
+    def dead_queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": self.queue_type}
+
+
+class Broker:
+    """One robust connection; a confirming publish channel; queues declared on first use."""
+
+    def __init__(self, settings: Settings, connection_name: str) -> None:
+        self.settings = settings
+        self.topology = Topology.from_settings(settings)
+        self.connection_name = connection_name
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._jobs: AbstractExchange | None = None
+        self._dlx: AbstractExchange | None = None
+        self._declared: set[str] = set()
+        self._declare_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": self.connection_name},
+            timeout=self.settings.publish_timeout_seconds,
+        )
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        await self._declare_exchanges(self._channel)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
+
+    async def _declare_exchanges(self, channel: AbstractChannel) -> None:
+        t = self.topology
+        self._jobs = await channel.declare_exchange(
+            t.jobs_exchange, ExchangeType.DIRECT, durable=True
+        )
+        self._dlx = await channel.declare_exchange(t.dlx, ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_queue(
+            t.dead_queue, durable=True, arguments=t.dead_queue_arguments()
+        )
+        await dead.bind(self._dlx)
+
+    @property
+    def channel(self) -> AbstractChannel:
+        if self._channel is None:
+            raise RuntimeError("Broker.connect() first")
+        return self._channel
+
+    async def ensure_queue(self, queue: str, *, redeclare: bool = False) -> str:
+        """Declare and bind ``jobq.q.<queue>`` once per process; returns the queue's name."""
+        name = self.topology.queue_name(queue)
+        if name in self._declared and not redeclare:
+            return name
+        async with self._declare_lock:
+            q = await self.channel.declare_queue(
+                name, durable=True, arguments=self.topology.queue_arguments()
+            )
+            await q.bind(self.topology.jobs_exchange, routing_key=queue)
+            self._declared.add(name)
+        return name
+
+    async def queue_state(self, queue: str) -> tuple[int, int]:
+        """``(ready messages, consumers)`` of a job queue, by passive declare on a throwaway
+        channel (a missing queue closes that channel, not the publishing one)."""
+        if self.connection is None:
+            raise RuntimeError("Broker.connect() first")
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            q = await channel.declare_queue(self.topology.queue_name(queue), passive=True)
+            result = q.declaration_result
+            return int(result.message_count or 0), int(result.consumer_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    def _message(self, ticket: Ticket) -> aio_pika.Message:
+        headers: dict[str, Any] = {}
+        if ticket.traceparent:
+            headers["traceparent"] = ticket.traceparent
+        if ticket.dead:
+            headers["x-jobq-reason"] = (ticket.reason or "dead")[:1000]
+            headers["x-jobq-queue"] = ticket.queue
+            if ticket.tenant:
+                headers["x-jobq-tenant"] = ticket.tenant
+        return aio_pika.Message(
+            encode_ticket(ticket),
+            message_id=str(ticket.job_id),
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=ticket.priority,
+            type=ticket.type,
+            headers=headers,
+        )
+
+    async def publish(self, ticket: Ticket) -> None:
+        """Publish one ticket and wait for its confirm; raises if returned, nacked or late."""
+        if ticket.dead:
+            exchange, key = self._dlx, ticket.queue
+        else:
+            await self.ensure_queue(ticket.queue)
+            exchange, key = self._jobs, ticket.queue
+        if exchange is None:
+            raise RuntimeError("Broker.connect() first")
+        await exchange.publish(
+            self._message(ticket),
+            routing_key=key,
+            mandatory=True,
+            timeout=self.settings.publish_timeout_seconds,
+        )
+
+    async def publish_many(self, tickets: list[Ticket]) -> list[uuid.UUID]:
+        """Publish tickets with their confirms in flight together; returns the confirmed ids.
+
+        A ticket that is returned, nacked or times out is logged and left out: its job stays
+        unpublished in PostgreSQL and the scheduler publishes it again.
+        """
+        results = await asyncio.gather(*(self.publish(t) for t in tickets), return_exceptions=True)
+        confirmed = []
+        for ticket, result in zip(tickets, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "publish not confirmed; the scheduler will retry",
+                    extra={"job_id": str(ticket.job_id), "error": repr(result)},
+                )
+            else:
+                confirmed.append(ticket.job_id)
+        return confirmed

@@ -1,0 +1,94 @@
+"""What every service process does around its main loop: signals, dependency checks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import aio_pika
+import aiormq
+import sqlalchemy as sa
+
+from shared.db.engine import make_engine
+from shared.db.errors import is_transient
+from shared.errors import DependencyUnavailable
+from shared.messaging import Broker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from shared.config import Settings
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, for a graceful stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def check_database(engine: AsyncEngine, settings: Settings) -> None:
+    """Fail with one clear line if PostgreSQL cannot be reached or is not migrated."""
+    try:
+        async with engine.connect() as conn:
+            migrated = await conn.scalar(sa.text("SELECT to_regclass('jobs') IS NOT NULL"))
+    except Exception as exc:
+        if not is_transient(exc) and not isinstance(exc, sa.exc.DBAPIError):
+            raise
+        raise DependencyUnavailable(
+            f"PostgreSQL at {_redact(settings.database_url)} is unreachable ({type(exc).__name__}); "
+            "start it (pg_ctlcluster <version> main start) or set JOBQ_DATABASE_URL"
+        ) from None
+    if not migrated:
+        raise DependencyUnavailable("the jobq database has no tables yet: run `jobq migrate`")
+
+
+async def connect_broker(settings: Settings, name: str) -> Broker:
+    """A connected broker, or one clear line saying why not."""
+    broker = Broker(settings, name)
+    try:
+        await broker.connect()
+    except (
+        OSError,
+        TimeoutError,
+        aiormq.exceptions.AMQPError,
+        aio_pika.exceptions.AMQPException,
+    ) as exc:
+        await broker.close()
+        raise DependencyUnavailable(
+            f"RabbitMQ at {_redact(settings.amqp_url)} is unreachable ({type(exc).__name__}); "
+            "start it (rabbitmq-server -detached) or set JOBQ_AMQP_URL"
+        ) from None
+    return broker
+
+
+@asynccontextmanager
+async def service_resources(
+    settings: Settings, name: str, pool_size: int | None = None
+) -> AsyncIterator[tuple[AsyncEngine, Broker]]:
+    """The engine and broker a service runs on, checked before use and closed after."""
+    engine = make_engine(settings, name, pool_size)
+    try:
+        await check_database(engine, settings)
+        broker = await connect_broker(settings, f"jobq-{name}")
+        try:
+            yield engine, broker
+        finally:
+            await broker.close()
+    finally:
+        await engine.dispose()
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{tail}"

@@ -1,0 +1,55 @@
+"""OpenTelemetry: one tracer provider per process, W3C trace context carried by jobs.
+
+The submit's ``traceparent`` is stored on the job row and sent in every ticket's headers, so the
+worker's span (and a scheduler re-publish) joins the trace begun by ``POST /v1/jobs``.
+Exporters follow the standard ``OTEL_*`` variables: OTLP when an endpoint is set, the console
+with ``OTEL_TRACES_EXPORTER=console``, nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_propagator = TraceContextTextMapPropagator()
+
+
+def make_tracer_provider(
+    service: str, env: Mapping[str, str] = os.environ, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """A provider for ``jobq-<service>`` exporting as the ``OTEL_*`` environment says."""
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", f"jobq-{service}")})
+    provider = TracerProvider(resource=resource)
+    if exporter is None:
+        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        elif env.get("OTEL_TRACES_EXPORTER") == "console":
+            exporter = ConsoleSpanExporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C ``traceparent`` naming ``span``, or ``None`` if it is not recording/valid."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def context_from(traceparent: str | None) -> Context | None:
+    """The parent context a ``traceparent`` header names (``None`` if absent or invalid)."""
+    if not traceparent:
+        return None
+    ctx = _propagator.extract({"traceparent": traceparent})
+    return ctx or None
