@@ -197,8 +197,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     admin_file = Path(args.admin_file)
 
     async def go() -> dict[str, Any] | None:
+        from shared.runtime import connect_broker
+
         await ensure_database(settings)
         await upgrade(settings)
+        broker = await connect_broker(settings, "jobq-init")  # declares the topology
+        await broker.close()
         engine = make_engine(settings, "cli", pool_size=1)
         try:
             if await ClientStore(engine).any_admin():

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
@@ -39,7 +39,9 @@ async def submit_job(
     store: NamedDependency[JobStore],
     dispatcher: NamedDependency[Dispatcher],
     settings: NamedDependency[Settings],
-    idempotency_key: Annotated[IdempotencyKey | None, Parameter(header="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        IdempotencyKey | None, HeaderParameter(name="Idempotency-Key")
+    ] = None,
 ) -> Response[JobOut]:
     """Submit a job: ``202`` with the job; the same ``Idempotency-Key`` again: ``200`` with
     the original job."""
@@ -98,13 +100,13 @@ async def list_jobs(
     request: AuthRequest,
     store: NamedDependency[JobStore],
     settings: NamedDependency[Settings],
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-    status: JobStatus | None = None,
-    type: str | None = None,
-    queue: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    cursor: FromQuery[str | None] = None,
+    status: FromQuery[JobStatus | None] = None,
+    type: FromQuery[str | None] = None,
+    queue: FromQuery[str | None] = None,
+    created_after: FromQuery[datetime | None] = None,
+    created_before: FromQuery[datetime | None] = None,
 ) -> JobList:
     """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
     limit = min(limit, settings.max_list_limit)

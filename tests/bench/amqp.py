@@ -1,0 +1,55 @@
+"""Small RabbitMQ helpers for the bench (passive declares on throwaway channels)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import aio_pika
+import aiormq
+
+
+async def queue_state(url: str, queue: str) -> tuple[int, int] | None:
+    """``(ready messages, consumers)`` of ``queue``, or ``None`` if it does not exist."""
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        try:
+            q = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        result = q.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+    finally:
+        await conn.close()
+
+
+async def purge(url: str, queue: str) -> int:
+    """Drop the ready messages of ``queue`` (if it exists); returns how many."""
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        try:
+            q = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        result = await q.purge()
+        return int(result.message_count or 0)
+    finally:
+        await conn.close()
+
+
+async def delete(url: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete queues and exchanges if they exist (a fresh channel per object: a missing one
+    closes its channel)."""
+    conn = await aio_pika.connect(url)
+    try:
+        for name in queues:
+            channel = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(name)
+        for name in exchanges:
+            channel = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(name)
+    finally:
+        await conn.close()

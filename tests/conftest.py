@@ -1,0 +1,168 @@
+"""Fixtures shared by the integration and end-to-end tests.
+
+Each test session gets its own database (``jobq_test_<random>``, created and migrated once,
+dropped at the end) and its own broker prefix (every exchange and queue it declares starts with
+it, and is deleted at the end). Tests start from empty tables and queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.api.tokens import Principal, TokenConfig, issue
+from shared.config import Settings
+from shared.db.engine import make_engine
+from shared.db.migrate import upgrade
+from shared.db.store import JobStore
+from shared.messaging import Broker
+from tests.services import broker_server, database_server
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this session."""
+    with database_server() as server:
+        name = f"jobq_test_{secrets.token_hex(4)}"
+        parts = urlsplit(server)
+        admin = urlunsplit(parts._replace(path="/postgres")).replace("+asyncpg", "")
+
+        async def run(sql: str) -> None:
+            conn = await asyncpg.connect(admin)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run(f'CREATE DATABASE "{name}"'))
+        url = urlunsplit(parts._replace(path=f"/{name}"))
+        asyncio.run(upgrade(Settings(database_url=url)))
+        try:
+            yield url
+        finally:
+            asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    with broker_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def broker_prefix(amqp_url: str) -> Iterator[str]:
+    """This session's prefix; its exchanges and queues are deleted at the end."""
+    prefix = f"jobqtest{secrets.token_hex(3)}"
+    yield prefix
+
+    async def cleanup() -> None:
+        conn = await aio_pika.connect(amqp_url)
+        try:
+            ch = await conn.channel()
+            for suffix in ("dead", *(f"q.{q}" for q in KNOWN_QUEUES)):
+                await ch.queue_delete(f"{prefix}.{suffix}")
+            for suffix in ("jobs", "dlx"):
+                await ch.exchange_delete(f"{prefix}.{suffix}")
+        finally:
+            await conn.close()
+
+    asyncio.run(cleanup())
+
+
+#: Job queues tests use (so the session cleanup can delete them).
+KNOWN_QUEUES = ("default", "other", "email", "slow")
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, amqp_url: str, broker_prefix: str) -> Settings:
+    """Settings for in-process services: short leases and intervals so tests stay fast."""
+    return Settings(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        broker_prefix=broker_prefix,
+        jwt_secret=TEST_SECRET,
+        lease_seconds=3.0,
+        republish_after_seconds=2.0,
+        lost_ticket_after_seconds=3.0,
+        scheduler_interval_seconds=0.2,
+        shutdown_grace_seconds=3.0,
+        retry_backoff_seconds=0.2,
+        retry_backoff_max_seconds=0.5,
+        worker_concurrency=8,
+        management_url="",
+        log_format="text",
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return replace(base_settings)
+
+
+@pytest.fixture(scope="session")
+async def engine(base_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(base_settings, "tests", pool_size=5)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
+    """Empty tables and queues before a test."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("TRUNCATE jobs, api_clients"))
+    conn_ = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn_.channel()
+        for q in ("dead", *(f"q.{name}" for name in KNOWN_QUEUES)):
+            try:
+                await (await ch.get_underlay_channel()).queue_purge(f"{broker_prefix}.{q}")
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                ch = await conn_.channel()  # the queue does not exist yet
+    finally:
+        await conn_.close()
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine, clean: None) -> JobStore:
+    return JobStore(engine)
+
+
+@pytest.fixture
+async def broker(settings: Settings) -> AsyncIterator[Broker]:
+    b = Broker(settings, "jobq-tests")
+    await b.connect()
+    yield b
+    await b.close()
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    return TokenConfig(
+        secret=settings.signing_secret(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.jwt_ttl_seconds,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+
+
+def bearer(
+    settings: Settings,
+    tenant: str = "acme",
+    scopes: frozenset[str] = frozenset({"jobs:write", "jobs:read"}),
+) -> dict[str, str]:
+    principal = Principal(str(uuid.uuid4()), tenant, scopes)
+    return {"Authorization": f"Bearer {issue(token_config(settings), principal)}"}

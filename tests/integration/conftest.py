@@ -1,0 +1,114 @@
+"""In-process services on the real PostgreSQL and RabbitMQ: the API through Litestar's test
+client, workers and schedulers as asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.api.app import create_app
+from services.scheduler.loop import Scheduler
+from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
+from services.worker.registry import registry
+from services.worker.runner import Worker
+from shared.config import Settings
+from shared.db.store import JobStore
+from shared.messaging import Broker
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(spans: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return provider
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, clean: None, tracer_provider: TracerProvider
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=create_app(settings, tracer_provider)) as client:
+        yield client
+
+
+@dataclass
+class RunningWorker:
+    worker: Worker
+    broker: Broker
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+        await self.broker.close()
+
+
+StartWorker = Callable[..., Awaitable[RunningWorker]]
+
+
+@pytest.fixture
+async def start_worker(
+    settings: Settings, engine: AsyncEngine, clean: None, tracer_provider: TracerProvider
+) -> AsyncIterator[StartWorker]:
+    """Start in-process workers (settings overridable per worker); all stop at teardown."""
+    started: list[RunningWorker] = []
+
+    async def start(**overrides: Any) -> RunningWorker:
+        s = replace(settings, **overrides)
+        broker = Broker(s, "jobq-test-worker")
+        await broker.connect()
+        worker = Worker(s, JobStore(engine), broker, registry, tracer_provider.get_tracer("w"))
+        stop = asyncio.Event()
+        running = RunningWorker(worker, broker, stop, asyncio.create_task(worker.run(stop)))
+        started.append(running)
+        await wait_for(lambda: len(worker._consumers) == len(s.queues))
+        return running
+
+    yield start
+    for running in started:
+        if not running.task.done():
+            await running.shutdown()
+
+
+@pytest.fixture
+async def scheduler(
+    settings: Settings, engine: AsyncEngine, clean: None, tracer_provider: TracerProvider
+) -> AsyncIterator[Scheduler]:
+    """A scheduler to tick by hand."""
+    broker = Broker(settings, "jobq-test-scheduler")
+    await broker.connect()
+    yield Scheduler(settings, JobStore(engine), broker, tracer_provider.get_tracer("s"))
+    await broker.close()
+
+
+async def wait_for(
+    condition: Callable[[], Any], within: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` (sync or async) until truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within}s")
+        await asyncio.sleep(interval)

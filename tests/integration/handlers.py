@@ -1,0 +1,19 @@
+"""Handlers the integration tests register: they record every execution in process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from typing import Any
+
+from services.worker import JobContext, handler
+
+executions: Counter[uuid.UUID] = Counter()
+
+
+@handler("test.record")
+async def record(payload: Any, ctx: JobContext) -> dict[str, int]:
+    executions[ctx.job_id] += 1
+    await asyncio.sleep(float((payload or {}).get("sleep", 0)))
+    return {"attempt": ctx.attempt}

@@ -1,0 +1,61 @@
+"""Where the tests find PostgreSQL and RabbitMQ: the environment, else testcontainers when a
+Docker engine answers, else the local services on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def docker_engine_reachable() -> bool:
+    """Probe the engine's socket ourselves: docker-py leaks a socket when it is absent."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(1)
+                s.connect(host.removeprefix("unix://"))
+        else:
+            parts = urlsplit(host)
+            with socket.create_connection((parts.hostname or "", parts.port or 2375), timeout=1):
+                pass
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def database_server() -> Iterator[str]:
+    """A PostgreSQL server URL (any database on it; tests create their own)."""
+    if url := os.environ.get("JOBQ_TEST_DATABASE_URL"):
+        yield url
+    elif docker_engine_reachable():
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15-alpine", driver="asyncpg") as pg:
+            yield pg.get_connection_url()
+    else:
+        yield LOCAL_DATABASE_URL
+
+
+@contextmanager
+def broker_server() -> Iterator[str]:
+    """A RabbitMQ URL; tests isolate themselves with a broker prefix."""
+    if url := os.environ.get("JOBQ_TEST_AMQP_URL"):
+        yield url
+    elif docker_engine_reachable():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
+        with DockerContainer("rabbitmq:3.10-management").with_exposed_ports(5672) as rmq:
+            wait_for_logs(rmq, "Server startup complete", timeout=120)
+            port = rmq.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{rmq.get_container_host_ip()}:{port}/"
+    else:
+        yield LOCAL_AMQP_URL

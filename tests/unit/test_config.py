@@ -1,0 +1,44 @@
+"""Settings come from JOBQ_* variables; bad values fail with one clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import ConfigError
+
+
+def test_defaults_point_at_local_services() -> None:
+    s = Settings.from_env({})
+    assert s.database_url.startswith("postgresql+asyncpg://")
+    assert "127.0.0.1:5432" in s.database_url
+    assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert (s.queue_type, s.lease_seconds, s.max_payload_bytes) == ("quorum", 30.0, 256 * 1024)
+
+
+def test_variables_are_parsed_to_their_types() -> None:
+    s = Settings.from_env(
+        {"JOBQ_LEASE_SECONDS": "2.5", "JOBQ_WORKER_CONCURRENCY": "4", "JOBQ_WORKER_QUEUES": "a, b"}
+    )
+    assert (s.lease_seconds, s.worker_concurrency, s.queues) == (2.5, 4, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"JOBQ_LEASE_SECONDS": "soon"},
+        {"JOBQ_QUEUE_TYPE": "stream"},
+        {"JOBQ_WORKER_CONCURRENCY": "0"},
+    ],
+)
+def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_the_signing_secret_must_be_long(tmp_path: pytest.TempPathFactory) -> None:
+    with pytest.raises(ConfigError, match="JOBQ_JWT_SECRET"):
+        Settings(jwt_secret="short").signing_secret()
+    path = tmp_path / "secret"  # type: ignore[operator]
+    path.write_text("k" * 40 + "\n")
+    assert Settings(jwt_secret_file=str(path)).signing_secret() == "k" * 40

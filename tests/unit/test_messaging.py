@@ -1,0 +1,51 @@
+"""The ticket codec and the queue arguments each queue type gets."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.errors import DecodeError
+from shared.ids import uuid7
+from shared.messaging import Ticket, Topology, decode_ticket, encode_ticket
+
+
+def test_a_ticket_round_trips_with_ids_only() -> None:
+    ticket = Ticket(uuid.uuid4(), "noop", 2, "default", 5)
+    body = decode_ticket(encode_ticket(ticket))
+    assert (body.job_id, body.type, body.attempt) == (ticket.job_id, "noop", 2)
+    assert b"payload" not in encode_ticket(ticket)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"{}", b'{"job_id": "x", "type": "a", "attempt": 1}', b"[1]"]
+)
+def test_anything_but_a_ticket_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_ticket(body)
+
+
+def test_quorum_queues_get_a_delivery_limit_and_safe_dead_lettering() -> None:
+    args = Topology("jobq", "quorum", 7).queue_arguments()
+    assert args == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "jobq.dlx",
+        "x-delivery-limit": 7,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def test_classic_queues_get_priorities() -> None:
+    t = Topology("p", "classic", 7)
+    assert t.queue_arguments()["x-max-priority"] == 9
+    assert (t.jobs_exchange, t.dlx, t.dead_queue, t.queue_name("email")) == (
+        "p.jobs", "p.dlx", "p.dead", "p.q.email",
+    )  # fmt: skip
+
+
+def test_uuid7_is_version_7_and_time_ordered() -> None:
+    ids = [uuid7() for _ in range(1000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
