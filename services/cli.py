@@ -74,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     url = f"http://{settings.api_host}:{settings.api_port}"
     print(
         f"jobq up: api on {url} (OpenAPI: {url}/schema), scheduler, {args.workers} worker(s).\n"
-        f"  token:  jobq token --client-id ID --client-secret SECRET   (credentials: jobq init)\n"
+        f"  token:  .venv/bin/jobq token --credentials .jobq/admin.json   (written by jobq init)\n"
         f"  broker: http://127.0.0.1:15672 (RabbitMQ management, guest/guest)\n"
         f"  Ctrl-C stops everything.",
         flush=True,
@@ -251,7 +251,20 @@ def _fetch_token(args: argparse.Namespace) -> str:
     return str(r.json()["access_token"])
 
 
+def _load_credentials(args: argparse.Namespace) -> None:
+    """Fill ``--client-id``/``--client-secret`` from a JSON file written by ``jobq init`` or
+    ``jobq clients create --json``."""
+    if args.credentials:
+        try:
+            creds = json.loads(Path(args.credentials).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read credentials from {args.credentials}: {exc}") from None
+        args.client_id = args.client_id or creds.get("client_id")
+        args.client_secret = args.client_secret or creds.get("client_secret")
+
+
 def _bearer(args: argparse.Namespace) -> dict[str, str]:
+    _load_credentials(args)
     token = args.token or (args.client_id and args.client_secret and _fetch_token(args))
     if not token:
         raise ConfigError("give --token (or JOBQ_TOKEN), or --client-id and --client-secret")
@@ -259,6 +272,7 @@ def _bearer(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    _load_credentials(args)
     if not (args.client_id and args.client_secret):
         raise ConfigError(
             "give --client-id and --client-secret (or JOBQ_CLIENT_ID/JOBQ_CLIENT_SECRET)"
@@ -358,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--token", default=os.environ.get("JOBQ_TOKEN"))
         sp.add_argument("--client-id", default=os.environ.get("JOBQ_CLIENT_ID"))
         sp.add_argument("--client-secret", default=os.environ.get("JOBQ_CLIENT_SECRET"))
+        sp.add_argument(
+            "--credentials", metavar="FILE", help="JSON with client_id and client_secret"
+        )
         return sp
 
     http_args(sub.add_parser("token", help="print a bearer token")).set_defaults(func=cmd_token)

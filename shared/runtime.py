@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,9 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
 async def connect_broker(settings: Settings, name: str) -> Broker:
     """A connected broker, or one clear line saying why not."""
     broker = Broker(settings, name)
+    aiormq_log = logging.getLogger("aiormq")
+    level = aiormq_log.level
+    aiormq_log.setLevel(logging.CRITICAL)  # its own "error when creating transport" line
     try:
         await broker.connect()
     except (
@@ -64,6 +68,8 @@ async def connect_broker(settings: Settings, name: str) -> Broker:
             f"RabbitMQ at {_redact(settings.amqp_url)} is unreachable ({type(exc).__name__}); "
             "start it (rabbitmq-server -detached) or set JOBQ_AMQP_URL"
         ) from None
+    finally:
+        aiormq_log.setLevel(level)
     return broker
 
 
