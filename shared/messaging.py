@@ -22,6 +22,7 @@ from aio_pika.abc import (
     DeliveryMode,
     ExchangeType,
 )
+from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
 from shared.errors import DecodeError
 
@@ -122,8 +123,11 @@ class Topology:
 class Broker:
     """One robust connection; a confirming publish channel; queues declared on first use."""
 
-    def __init__(self, settings: Settings, connection_name: str) -> None:
+    def __init__(
+        self, settings: Settings, connection_name: str, tracer: Tracer | None = None
+    ) -> None:
         self.settings = settings
+        self.tracer = tracer or NoOpTracer()
         self.topology = Topology.from_settings(settings)
         self.connection_name = connection_name
         self.connection: AbstractRobustConnection | None = None
@@ -234,7 +238,17 @@ class Broker:
         A ticket that is returned, nacked or times out is logged and left out: its job stays
         unpublished in PostgreSQL and the scheduler publishes it again.
         """
-        results = await asyncio.gather(*(self.publish(t) for t in tickets), return_exceptions=True)
+        with self.tracer.start_as_current_span(
+            f"publish {self.topology.jobs_exchange}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.batch.message_count": len(tickets),
+            },
+        ):
+            results = await asyncio.gather(
+                *(self.publish(t) for t in tickets), return_exceptions=True
+            )
         confirmed = []
         for ticket, result in zip(tickets, results, strict=True):
             if isinstance(result, BaseException):

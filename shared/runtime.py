@@ -19,6 +19,7 @@ from shared.errors import DependencyUnavailable
 from shared.messaging import Broker
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from shared.config import Settings
@@ -49,9 +50,9 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
         raise DependencyUnavailable("the jobq database has no tables yet: run `jobq migrate`")
 
 
-async def connect_broker(settings: Settings, name: str) -> Broker:
+async def connect_broker(settings: Settings, name: str, tracer: Tracer | None = None) -> Broker:
     """A connected broker, or one clear line saying why not."""
-    broker = Broker(settings, name)
+    broker = Broker(settings, name, tracer)
     aiormq_log = logging.getLogger("aiormq")
     level = aiormq_log.level
     aiormq_log.setLevel(logging.CRITICAL)  # its own "error when creating transport" line
@@ -75,13 +76,13 @@ async def connect_broker(settings: Settings, name: str) -> Broker:
 
 @asynccontextmanager
 async def service_resources(
-    settings: Settings, name: str, pool_size: int | None = None
+    settings: Settings, name: str, tracer: Tracer, pool_size: int | None = None
 ) -> AsyncIterator[tuple[AsyncEngine, Broker]]:
     """The engine and broker a service runs on, checked before use and closed after."""
     engine = make_engine(settings, name, pool_size)
     try:
         await check_database(engine, settings)
-        broker = await connect_broker(settings, f"jobq-{name}")
+        broker = await connect_broker(settings, f"jobq-{name}", tracer)
         try:
             yield engine, broker
         finally:

@@ -41,7 +41,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        async with service_resources(settings, "api") as (engine, broker):
+        tracer = provider.get_tracer("jobq.api")
+        async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             dispatcher = Dispatcher(store, broker)
             app.state.update(

@@ -50,9 +50,12 @@ class Scheduler:
             try:
                 await self.tick()
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("tick failed; PostgreSQL unavailable", extra={"error": repr(exc)})
+                # PostgreSQL or RabbitMQ unavailable: the next tick retries; nothing is lost,
+                # every job the tick did not finish is still in the state that selects it.
+                if is_transient(exc):
+                    log.warning("tick failed; PostgreSQL unavailable", extra={"error": repr(exc)})
+                else:
+                    log.exception("tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.scheduler_interval_seconds)
 

@@ -16,10 +16,9 @@ log = logging.getLogger("jobq.scheduler")
 
 async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("scheduler")
-    async with service_resources(settings, "scheduler", pool_size=4) as (engine, broker):
-        scheduler = Scheduler(
-            settings, JobStore(engine), broker, provider.get_tracer("jobq.scheduler")
-        )
+    tracer = provider.get_tracer("jobq.scheduler")
+    async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
+        scheduler = Scheduler(settings, JobStore(engine), broker, tracer)
         await scheduler.run(stop_on_signals())
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
     provider.shutdown()

@@ -20,10 +20,9 @@ async def serve(settings: Settings) -> None:
     registry.load_modules(settings.handler_modules)
     provider = make_tracer_provider("worker")
     pool = min(settings.worker_concurrency + 4, 40)
-    async with service_resources(settings, "worker", pool_size=pool) as (engine, broker):
-        worker = Worker(
-            settings, JobStore(engine), broker, registry, provider.get_tracer("jobq.worker")
-        )
+    tracer = provider.get_tracer("jobq.worker")
+    async with service_resources(settings, "worker", tracer, pool) as (engine, broker):
+        worker = Worker(settings, JobStore(engine), broker, registry, tracer)
         await worker.run(stop_on_signals())
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
     provider.shutdown()

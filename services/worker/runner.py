@@ -107,14 +107,20 @@ class Worker:
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            # A loop that dies is a bug: stop consuming and let the supervisor restart us.
+            await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopped.cancel()
             await self._drain()
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            results = await asyncio.gather(*loops, return_exceptions=True)
             await channel.close()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
 
     async def _drain(self) -> None:
         """Stop taking deliveries, let running jobs finish within the grace period, then

@@ -19,7 +19,16 @@ import asyncpg
 import httpx
 
 from tests.bench import amqp
-from tests.bench.procs import BenchError, Proc, check_alive, clean_env, free_port, start, stop_all
+from tests.bench.procs import (
+    REPO_ROOT,
+    BenchError,
+    Proc,
+    check_alive,
+    clean_env,
+    free_port,
+    start,
+    stop_all,
+)
 from tests.bench.report import BATCH, SINGLE, Result, percentile
 
 TENANT = "bench"
@@ -94,7 +103,7 @@ class JobqStack:
         done = subprocess.run(
             [sys.executable, "-m", "services", *args],
             env=self.env,
-            cwd=str(Path(__file__).resolve().parents[2]),
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=120,

@@ -66,7 +66,9 @@ async def test_one_trace_follows_the_job_from_submit_to_handler(
     )
     server = [s for s in spans.get_finished_spans() if s.name.startswith("POST /v1/jobs")]
     assert server, [s.name for s in spans.get_finished_spans()]
+    publish = [s for s in spans.get_finished_spans() if s.name.startswith("publish ")]
     assert run[0].context.trace_id == server[0].context.trace_id
+    assert publish[0].context.trace_id == server[0].context.trace_id
     assert r.json()["trace_id"] == f"{run[0].context.trace_id:032x}"
 
 
