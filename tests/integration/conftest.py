@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,6 +97,18 @@ async def scheduler(
     await broker.connect()
     yield Scheduler(settings, JobStore(engine), broker, tracer_provider.get_tracer("s"))
     await broker.close()
+
+
+@asynccontextmanager
+async def ticking(scheduler: Scheduler) -> AsyncIterator[None]:
+    """Run the scheduler's loop for the duration of the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 async def wait_for(

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from shared.config import Settings
 from shared.db.store import JobStore
 from tests.conftest import bearer
-from tests.integration.conftest import StartWorker, wait_for
+from tests.integration.conftest import StartWorker, ticking, wait_for
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
@@ -92,9 +92,7 @@ async def test_a_delayed_job_does_not_run_before_its_time(
     api: Client, settings: Settings, start_worker: StartWorker, scheduler: Any
 ) -> None:
     await start_worker()
-    stop = asyncio.Event()
-    loop = asyncio.create_task(scheduler.run(stop))
-    try:
+    async with ticking(scheduler):
         h = bearer(settings)
         r = await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 1.5}, headers=h)
         assert r.json()["status"] == "scheduled"
@@ -105,9 +103,6 @@ async def test_a_delayed_job_does_not_run_before_its_time(
         run_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         later = await api.post("/v1/jobs", json={"type": "noop", "run_at": run_at}, headers=h)
         assert later.json()["status"] == "scheduled"
-    finally:
-        stop.set()
-        await loop
 
 
 async def test_cancel_and_retry(api: Client, settings: Settings, start_worker: StartWorker) -> None:

@@ -20,7 +20,7 @@ from shared.domain import JobStatus
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
 from tests.integration import handlers
-from tests.integration.conftest import StartWorker, wait_for
+from tests.integration.conftest import StartWorker, ticking, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,14 +75,9 @@ async def test_a_failing_job_is_retried_with_backoff_then_dead_and_dead_lettered
     store: JobStore, broker: Broker, start_worker: StartWorker, scheduler: Scheduler
 ) -> None:
     await start_worker()
-    stop = asyncio.Event()
-    loop = asyncio.create_task(scheduler.run(stop))
-    try:
+    async with ticking(scheduler):
         job = await submit(store, broker, new_job("fail", {"message": "boom"}, max_attempts=3))
         dead = await final(store, job.id, JobStatus.DEAD)
-    finally:
-        stop.set()
-        await loop
     assert dead.attempts == 3
     assert len(dead.errors) == 3
     assert dead.last_error["message"] == "boom"
@@ -162,16 +157,11 @@ async def test_a_timed_out_attempt_is_retried(
     store: JobStore, broker: Broker, start_worker: StartWorker, scheduler: Scheduler
 ) -> None:
     await start_worker()
-    stop = asyncio.Event()
-    loop = asyncio.create_task(scheduler.run(stop))
-    try:
+    async with ticking(scheduler):
         row = await submit(
             store, broker, new_job("sleep", {"seconds": 5}, timeout_seconds=1, max_attempts=2)
         )
         job = await final(store, row.id, JobStatus.DEAD)
-    finally:
-        stop.set()
-        await loop
     assert [e["type"] for e in job.errors] == ["TimeoutError", "TimeoutError"]
 
 
