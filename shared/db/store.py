@@ -1,7 +1,8 @@
 """Every job state change, as compare-and-set SQL: the row decides, a lost race returns nothing.
 
 Each UPDATE names the status it expects (``shared.domain.LEGAL`` lists the moves) and, for a
-worker's writes, the lease id it was given at claim time (the fencing token). Statements work
+worker's writes, the lease id it was given at claim time (the fencing token) and a lease that
+has not run out: a worker whose lease expired can no longer complete, fail or extend its job. Statements work
 on sets of jobs so that submit, claim, heartbeat and completion cost one round trip per batch.
 All times come from the database clock (``now()``).
 """
@@ -284,6 +285,7 @@ class JobStore:
                     FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[]),
                                 CAST(:results AS text[])) AS v(id, lease, result)
                     WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                      AND j.lease_expires_at > now()
                     RETURNING j.id
                 """),
                         {
@@ -317,6 +319,7 @@ class JobStore:
                         published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
                         updated_at = now()
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
+                      AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
                 """).columns(last_error=sa.JSON),
                     {
@@ -355,6 +358,7 @@ class JobStore:
                     UPDATE jobs SET {assignments}, lease_id = NULL, lease_expires_at = NULL,
                         updated_at = now()
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
+                      AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
                 """).columns(last_error=sa.JSON),
                     {"id": job.id, "lease": job.lease_id},

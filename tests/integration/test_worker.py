@@ -123,6 +123,7 @@ async def test_a_stale_worker_cannot_complete_fail_or_extend_a_reclaimed_job(
     [stale], _ = await store.claim([row.id], lease_seconds=60)
     async with store.engine.begin() as conn:  # the lease runs out (worker paused)
         await conn.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s'"))
+    assert await store.complete([(stale.id, stale.lease_id, '"late"')]) == [False]
     assert (await scheduler.tick())["expired"] == 1
     [current], _ = await store.claim([row.id], lease_seconds=60)
     assert current.lease_id != stale.lease_id
