@@ -85,7 +85,6 @@ class Worker:
         self._running: dict[uuid.UUID, Running] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(store.complete)
-        self._published: Batcher[uuid.UUID, None] = Batcher(store.mark_published)
         self._db_ok = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -143,7 +142,6 @@ class Worker:
         if self._running:
             await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
         await self._completions.drain()
-        await self._published.drain()
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -302,7 +300,7 @@ class Worker:
         """Publish after the commit; unconfirmed tickets are left to the scheduler."""
         confirmed = await self.broker.publish_many([ticket])
         if confirmed:
-            await self._persist(lambda: self._published.submit(ticket.job_id))
+            await self._persist(lambda: self.store.mark_published(confirmed))
 
     async def _persist(self, write: Any) -> Any:
         """Run a database write, retrying while PostgreSQL is unreachable. The write's own

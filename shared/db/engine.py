@@ -15,15 +15,15 @@ def make_engine(
 ) -> AsyncEngine:
     """An engine whose connections name the service (``pg_stat_activity``) and time out.
 
-    ``pool_pre_ping`` replaces connections PostgreSQL dropped (restart, ``pg_terminate_backend``)
-    before a request trips on them.
+    No ``pool_pre_ping``: it would cost a round trip per transaction on the hot path. A
+    connection PostgreSQL dropped fails its next statement instead, SQLAlchemy then discards
+    the whole pool, and callers treat the error as transient (``shared.db.errors``).
     """
     size = pool_size or settings.db_pool_size
     return create_async_engine(
         settings.database_url,
         pool_size=size,
         max_overflow=size,
-        pool_pre_ping=True,
         pool_timeout=settings.db_timeout_seconds,
         connect_args={
             "command_timeout": settings.db_timeout_seconds,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import exc as sa_exc
 
-#: SQLSTATE classes of lost connections and server shutdown/restart (57P01..57P03),
-#: and a read-only server during failover (25006).
-TRANSIENT_SQLSTATES = ("08", "57P", "25006", "53300")
+#: SQLSTATEs a retry may cure: lost connections (08), server shutdown or restart (57P01..03),
+#: a read-only server during failover (25006), too many connections (53300), and a deadlock
+#: or serialization failure (40P01, 40001), whose transaction was rolled back whole.
+TRANSIENT_SQLSTATES = ("08", "57P", "25006", "53300", "40P01", "40001")
 
 
 def is_transient(error: BaseException) -> bool:

@@ -186,17 +186,25 @@ class JobStore:
                 out.append((existing[(j.tenant, j.idempotency_key)], False))
         return out
 
-    async def mark_published(self, ids: Sequence[uuid.UUID]) -> list[None]:
-        """Record confirmed publishes (one statement for the whole batch)."""
-        if ids:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    sa.text("""UPDATE jobs SET published_at = now()
-                               WHERE id = ANY(CAST(:ids AS uuid[]))
-                                 AND status IN ('queued', 'dead') AND published_at IS NULL"""),
-                    {"ids": list(ids)},
-                )
-        return [None] * len(ids)
+    async def mark_published(self, ids: Sequence[uuid.UUID]) -> None:
+        """Record confirmed publishes, in one statement for the batch.
+
+        Rows locked by a claim are skipped rather than waited for: the claim records the
+        publish itself, and waiting would chain lock waits between the API and the workers.
+        """
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text("""
+                    UPDATE jobs SET published_at = now()
+                    WHERE id IN (SELECT id FROM jobs
+                                 WHERE id = ANY(CAST(:ids AS uuid[]))
+                                   AND status IN ('queued', 'dead') AND published_at IS NULL
+                                 FOR UPDATE SKIP LOCKED)
+                """),
+                {"ids": list(ids)},
+            )
 
     # -- worker -------------------------------------------------------------------------
 
@@ -218,7 +226,9 @@ class JobStore:
                         lease_expires_at = now() + make_interval(secs => :lease),
                         started_at = now(), updated_at = now(),
                         published_at = coalesce(published_at, now())
-                    WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+                    WHERE id IN (SELECT id FROM jobs
+                                 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+                                 ORDER BY id FOR UPDATE)
                     RETURNING id, type, queue, priority, payload, attempts, max_attempts,
                         timeout_seconds, lease_id, retry_backoff_seconds,
                         retry_backoff_max_seconds, traceparent, tenant
