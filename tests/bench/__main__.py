@@ -47,10 +47,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     p.add_argument("--broker-prefix", default="jobqbench")
     p.add_argument("--log-dir", type=Path, help="child logs (default: a new temp dir)")
+    p.add_argument(
+        "--systems",
+        default="batch,single,celery",
+        help="which to measure, comma-separated (batch,single,celery)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke: 2000 jobs, 500 single, 1 run")
     args = p.parse_args(argv)
     if args.quick:
         args.jobs, args.single_jobs, args.runs, args.warmup = 2000, 500, 1, min(args.warmup, 200)
+    args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
+    if not args.systems or not args.systems <= {"batch", "single", "celery"}:
+        p.error("--systems takes some of batch,single,celery")
     for name in ("jobs", "single_jobs", "runs", "batch_size", "in_flight", "clients"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -62,7 +70,7 @@ def header(args: argparse.Namespace) -> str:
         [
             "jobq benchmark: no-op jobs, e2e = jobs / (first submit .. last job finished)",
             f"  N={args.jobs} (batch, celery)  N_single={args.single_jobs}  runs={args.runs}"
-            f"  warmup={args.warmup}",
+            f"  warmup={args.warmup}  systems={','.join(sorted(args.systems))}",
             f"  jobq: 1 api + {args.workers} workers x concurrency {args.concurrency};"
             f" batch {args.batch_size} jobs x {args.in_flight} in flight;"
             f" single: {args.clients} concurrent clients",
@@ -82,7 +90,8 @@ def progress(r: Result) -> str:
     )
 
 
-async def bench(args: argparse.Namespace, log_dir: Path) -> list[Result]:
+async def bench(args: argparse.Namespace, log_dir: Path, results: list[Result]) -> None:
+    """Start both systems, measure into ``results`` (kept when a later run fails), stop."""
     jobq = JobqStack(
         JobqConfig(
             database_url=args.database_url,
@@ -90,7 +99,6 @@ async def bench(args: argparse.Namespace, log_dir: Path) -> list[Result]:
             broker_prefix=args.broker_prefix,
             workers=args.workers,
             concurrency=args.concurrency,
-            max_connections=max(args.clients, args.in_flight),
             stall_seconds=args.stall,
         ),
         log_dir,
@@ -105,7 +113,6 @@ async def bench(args: argparse.Namespace, log_dir: Path) -> list[Result]:
         ),
         log_dir,
     )
-    results: list[Result] = []
 
     def record(r: Result) -> None:
         results.append(r)
@@ -113,21 +120,28 @@ async def bench(args: argparse.Namespace, log_dir: Path) -> list[Result]:
 
     try:
         print("starting jobq and celery ...", flush=True)
-        await jobq.start()
-        await celery.start()
+        use_jobq = bool(args.systems & {"batch", "single"})
+        if use_jobq:
+            await jobq.start()
+        if "celery" in args.systems:
+            await celery.start()
         if args.warmup:
             print(f"warmup: {args.warmup} jobs each", flush=True)
-            await jobq.run_batch(args.warmup, args.batch_size, args.in_flight, 0)
-            await celery.run(args.warmup, 0)
+            if use_jobq:
+                await jobq.run_batch(args.warmup, args.batch_size, args.in_flight, 0)
+            if "celery" in args.systems:
+                await celery.run(args.warmup, 0)
         for run in range(1, args.runs + 1):
-            record(await jobq.run_batch(args.jobs, args.batch_size, args.in_flight, run))
-            record(await jobq.run_single(args.single_jobs, args.clients, run))
-            record(await celery.run(args.jobs, run))
+            if "batch" in args.systems:
+                record(await jobq.run_batch(args.jobs, args.batch_size, args.in_flight, run))
+            if "single" in args.systems:
+                record(await jobq.run_single(args.single_jobs, args.clients, run))
+            if "celery" in args.systems:
+                record(await celery.run(args.jobs, run))
     finally:
         await jobq.close()
         jobq.stop()
         celery.stop()
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,16 +151,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header(args), flush=True)
     print(f"  child logs: {log_dir}", flush=True)
     started = time.monotonic()
+    results: list[Result] = []
+    code = 0
     try:
-        results = asyncio.run(bench(args, log_dir))
+        asyncio.run(bench(args, log_dir, results))
     except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
+        print(f"\nbench failed at {time.strftime('%H:%M:%S')}: {exc}", file=sys.stderr, flush=True)
+        code = 1
     except KeyboardInterrupt:
-        return 130
-    print(f"\nmedians of {args.runs} run(s) ({time.monotonic() - started:.0f} s in all):\n")
-    print(render(results))
-    return 0
+        code = 130
+    if results:
+        runs = len({r.run for r in results})
+        what = "medians" if code == 0 else "INCOMPLETE (the bench failed): medians"
+        elapsed = time.monotonic() - started
+        print(f"\n{what} of {runs} run(s) ({elapsed:.0f} s in all):\n")
+        print(render(results))
+    return code
 
 
 if __name__ == "__main__":

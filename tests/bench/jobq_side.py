@@ -44,8 +44,6 @@ class JobqConfig:
     broker_prefix: str
     workers: int
     concurrency: int
-    #: Connections the HTTP client may open (the most concurrent requests of any phase).
-    max_connections: int
     #: A drain that makes no progress for this long fails the run.
     stall_seconds: float
 
@@ -135,10 +133,8 @@ class JobqStack:
         self.credentials = (created["client_id"], created["client_secret"])
 
         self._pg = await asyncpg.connect(_libpq(cfg.database_url))
-        limits = httpx.Limits(
-            max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections
-        )
-        self._http = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=60.0)
+        # For health and tokens; each measured phase opens its own client (see ``_client``).
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
 
         self.procs.append(
             start("jobq-api", [sys.executable, "-m", "services", "api"], self.env, self.log_dir)
@@ -228,6 +224,33 @@ class JobqStack:
             check_alive(self.procs)
             await asyncio.sleep(POLL_INTERVAL)
 
+    def _client(self, connections: int) -> httpx.AsyncClient:
+        """A client for one phase, with fresh connections. httpx keeps an idle connection for
+        5 s by default, uvicorn closes one after 5 s idle (its ``timeout_keep_alive``): under
+        load the server's close crosses the client's next request on that connection, which
+        fails with ``ReadError``. Dropping idle connections after 1 s avoids the race."""
+        limits = httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=1.0,
+        )
+        return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=60.0)
+
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: bytes, headers: dict[str, str]
+    ) -> None:
+        try:
+            r = await client.post(path, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            at = time.strftime("%H:%M:%S")
+            await asyncio.sleep(1.0)  # if the api is going down, let it finish
+            check_alive(self.procs)
+            raise BenchError(
+                f"POST {path} failed at {at}: {exc!r}; the api is still running\n" + self._tails()
+            ) from exc
+        if r.status_code != 202:
+            raise BenchError(f"POST {path}: {r.status_code} {r.text[:1000]}")
+
     def _tails(self) -> str:
         return "\n".join(f"--- {p.name} ({p.log}):\n{p.tail(15)}" for p in self.procs)
 
@@ -241,13 +264,12 @@ class JobqStack:
 
         async def submitter() -> None:
             for body in bodies:
-                r = await self.http.post("/v1/jobs/batch", content=body, headers=headers)
-                if r.status_code != 202:
-                    raise BenchError(f"POST /v1/jobs/batch: {r.status_code} {r.text[:1000]}")
+                await self._post(client, "/v1/jobs/batch", body, headers)
 
-        t0 = time.perf_counter()
-        await concurrently(submitter, min(in_flight, len(sizes)))
-        t_enqueued = time.perf_counter()
+        async with self._client(in_flight) as client:
+            t0 = time.perf_counter()
+            await concurrently(submitter, min(in_flight, len(sizes)))
+            t_enqueued = time.perf_counter()
         t_done = await self._wait_succeeded(jobs)
         return Result(BATCH, run, jobs, t_enqueued - t0, t_done - t0)
 
@@ -258,17 +280,16 @@ class JobqStack:
         latencies: list[float] = []
         remaining = iter(range(jobs))
 
-        async def client() -> None:
+        async def submitter() -> None:
             for _ in remaining:
                 t = time.perf_counter()
-                r = await self.http.post("/v1/jobs", content=NOOP, headers=headers)
+                await self._post(client, "/v1/jobs", NOOP, headers)
                 latencies.append(time.perf_counter() - t)
-                if r.status_code != 202:
-                    raise BenchError(f"POST /v1/jobs: {r.status_code} {r.text[:1000]}")
 
-        t0 = time.perf_counter()
-        await concurrently(client, min(clients, jobs))
-        t_enqueued = time.perf_counter()
+        async with self._client(clients) as client:
+            t0 = time.perf_counter()
+            await concurrently(submitter, min(clients, jobs))
+            t_enqueued = time.perf_counter()
         t_done = await self._wait_succeeded(jobs)
         ms = sorted(x * 1000 for x in latencies)
         return Result(

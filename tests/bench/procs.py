@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,6 +70,12 @@ def _signal_group(proc: Proc, sig: signal.Signals) -> None:
 def stop_all(procs: Sequence[Proc], grace: float = 15.0) -> None:
     """SIGTERM every process group, wait up to ``grace`` seconds in total, SIGKILL the rest."""
     for proc in procs:
+        if not proc.alive():  # worth knowing: something else may be killing processes
+            print(
+                f"  note: {proc.name} (pid {proc.pid}) had already exited with "
+                f"{proc.popen.returncode}",
+                file=sys.stderr,
+            )
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for proc in procs:
@@ -86,8 +93,12 @@ def check_alive(procs: Sequence[Proc]) -> None:
     """Raise ``BenchError`` with the log tail of the first child that has exited."""
     for proc in procs:
         if not proc.alive():
+            code = proc.popen.returncode
+            how = (
+                f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            )
             raise BenchError(
-                f"{proc.name} (pid {proc.pid}) exited with {proc.popen.returncode}; "
+                f"{proc.name} (pid {proc.pid}) {how} (not by the bench); "
                 f"last lines of {proc.log}:\n{proc.tail()}"
             )
 
