@@ -218,6 +218,10 @@ class Broker:
 
     async def publish(self, ticket: Ticket) -> None:
         """Publish one ticket and wait for its confirm; raises if returned, nacked or late."""
+        async with asyncio.timeout(self.settings.publish_timeout_seconds):
+            await self._send(ticket)
+
+    async def _send(self, ticket: Ticket) -> None:
         if ticket.dead:
             exchange, key = self._dlx, ticket.queue
         else:
@@ -225,12 +229,7 @@ class Broker:
             exchange, key = self._jobs, ticket.queue
         if exchange is None:
             raise RuntimeError("Broker.connect() first")
-        await exchange.publish(
-            self._message(ticket),
-            routing_key=key,
-            mandatory=True,
-            timeout=self.settings.publish_timeout_seconds,
-        )
+        await exchange.publish(self._message(ticket), routing_key=key, mandatory=True)
 
     async def publish_many(self, tickets: list[Ticket]) -> list[uuid.UUID]:
         """Publish tickets with their confirms in flight together; returns the confirmed ids.
@@ -246,15 +245,20 @@ class Broker:
                 "messaging.batch.message_count": len(tickets),
             },
         ):
-            results = await asyncio.gather(
-                *(self.publish(t) for t in tickets), return_exceptions=True
-            )
+            # One deadline for the batch, not a timer per message.
+            sends = [asyncio.ensure_future(self._send(t)) for t in tickets]
+            await asyncio.wait(sends, timeout=self.settings.publish_timeout_seconds)
         confirmed = []
-        for ticket, result in zip(tickets, results, strict=True):
-            if isinstance(result, BaseException):
+        for ticket, send in zip(tickets, sends, strict=True):
+            if not send.done():
+                send.cancel()
+                error: BaseException | None = TimeoutError("no confirm within the publish timeout")
+            else:
+                error = send.exception()
+            if error is not None:
                 log.warning(
                     "publish not confirmed; the scheduler will retry",
-                    extra={"job_id": str(ticket.job_id), "error": repr(result)},
+                    extra={"job_id": str(ticket.job_id), "error": repr(error)},
                 )
             else:
                 confirmed.append(ticket.job_id)

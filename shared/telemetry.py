@@ -15,27 +15,31 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
 
 
-def make_tracer_provider(
-    service: str, env: Mapping[str, str] = os.environ, exporter: SpanExporter | None = None
-) -> TracerProvider:
-    """A provider for ``jobq-<service>`` exporting as the ``OTEL_*`` environment says."""
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", f"jobq-{service}")})
-    provider = TracerProvider(resource=resource)
-    if exporter is None:
-        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def make_tracer_provider(service: str, env: Mapping[str, str] = os.environ) -> TracerProvider:
+    """A provider for ``jobq-<service>`` exporting as the ``OTEL_*`` environment says.
 
-            exporter = OTLPSpanExporter()
-        elif env.get("OTEL_TRACES_EXPORTER") == "console":
-            exporter = ConsoleSpanExporter()
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    With no exporter, spans are not sampled: they still carry trace ids from the API to the
+    worker (so every job has a ``trace_id``) but cost next to nothing on the hot path.
+    """
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", f"jobq-{service}")})
+    exporter: SpanExporter | None = None
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    elif env.get("OTEL_TRACES_EXPORTER") == "console":
+        exporter = ConsoleSpanExporter()
+    if exporter is None:
+        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+
+import uvloop
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
@@ -25,4 +26,4 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+
+import uvloop
 
 from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
 from services.worker.registry import registry
@@ -29,4 +30,4 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.worker.acks import Outstanding
 from services.worker.registry import JobContext, Registry
 from shared.batching import Batcher
 from shared.db.errors import is_transient
@@ -52,6 +53,12 @@ class Delivery:
     message: AbstractIncomingMessage = field(compare=False)
     ticket: TicketBody = field(compare=False)
     received: float = field(compare=False)
+    #: The underlying AMQP channel it came on (delivery tags are per channel).
+    channel: int = field(compare=False)
+
+    @property
+    def tag(self) -> int:
+        return int(self.message.delivery_tag or 0)
 
 
 @dataclass
@@ -80,6 +87,7 @@ class Worker:
         self.concurrency = settings.worker_concurrency
         self.stats: Counter[str] = Counter()
         self._buffer: list[Delivery] = []
+        self._outstanding = Outstanding()
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._running: dict[uuid.UUID, Running] = {}
@@ -130,8 +138,7 @@ class Worker:
             except Exception as exc:  # broker gone: its deliveries return by themselves
                 log.warning("could not cancel consumer", extra={"error": repr(exc)})
         buffered, self._buffer = self._buffer, []
-        for d in buffered:
-            await self._settle(d.message, "nack")
+        await self._settle_buffered(buffered, "nack")
         running = [r.task for r in self._running.values()]
         if running:
             log.info("draining", extra={"running": len(running)})
@@ -154,25 +161,47 @@ class Worker:
             await self._settle(message, "reject")
             return
         priority = message.priority or 0
-        heapq.heappush(
-            self._buffer, Delivery((-priority, next(self._seq)), message, ticket, time.monotonic())
+        d = Delivery(
+            (-priority, next(self._seq)), message, ticket, time.monotonic(), id(message.channel)
         )
+        self._outstanding.add(d.channel, d.tag)
+        heapq.heappush(self._buffer, d)
         self._wake.set()
 
     async def _settle(
-        self, message: AbstractIncomingMessage, how: Literal["ack", "nack", "reject"]
+        self,
+        message: AbstractIncomingMessage,
+        how: Literal["ack", "nack", "reject"],
+        multiple: bool = False,
     ) -> None:
         """Ack, requeue or dead-letter a delivery; a closed channel means the broker already
         took it back, which is fine: the claim in PostgreSQL decides."""
         try:
             if how == "ack":
-                await message.ack()
+                await message.ack(multiple=multiple)
             elif how == "nack":
                 await message.nack(requeue=True)
             else:
                 await message.reject(requeue=False)
         except Exception as exc:
             log.warning("delivery not settled", extra={"how": how, "error": repr(exc)})
+
+    async def _settle_buffered(
+        self, deliveries: list[Delivery], how: Literal["ack", "nack", "reject"]
+    ) -> None:
+        """Settle deliveries taken from the buffer: acks of a whole channel prefix in one
+        ``ack(multiple=True)`` (``services.worker.acks``), the rest one by one."""
+        by_channel: dict[int, list[Delivery]] = {}
+        for d in deliveries:
+            by_channel.setdefault(d.channel, []).append(d)
+        for channel, group in by_channel.items():
+            tags = {d.tag for d in group}
+            if how == "ack" and len(group) > 1 and self._outstanding.covers(channel, tags):
+                await self._settle(max(group, key=lambda d: d.tag).message, "ack", multiple=True)
+            else:
+                for d in group:
+                    await self._settle(d.message, how)
+            self._outstanding.settle(channel, tags)
 
     async def _dispatch_loop(self) -> None:
         backoff = 0.1
@@ -201,6 +230,7 @@ class Worker:
             [d.ticket.job_id for d in batch], self.settings.lease_seconds
         )
         by_id = {c.id: c for c in claimed}
+        acks, rejects = [], []
         for d in batch:
             job = by_id.pop(d.ticket.job_id, None)
             if job is not None:
@@ -208,16 +238,18 @@ class Worker:
                 task = asyncio.create_task(self._run_job(job))
                 self._running[job.id] = Running(job, task)
                 task.add_done_callback(functools.partial(self._slot_freed, job.id))
-                await self._settle(d.message, "ack")
+                acks.append(d)
             elif d.ticket.job_id in others or d.ticket.job_id in self._running:
                 self.stats["duplicates"] += 1
-                await self._settle(d.message, "ack")
+                acks.append(d)
             else:
                 self.stats["rejected"] += 1
                 log.error(
                     "ticket names no job; dead-lettered", extra={"job_id": str(d.ticket.job_id)}
                 )
-                await self._settle(d.message, "reject")
+                rejects.append(d)
+        await self._settle_buffered(acks, "ack")
+        await self._settle_buffered(rejects, "reject")
 
     def _slot_freed(self, job_id: uuid.UUID, _task: object = None) -> None:
         self._running.pop(job_id, None)
@@ -372,5 +404,5 @@ class Worker:
                 log.warning("hand-back failed; delivery kept", extra={"error": repr(exc)})
                 heapq.heappush(self._buffer, d)
                 continue
-            await self._settle(d.message, "ack")
+            await self._settle_buffered([d], "ack")
             self.stats["handed_back"] += 1

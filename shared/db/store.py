@@ -98,6 +98,8 @@ class JobStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Single statements run in autocommit: no BEGIN and COMMIT round trips per batch.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- submit -------------------------------------------------------------------------
 
@@ -164,7 +166,7 @@ class JobStore:
             "rbms",
             "tps",
         ]
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             rows = (await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))).all()
             created = {row.id: _job(row) for row in rows}
             missing = [j for j in jobs if j.id not in created]
@@ -194,7 +196,7 @@ class JobStore:
         """
         if not ids:
             return
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             await conn.execute(
                 sa.text("""
                     UPDATE jobs SET published_at = now()
@@ -217,7 +219,7 @@ class JobStore:
         running, finished, canceled or not yet due): their tickets are duplicates or stale.
         Ids in neither set name no job at all.
         """
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.text("""
@@ -260,7 +262,7 @@ class JobStore:
         """
         if not leases:
             return {}
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.text("""
@@ -284,7 +286,7 @@ class JobStore:
 
         Returns, per item, whether it was written: ``False`` means the lease was stale.
         """
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             done = set(
                 (
                     await conn.execute(
@@ -317,7 +319,7 @@ class JobStore:
         was stale (nothing written then).
         """
         err = json.dumps({**error, "attempt": job.attempts})
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
                     sa.text(f"""
@@ -361,7 +363,7 @@ class JobStore:
         )
 
     async def _finish_running(self, job: Claimed, assignments: str) -> Ticket | None:
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
                     sa.text(f"""
@@ -432,7 +434,7 @@ class JobStore:
 
     async def queues_with_stale_tickets(self, older_than: float) -> list[str]:
         """Queues holding jobs whose confirmed ticket is older than ``older_than`` seconds."""
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             return list(
                 (
                     await conn.execute(
@@ -462,14 +464,14 @@ class JobStore:
         )
 
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
-        async with self.engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             rows = (await conn.execute(sa.text(sql).columns(last_error=sa.JSON), params)).all()
         return [_ticket(row) for row in rows]
 
     # -- API reads and commands -----------------------------------------------------------
 
     async def get(self, tenant: str, job_id: uuid.UUID) -> Job | None:
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             return await _get(conn, tenant, job_id)
 
     async def list(
@@ -496,7 +498,7 @@ class JobStore:
         if before is not None:
             q = q.where(col(Job.id) < before)
         q = q.order_by(col(Job.id).desc()).limit(limit)
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             return [_job(row) for row in await conn.execute(q)]
 
     async def cancel(self, tenant: str, job_id: uuid.UUID) -> tuple[JobStatus | None, Job | None]:
@@ -548,13 +550,13 @@ class JobStore:
         if tenant is not None:
             q = q.where(col(Job.tenant) == tenant)
         out: dict[str, dict[str, int]] = {}
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             for queue, status, n in (await conn.execute(q)).all():
                 out.setdefault(queue, {})[status] = n
         return out
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
 
