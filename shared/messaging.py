@@ -176,6 +176,8 @@ class Broker:
         if name in self._declared and not redeclare:
             return name
         async with self._declare_lock:
+            if name in self._declared and not redeclare:
+                return name  # declared while this call waited for the lock
             q = await self.channel.declare_queue(
                 name, durable=True, arguments=self.topology.queue_arguments()
             )
@@ -237,6 +239,8 @@ class Broker:
         A ticket that is returned, nacked or times out is logged and left out: its job stays
         unpublished in PostgreSQL and the scheduler publishes it again.
         """
+        if not tickets:
+            return []
         with self.tracer.start_as_current_span(
             f"publish {self.topology.jobs_exchange}",
             kind=SpanKind.PRODUCER,
@@ -245,9 +249,21 @@ class Broker:
                 "messaging.batch.message_count": len(tickets),
             },
         ):
-            # One deadline for the batch, not a timer per message.
+            # One deadline for the batch, not a timer per message; queues declared once first.
+            deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    for queue in {t.queue for t in tickets if not t.dead}:
+                        await self.ensure_queue(queue)
+            except Exception as exc:
+                log.warning(
+                    "queues not declared; the scheduler will retry", extra={"error": repr(exc)}
+                )
+                return []
             sends = [asyncio.ensure_future(self._send(t)) for t in tickets]
-            await asyncio.wait(sends, timeout=self.settings.publish_timeout_seconds)
+            await asyncio.wait(
+                sends, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+            )
         confirmed = []
         for ticket, send in zip(tickets, sends, strict=True):
             if not send.done():
