@@ -37,16 +37,24 @@ class Batcher(Generic[T, R]):
                 self._pending[: self._max_size],
                 self._pending[self._max_size :],
             )
-            try:
-                results = await self._flush([item for item, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+            await self._flush_batch(batch)
+
+    async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad item must not fail its neighbours: flush each on its own.
+                for entry in batch:
+                    await self._flush_batch([entry])
+                return
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def drain(self) -> None:
         """Wait until every submitted item has been flushed."""

@@ -231,10 +231,15 @@ class Broker:
             exchange, key = self._jobs, ticket.queue
         if exchange is None:
             raise RuntimeError("Broker.connect() first")
-        await exchange.publish(self._message(ticket), routing_key=key, mandatory=True)
+        try:
+            await exchange.publish(self._message(ticket), routing_key=key, mandatory=True)
+        except aio_pika.exceptions.DeliveryError:
+            # Returned: nothing is bound for it (a deleted queue). Declare it again next time.
+            self._declared.discard(self.topology.queue_name(ticket.queue))
+            raise
 
-    async def publish_many(self, tickets: list[Ticket]) -> list[uuid.UUID]:
-        """Publish tickets with their confirms in flight together; returns the confirmed ids.
+    async def publish_many(self, tickets: list[Ticket]) -> list[Ticket]:
+        """Publish tickets with their confirms in flight together; returns those confirmed.
 
         A ticket that is returned, nacked or times out is logged and left out: its job stays
         unpublished in PostgreSQL and the scheduler publishes it again.
@@ -266,9 +271,12 @@ class Broker:
             )
         confirmed = []
         for ticket, send in zip(tickets, sends, strict=True):
+            error: BaseException | None
             if not send.done():
                 send.cancel()
-                error: BaseException | None = TimeoutError("no confirm within the publish timeout")
+                error = TimeoutError("no confirm within the publish timeout")
+            elif send.cancelled():  # aiormq cancels pending confirms when a channel closes
+                error = ConnectionError("channel closed before the confirm")
             else:
                 error = send.exception()
             if error is not None:
@@ -277,5 +285,5 @@ class Broker:
                     extra={"job_id": str(ticket.job_id), "error": repr(error)},
                 )
             else:
-                confirmed.append(ticket.job_id)
+                confirmed.append(ticket)
         return confirmed

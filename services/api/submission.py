@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import TYPE_CHECKING
 
 from litestar.exceptions import HTTPException, ValidationException
@@ -47,13 +46,14 @@ class Dispatcher:
         self.store = store
         self.broker = broker
         self.mark_delay = mark_delay
-        self._confirmed: list[uuid.UUID] = []
+        self._confirmed: list[Ticket] = []
         self._marker: asyncio.Task[None] | None = None
 
     async def dispatch(self, tickets: list[Ticket]) -> None:
         if not tickets:
             return
-        self._confirmed += await self.broker.publish_many(tickets)
+        confirmed = await self.broker.publish_many(tickets)
+        self._confirmed.extend(confirmed)
         if self._confirmed and (self._marker is None or self._marker.done()):
             self._marker = asyncio.create_task(self._mark_later())
 
@@ -63,11 +63,13 @@ class Dispatcher:
             await self._flush()
 
     async def _flush(self) -> None:
-        ids, self._confirmed = self._confirmed, []
+        tickets, self._confirmed = self._confirmed, []
         try:
-            await self.store.mark_published(ids)
+            await self.store.mark_published(tickets)
         except Exception as exc:
-            log.warning("could not record confirms", extra={"jobs": len(ids), "error": repr(exc)})
+            log.warning(
+                "could not record confirms", extra={"jobs": len(tickets), "error": repr(exc)}
+            )
 
     async def close(self) -> None:
         if self._marker is not None:

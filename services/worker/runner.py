@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,6 +100,11 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain (SPEC §3.6)."""
+        # Sync handlers run in threads: one per slot, so none waits for a thread while its
+        # timeout runs.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobq-handler")
+        )
         channel = await self.broker.connection.channel()  # type: ignore[union-attr]
         await channel.set_qos(prefetch_count=self.concurrency)
         for queue in self.settings.queues:
@@ -113,6 +119,7 @@ class Worker:
         loops = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._hand_back_loop()),
         ]
         stopped = asyncio.create_task(stop.wait())
         try:
@@ -120,10 +127,11 @@ class Worker:
             await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            await self._drain()
+            # Stop claiming first, so no claim commits after the drain took its census.
             for task in loops:
                 task.cancel()
             results = await asyncio.gather(*loops, return_exceptions=True)
+            await self._drain()
             await channel.close()
         for result in results:
             if isinstance(result, Exception):
@@ -290,6 +298,9 @@ class Worker:
         except (TypeError, msgspec.EncodeError) as exc:
             await self._fail(job, PermanentFailure(f"result is not JSON: {exc}"))
             return
+        if "\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL
+            await self._fail(job, PermanentFailure("result holds a NUL character (\\u0000)"))
+            return
         written = await self._persist(
             lambda: self._completions.submit((job.id, job.lease_id, encoded))
         )
@@ -306,7 +317,7 @@ class Worker:
             base=job.retry_backoff_seconds or self.settings.retry_backoff_seconds,
             cap=job.retry_backoff_max_seconds or self.settings.retry_backoff_max_seconds,
         )
-        error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        error = {"type": type(exc).__name__, "message": str(exc)[:2000].replace("\x00", "")}
         dead = await self._persist(
             lambda: self.store.fail(job, decision.status, decision.delay_seconds, error)
         )
@@ -360,6 +371,12 @@ class Worker:
                 if not is_transient(exc):
                     raise
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _hand_back_loop(self) -> None:
+        """Apart from the heartbeat, so a slow broker never delays a lease renewal."""
+        interval = min(self.settings.handback_after_seconds / 4, 30.0)
+        while True:
+            await asyncio.sleep(interval)
             await self._hand_back_stale_deliveries()
 
     async def _heartbeat(self) -> None:

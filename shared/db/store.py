@@ -188,24 +188,27 @@ class JobStore:
                 out.append((existing[(j.tenant, j.idempotency_key)], False))
         return out
 
-    async def mark_published(self, ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, tickets: Sequence[Ticket]) -> None:
         """Record confirmed publishes, in one statement for the batch.
 
-        Rows locked by a claim are skipped rather than waited for: the claim records the
-        publish itself, and waiting would chain lock waits between the API and the workers.
+        A ticket marks its job only while the job is still at the ticket's attempt, so a late
+        confirm never stands for a newer ticket (a dead letter, say). Rows locked by a claim
+        are skipped rather than waited for: the claim records the publish itself, and waiting
+        would chain lock waits between the API and the workers.
         """
-        if not ids:
+        if not tickets:
             return
         async with self._autocommit.connect() as conn:
             await conn.execute(
                 sa.text("""
                     UPDATE jobs SET published_at = now()
-                    WHERE id IN (SELECT id FROM jobs
-                                 WHERE id = ANY(CAST(:ids AS uuid[]))
-                                   AND status IN ('queued', 'dead') AND published_at IS NULL
-                                 FOR UPDATE SKIP LOCKED)
+                    WHERE id IN (SELECT j.id FROM jobs j
+                                 JOIN unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]))
+                                      AS t(id, attempt) ON j.id = t.id AND j.attempts = t.attempt
+                                 WHERE j.status IN ('queued', 'dead') AND j.published_at IS NULL
+                                 FOR UPDATE OF j SKIP LOCKED)
                 """),
-                {"ids": list(ids)},
+                {"ids": [t.job_id for t in tickets], "attempts": [t.attempt for t in tickets]},
             )
 
     # -- worker -------------------------------------------------------------------------
@@ -323,10 +326,14 @@ class JobStore:
             row = (
                 await conn.execute(
                     sa.text(f"""
-                    UPDATE jobs SET status = :status, last_error = CAST(:err AS jsonb),
+                    UPDATE jobs SET
+                        status = CASE WHEN cancel_requested AND :status = 'retrying'
+                                      THEN 'canceled' ELSE :status END,
+                        last_error = CAST(:err AS jsonb),
                         errors = errors || jsonb_build_array(CAST(:err AS jsonb)),
                         run_at = now() + make_interval(secs => :delay),
-                        finished_at = CASE WHEN :status = 'dead' THEN now() END,
+                        finished_at = CASE WHEN :status = 'dead' OR cancel_requested
+                                           THEN now() END,
                         dispatched_at = CASE WHEN :status = 'dead' THEN now() END,
                         published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
                         updated_at = now()
@@ -343,26 +350,29 @@ class JobStore:
                     },
                 )
             ).first()
-        if row is None or status != JobStatus.DEAD:
+        if row is None or row.status != JobStatus.DEAD:
             return None
         return _ticket(row)
 
     async def release(self, job: Claimed) -> Ticket | None:
         """Hand a held job back to the queue without counting the attempt (graceful
-        shutdown); returns its new ticket, or ``None`` if the lease was already lost."""
-        return await self._finish_running(
+        shutdown); returns its new ticket, or ``None`` if the lease was already lost or a
+        cancel was requested (the job is canceled instead)."""
+        row = await self._finish_running(
             job,
-            "status = 'queued', attempts = attempts - 1, dispatched_at = now(),"
-            " published_at = NULL, started_at = NULL",
+            "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,"
+            " finished_at = CASE WHEN cancel_requested THEN now() END,"
+            " attempts = attempts - 1, dispatched_at = now(), published_at = NULL,"
+            " started_at = NULL",
         )
+        return None if row is None or row.status == JobStatus.CANCELED else _ticket(row)
 
     async def cancel_running(self, job: Claimed) -> bool:
         """Honour a cancel request on a job this worker holds."""
-        return (
-            await self._finish_running(job, "status = 'canceled', finished_at = now()") is not None
-        )
+        row = await self._finish_running(job, "status = 'canceled', finished_at = now()")
+        return row is not None
 
-    async def _finish_running(self, job: Claimed, assignments: str) -> Ticket | None:
+    async def _finish_running(self, job: Claimed, assignments: str) -> sa.Row[Any] | None:
         async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
@@ -376,7 +386,7 @@ class JobStore:
                     {"id": job.id, "lease": job.lease_id},
                 )
             ).first()
-        return None if row is None else _ticket(row)
+        return row
 
     # -- scheduler ----------------------------------------------------------------------
 
@@ -395,14 +405,17 @@ class JobStore:
         )
 
     async def expire_leases(self, limit: int) -> list[Ticket]:
-        """Running jobs whose lease expired: queued again while attempts remain, else dead."""
+        """Running jobs whose lease expired: queued again while attempts remain, else dead
+        (canceled if a cancel was requested)."""
         return await self._take(
             f"""
             UPDATE jobs SET
-                status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
+                status = CASE WHEN cancel_requested THEN 'canceled'
+                              WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
                 last_error = CASE WHEN attempts < max_attempts THEN last_error ELSE e.err END,
                 errors = errors || jsonb_build_array(e.err),
-                finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END,
+                finished_at = CASE WHEN attempts < max_attempts AND NOT cancel_requested
+                                   THEN NULL ELSE now() END,
                 lease_id = NULL, lease_expires_at = NULL, dispatched_at = now(),
                 published_at = NULL, updated_at = now()
             FROM (SELECT id AS eid, jsonb_build_object(
@@ -466,7 +479,7 @@ class JobStore:
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(sa.text(sql).columns(last_error=sa.JSON), params)).all()
-        return [_ticket(row) for row in rows]
+        return [_ticket(row) for row in rows if row.status != JobStatus.CANCELED]
 
     # -- API reads and commands -----------------------------------------------------------
 

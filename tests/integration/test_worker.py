@@ -39,7 +39,7 @@ def new_job(type: str = "noop", payload: object = None, **kw: object) -> NewJob:
 async def submit(store: JobStore, broker: Broker, job: NewJob) -> Job:
     [(row, _)] = await store.insert([job])
     await broker.publish(ticket(row))
-    await store.mark_published([row.id])
+    await store.mark_published([ticket(row)])
     return row
 
 
@@ -237,3 +237,24 @@ async def test_classic_queues_let_the_broker_order_by_priority(
         await ch.exchange_delete(broker.topology.jobs_exchange)
         await ch.exchange_delete(broker.topology.dlx)
         await broker.close()
+
+
+async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbeat(
+    store: JobStore, scheduler: Scheduler
+) -> None:
+    # Given two running jobs whose cancel was requested
+    rows = [row for row, _ in await store.insert([new_job(), new_job()])]
+    crashed, failed = (await store.claim([r.id for r in rows], lease_seconds=0.2))[0]
+    for job in (crashed, failed):
+        before, _ = await store.cancel("acme", job.id)
+        assert before == JobStatus.RUNNING
+    # When one attempt fails (retryable) and the other's worker vanishes
+    assert await store.fail(failed, JobStatus.RETRYING, 0, {"type": "X", "message": "m"}) is None
+    await asyncio.sleep(0.3)
+    assert (await scheduler.tick())["expired"] == 0  # nothing to publish
+    # Then both end canceled instead of running again
+    for job in (crashed, failed):
+        row = await store.get("acme", job.id)
+        assert row is not None
+        assert row.status == JobStatus.CANCELED
+        assert row.finished_at is not None
