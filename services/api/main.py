@@ -19,4 +19,7 @@ def main(settings: Settings, host: str | None = None, port: int | None = None) -
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        # Longer than common clients' idle expiry (httpx: 5 s), so a client never sends on a
+        # connection the server is closing.
+        timeout_keep_alive=30,
     )

@@ -9,6 +9,7 @@ All times come from the database clock (``now()``).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -23,6 +24,15 @@ from sqlmodel import col, select
 from shared.db.models import ApiClient, Job
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
 from shared.messaging import Ticket
+
+
+@functools.cache
+def _sql(text: str, *json_columns: str) -> sa.TextClause | sa.TextualSelect:
+    """A textual statement, built once per distinct text: building one parses its bind
+    parameters, which costs more than running a small statement."""
+    clause = sa.text(text)
+    return clause.columns(**dict.fromkeys(json_columns, sa.JSON)) if json_columns else clause
+
 
 JOB_COLUMNS = ", ".join(c.name for c in Job.metadata.tables["jobs"].columns)
 
@@ -130,7 +140,7 @@ class JobStore:
                 strict=True,
             )
         )
-        stmt = sa.text(f"""
+        stmt = _sql(f"""
             INSERT INTO jobs (id, tenant, type, queue, payload, priority, status, max_attempts,
                 timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
                 retry_backoff_max_seconds, traceparent, dispatched_at)
@@ -200,7 +210,7 @@ class JobStore:
             return
         async with self._autocommit.connect() as conn:
             await conn.execute(
-                sa.text("""
+                _sql("""
                     UPDATE jobs SET published_at = now()
                     WHERE id IN (SELECT j.id FROM jobs j
                                  JOIN unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]))
@@ -225,7 +235,8 @@ class JobStore:
         async with self._autocommit.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.text("""
+                    _sql(
+                        """
                     UPDATE jobs SET status = 'running', attempts = attempts + 1,
                         lease_id = gen_random_uuid(),
                         lease_expires_at = now() + make_interval(secs => :lease),
@@ -237,7 +248,9 @@ class JobStore:
                     RETURNING id, type, queue, priority, payload, attempts, max_attempts,
                         timeout_seconds, lease_id, retry_backoff_seconds,
                         retry_backoff_max_seconds, traceparent, tenant
-                """).columns(payload=sa.JSON),
+                """,
+                        "payload",
+                    ),
                     {"ids": list(ids), "lease": lease_seconds},
                 )
             ).all()
@@ -249,7 +262,7 @@ class JobStore:
                 others = set(
                     (
                         await conn.execute(
-                            sa.text("SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                            _sql("SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
                             {"ids": rest},
                         )
                     ).scalars()
@@ -268,7 +281,7 @@ class JobStore:
         async with self._autocommit.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.text("""
+                    _sql("""
                     UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease)
                     FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
                     WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
@@ -293,7 +306,7 @@ class JobStore:
             done = set(
                 (
                     await conn.execute(
-                        sa.text("""
+                        _sql("""
                     UPDATE jobs j SET status = 'succeeded', result = v.result::jsonb,
                         finished_at = now(), updated_at = now(),
                         lease_id = NULL, lease_expires_at = NULL
@@ -325,7 +338,8 @@ class JobStore:
         async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.text(f"""
+                    _sql(
+                        f"""
                     UPDATE jobs SET
                         status = CASE WHEN cancel_requested AND :status = 'retrying'
                                       THEN 'canceled' ELSE :status END,
@@ -340,7 +354,9 @@ class JobStore:
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
                       AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
-                """).columns(last_error=sa.JSON),
+                """,
+                        "last_error",
+                    ),
                     {
                         "status": str(status),
                         "err": err,
@@ -376,13 +392,16 @@ class JobStore:
         async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.text(f"""
+                    _sql(
+                        f"""
                     UPDATE jobs SET {assignments}, lease_id = NULL, lease_expires_at = NULL,
                         updated_at = now()
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
                       AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
-                """).columns(last_error=sa.JSON),
+                """,
+                        "last_error",
+                    ),
                     {"id": job.id, "lease": job.lease_id},
                 )
             ).first()
@@ -451,7 +470,7 @@ class JobStore:
             return list(
                 (
                     await conn.execute(
-                        sa.text("""
+                        _sql("""
                 SELECT DISTINCT queue FROM jobs
                 WHERE status = 'queued' AND published_at < now() - make_interval(secs => :older)
             """),
@@ -478,7 +497,7 @@ class JobStore:
 
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
         async with self._autocommit.connect() as conn:
-            rows = (await conn.execute(sa.text(sql).columns(last_error=sa.JSON), params)).all()
+            rows = (await conn.execute(_sql(sql, "last_error"), params)).all()
         return [_ticket(row) for row in rows if row.status != JobStatus.CANCELED]
 
     # -- API reads and commands -----------------------------------------------------------
@@ -544,12 +563,15 @@ class JobStore:
                 return job, None
             rows = (
                 await conn.execute(
-                    sa.text(f"""
+                    _sql(
+                        f"""
                 UPDATE jobs SET status = 'queued', attempts = 0, cancel_requested = false,
                     run_at = now(), finished_at = NULL, started_at = NULL, result = NULL,
                     dispatched_at = now(), published_at = NULL, updated_at = now()
                 WHERE id = :id RETURNING {TICKET_COLUMNS}
-            """).columns(last_error=sa.JSON),
+            """,
+                        "last_error",
+                    ),
                     {"id": job_id},
                 )
             ).all()
@@ -570,7 +592,7 @@ class JobStore:
 
     async def ping(self) -> None:
         async with self._autocommit.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            await conn.execute(_sql("SELECT 1"))
 
 
 async def _get(
