@@ -15,6 +15,7 @@ import heapq
 import itertools
 import logging
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,8 +35,6 @@ from shared.messaging import Ticket, decode_ticket
 from shared.telemetry import context_from
 
 if TYPE_CHECKING:
-    import uuid
-
     from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
     from opentelemetry.trace import Tracer
 
@@ -56,6 +55,8 @@ class Delivery:
     received: float = field(compare=False)
     #: The underlying AMQP channel it came on (delivery tags are per channel).
     channel: int = field(compare=False)
+    #: The lease id its claim asks for, kept across retries so a retried claim is idempotent.
+    lease: uuid.UUID = field(compare=False, default_factory=uuid.uuid4)
 
     @property
     def tag(self) -> int:
@@ -235,7 +236,9 @@ class Worker:
 
     async def _claim(self, batch: list[Delivery]) -> None:
         claimed, others = await self.store.claim(
-            [d.ticket.job_id for d in batch], self.settings.lease_seconds
+            [d.ticket.job_id for d in batch],
+            self.settings.lease_seconds,
+            [d.lease for d in batch],
         )
         by_id = {c.id: c for c in claimed}
         acks, rejects = [], []

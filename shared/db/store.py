@@ -224,34 +224,47 @@ class JobStore:
     # -- worker -------------------------------------------------------------------------
 
     async def claim(
-        self, ids: Sequence[uuid.UUID], lease_seconds: float
+        self,
+        ids: Sequence[uuid.UUID],
+        lease_seconds: float,
+        lease_ids: Sequence[uuid.UUID] | None = None,
     ) -> tuple[list[Claimed], set[uuid.UUID]]:
-        """Move queued jobs to running with a fresh lease id; one statement for the batch.
+        """Move queued jobs to running under the given lease ids; one statement for the batch.
 
-        Returns the claimed jobs and the ids that exist but could not be claimed (already
-        running, finished, canceled or not yet due): their tickets are duplicates or stale.
-        Ids in neither set name no job at all.
+        Idempotent: a job already running under the same lease id is returned again without
+        spending another attempt, so a claim whose reply was lost (its commit went through)
+        can be retried safely. Returns the claimed jobs and the ids that exist but could not
+        be claimed (running under another lease, finished, canceled or not yet due): their
+        tickets are duplicates or stale. Ids in neither set name no job at all.
         """
+        leases = list(lease_ids) if lease_ids is not None else [uuid.uuid4() for _ in ids]
         async with self._autocommit.connect() as conn:
             rows = (
                 await conn.execute(
                     _sql(
                         """
-                    UPDATE jobs SET status = 'running', attempts = attempts + 1,
-                        lease_id = gen_random_uuid(),
+                    UPDATE jobs j SET status = 'running',
+                        attempts = CASE WHEN j.status = 'queued' THEN j.attempts + 1
+                                        ELSE j.attempts END,
+                        started_at = CASE WHEN j.status = 'queued' THEN now()
+                                          ELSE j.started_at END,
+                        lease_id = v.lease,
                         lease_expires_at = now() + make_interval(secs => :lease),
-                        started_at = now(), updated_at = now(),
-                        published_at = coalesce(published_at, now())
-                    WHERE id IN (SELECT id FROM jobs
-                                 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
-                                 ORDER BY id FOR UPDATE)
-                    RETURNING id, type, queue, priority, payload, attempts, max_attempts,
-                        timeout_seconds, lease_id, retry_backoff_seconds,
-                        retry_backoff_max_seconds, traceparent, tenant
+                        updated_at = now(), published_at = coalesce(j.published_at, now())
+                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
+                    WHERE j.id = v.id
+                      AND j.id IN (SELECT id FROM jobs
+                                   WHERE id = ANY(CAST(:ids AS uuid[]))
+                                     AND status IN ('queued', 'running')
+                                   ORDER BY id FOR UPDATE)
+                      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = v.lease))
+                    RETURNING j.id, j.type, j.queue, j.priority, j.payload, j.attempts,
+                        j.max_attempts, j.timeout_seconds, j.lease_id, j.retry_backoff_seconds,
+                        j.retry_backoff_max_seconds, j.traceparent, j.tenant
                 """,
                         "payload",
                     ),
-                    {"ids": list(ids), "lease": lease_seconds},
+                    {"ids": list(ids), "leases": leases, "lease": lease_seconds},
                 )
             ).all()
             claimed = [Claimed(**row._mapping) for row in rows]

@@ -258,3 +258,19 @@ async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbea
         assert row is not None
         assert row.status == JobStatus.CANCELED
         assert row.finished_at is not None
+
+
+async def test_a_retried_claim_whose_reply_was_lost_does_not_spend_another_attempt(
+    store: JobStore,
+) -> None:
+    [(row, _)] = await store.insert([new_job()])
+    lease = uuid.uuid4()
+    [first], _ = await store.claim([row.id], 30, [lease])
+    # The reply was lost; the worker retries the same claim
+    [again], _ = await store.claim([row.id], 30, [lease])
+    assert (first.attempts, again.attempts) == (1, 1)
+    assert again.lease_id == lease
+    # Another worker's duplicate ticket cannot take it
+    claimed, others = await store.claim([row.id], 30, [uuid.uuid4()])
+    assert claimed == []
+    assert others == {row.id}
