@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from shared.db.models import Job
+from shared.db.store import JobRow
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
@@ -67,7 +67,7 @@ class JobOut(Struct):
     trace_id: str | None
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: JobRow) -> JobOut:
         return cls(
             id=job.id,
             type=job.type,

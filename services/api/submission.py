@@ -22,8 +22,7 @@ from shared.messaging import Ticket
 if TYPE_CHECKING:
     from services.api.tokens import Principal
     from shared.config import Settings
-    from shared.db.models import Job
-    from shared.db.store import JobStore
+    from shared.db.store import JobRow, JobStore
     from shared.messaging import Broker
 
 log = logging.getLogger("jobq.api")
@@ -78,7 +77,7 @@ class Dispatcher:
         await self._flush()
 
 
-def ticket_of(job: Job) -> Ticket:
+def ticket_of(job: JobRow) -> Ticket:
     return Ticket(job.id, job.type, job.attempts, job.queue, job.priority, job.traceparent)
 
 
@@ -127,7 +126,7 @@ def new_job(
 
 async def submit(
     store: JobStore, dispatcher: Dispatcher, jobs: list[NewJob]
-) -> list[tuple[Job, bool]]:
+) -> list[tuple[JobRow, bool]]:
     """Insert in one transaction, then publish the new jobs that are due now."""
     results = await store.insert(jobs)
     await dispatcher.dispatch(

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -76,8 +76,10 @@ class Claimed:
     tenant: str
 
 
-def _job(row: sa.Row[Any]) -> Job:
-    return Job.model_validate(dict(row._mapping))
+#: A row of ``jobs`` with its columns as attributes (the names ``Job`` declares). Reads hand
+#: out rows, not ``Job`` instances: building an ORM instance costs ~100 µs a row, more than
+#: the query, and the API answers a batch submit with 1,000 of them.
+JobRow: TypeAlias = sa.Row[Any]
 
 
 def _ticket(row: sa.Row[Any]) -> Ticket:
@@ -113,7 +115,7 @@ class JobStore:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRow, bool]]:
         """Insert jobs in one statement; returns each job with ``True`` if it was created,
         ``False`` if its idempotency key already named a job (which is returned instead)."""
         cols = list(
@@ -178,9 +180,9 @@ class JobStore:
         ]
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))).all()
-            created = {row.id: _job(row) for row in rows}
+            created = {row.id: row for row in rows}
             missing = [j for j in jobs if j.id not in created]
-            existing: dict[tuple[str, str | None], Job] = {}
+            existing: dict[tuple[str, str | None], JobRow] = {}
             if missing:
                 found = await conn.execute(
                     select(Job).where(
@@ -189,8 +191,8 @@ class JobStore:
                         )
                     )
                 )
-                existing = {(j.tenant, j.idempotency_key): j for j in map(_job, found)}
-        out: list[tuple[Job, bool]] = []
+                existing = {(j.tenant, j.idempotency_key): j for j in found}
+        out: list[tuple[JobRow, bool]] = []
         for j in jobs:
             if j.id in created:
                 out.append((created[j.id], True))
@@ -515,7 +517,7 @@ class JobStore:
 
     # -- API reads and commands -----------------------------------------------------------
 
-    async def get(self, tenant: str, job_id: uuid.UUID) -> Job | None:
+    async def get(self, tenant: str, job_id: uuid.UUID) -> JobRow | None:
         async with self._autocommit.connect() as conn:
             return await _get(conn, tenant, job_id)
 
@@ -530,7 +532,7 @@ class JobStore:
         queue: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
-    ) -> list[Job]:
+    ) -> list[JobRow]:
         """Newest first, keyset-paginated on the time-ordered id."""
         q = select(Job).where(col(Job.tenant) == tenant)
         for column, value in ((Job.status, status), (Job.type, type), (Job.queue, queue)):
@@ -544,9 +546,11 @@ class JobStore:
             q = q.where(col(Job.id) < before)
         q = q.order_by(col(Job.id).desc()).limit(limit)
         async with self._autocommit.connect() as conn:
-            return [_job(row) for row in await conn.execute(q)]
+            return list(await conn.execute(q))
 
-    async def cancel(self, tenant: str, job_id: uuid.UUID) -> tuple[JobStatus | None, Job | None]:
+    async def cancel(
+        self, tenant: str, job_id: uuid.UUID
+    ) -> tuple[JobStatus | None, JobRow | None]:
         """Cancel a waiting job at once; a running one gets a request its worker honours at
         the next heartbeat. Returns the status before and the job after (``None`` if
         unknown); a terminal job is left unchanged."""
@@ -568,7 +572,7 @@ class JobStore:
             )
             return JobStatus(job.status), await _get(conn, tenant, job_id)
 
-    async def retry(self, tenant: str, job_id: uuid.UUID) -> tuple[Job | None, Ticket | None]:
+    async def retry(self, tenant: str, job_id: uuid.UUID) -> tuple[JobRow | None, Ticket | None]:
         """Re-queue a dead or canceled job with a fresh attempt budget."""
         async with self.engine.begin() as conn:
             job = await _get(conn, tenant, job_id, lock=True)
@@ -610,12 +614,12 @@ class JobStore:
 
 async def _get(
     conn: AsyncConnection, tenant: str, job_id: uuid.UUID, lock: bool = False
-) -> Job | None:
+) -> JobRow | None:
     q = select(Job).where(col(Job.id) == job_id, col(Job.tenant) == tenant)
     if lock:
         q = q.with_for_update()
     row = (await conn.execute(q)).first()
-    return None if row is None else _job(row)
+    return row
 
 
 class ClientStore:

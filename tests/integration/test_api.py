@@ -47,6 +47,8 @@ async def test_a_submitted_job_runs_and_succeeds_with_its_result(
     r = await api.post("/v1/jobs", json={"type": "echo", "payload": {"n": 1}}, headers=h)
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert r.json()["payload"] == {"n": 1}
+    assert r.json()["status"] == "queued"
     job = await wait_status(api, h, r.json()["id"], "succeeded")
     assert job["result"] == {"n": 1}
     assert job["attempts"] == 1

@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
-from shared.db.models import Job
-from shared.db.store import JobStore, NewJob
+from shared.db.store import JobRow, JobStore, NewJob
 from shared.domain import JobStatus
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
@@ -36,23 +35,25 @@ def new_job(type: str = "noop", payload: object = None, **kw: object) -> NewJob:
     return NewJob(**fields)  # type: ignore[arg-type]
 
 
-async def submit(store: JobStore, broker: Broker, job: NewJob) -> Job:
+async def submit(store: JobStore, broker: Broker, job: NewJob) -> JobRow:
     [(row, _)] = await store.insert([job])
     await broker.publish(ticket(row))
     await store.mark_published([ticket(row)])
     return row
 
 
-def ticket(row: Job) -> Ticket:
+def ticket(row: JobRow) -> Ticket:
     return Ticket(row.id, row.type, row.attempts, row.queue, row.priority)
 
 
-async def final(store: JobStore, job_id: uuid.UUID, status: JobStatus, within: float = 15) -> Job:
-    async def reached() -> Job | None:
+async def final(
+    store: JobStore, job_id: uuid.UUID, status: JobStatus, within: float = 15
+) -> JobRow:
+    async def reached() -> JobRow | None:
         job = await store.get("acme", job_id)
         return job if job is not None and job.status == status else None
 
-    result: Job = await wait_for(reached, within)
+    result: JobRow = await wait_for(reached, within)
     return result
 
 
@@ -199,7 +200,7 @@ async def test_graceful_shutdown_releases_unfinished_jobs_without_spending_an_at
     assert (await final(store, slow.id, JobStatus.SUCCEEDED)).attempts == 1
 
 
-async def started_order(store: JobStore, rows: list[Job]) -> list[int]:
+async def started_order(store: JobStore, rows: list[JobRow]) -> list[int]:
     done = [await final(store, r.id, JobStatus.SUCCEEDED) for r in rows]
     return [j.priority for j in sorted(done, key=lambda j: j.started_at or j.created_at)]
 
