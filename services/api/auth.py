@@ -46,10 +46,13 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=token)
 
 
-def requires_scopes(
+async def requires_scopes(
     connection: ASGIConnection[Any, Principal, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Guard: the token must grant every scope the handler declares in ``opt["scopes"]``."""
+    """Guard: the token must grant every scope the handler declares in ``opt["scopes"]``.
+
+    Async on purpose: Litestar runs a sync guard in a worker thread, a thread hop per request.
+    """
     missing = set(handler.opt.get("scopes", ())) - connection.user.scopes
     if missing:
         raise PermissionDeniedException(detail=f"missing scope: {' '.join(sorted(missing))}")
