@@ -53,11 +53,6 @@ def check_move(current: JobStatus, target: JobStatus) -> None:
         raise IllegalTransition(f"a {current} job cannot become {target}")
 
 
-def initial_status(delay_seconds: float) -> JobStatus:
-    """A job due now is queued at once; a delayed one waits as scheduled."""
-    return S.SCHEDULED if delay_seconds > 0 else S.QUEUED
-
-
 def backoff(
     attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
 ) -> float:
@@ -87,8 +82,3 @@ def decide_failure(
     if permanent or attempts >= max_attempts:
         return FailureDecision(S.DEAD, 0.0)
     return FailureDecision(S.RETRYING, backoff(attempts, base, cap, rand))
-
-
-def after_lease_expiry(attempts: int, max_attempts: int) -> JobStatus:
-    """A job whose worker vanished runs again while attempts remain (SPEC §3.4)."""
-    return S.QUEUED if attempts < max_attempts else S.DEAD

@@ -11,7 +11,7 @@ import asyncio
 import importlib
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -94,5 +94,3 @@ class Registry:
 #: The registry ``@handler`` writes to: user modules import it, the worker reads it.
 registry = Registry()
 handler = registry.handler
-
-HandlerFunc = Callable[..., Awaitable[Any]]

@@ -115,7 +115,11 @@ class Worker:
             self._consumers.append((q, tag))
         log.info(
             "worker consuming",
-            extra={"queues": self.settings.queues, "concurrency": self.concurrency},
+            extra={
+                "queues": self.settings.queues,
+                "concurrency": self.concurrency,
+                "handlers": self.registry.names(),
+            },
         )
         loops = [
             asyncio.create_task(self._dispatch_loop()),

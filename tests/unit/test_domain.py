@@ -11,11 +11,9 @@ from shared.domain import (
     TERMINAL,
     FailureDecision,
     JobStatus,
-    after_lease_expiry,
     backoff,
     check_move,
     decide_failure,
-    initial_status,
     is_legal,
 )
 from shared.errors import IllegalTransition
@@ -52,11 +50,6 @@ def test_succeeded_is_final_and_dead_or_canceled_only_go_back_to_queued() -> Non
     assert LEGAL[S.DEAD] == LEGAL[S.CANCELED] == frozenset({S.QUEUED})
 
 
-def test_a_delayed_job_starts_scheduled_and_a_due_one_queued() -> None:
-    assert initial_status(0) == S.QUEUED
-    assert initial_status(0.5) == S.SCHEDULED
-
-
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 10, 30, 1000])
 def test_backoff_stays_within_full_jitter_bounds(attempt: int) -> None:
     ceiling = min(600.0, 2.0 * 2 ** (attempt - 1))
@@ -80,8 +73,3 @@ def test_a_failure_with_attempts_left_is_retried_after_backoff() -> None:
 def test_the_last_attempt_or_a_permanent_failure_is_dead() -> None:
     assert decide_failure(3, 3, permanent=False, base=2, cap=60).status == S.DEAD
     assert decide_failure(1, 3, permanent=True, base=2, cap=60).status == S.DEAD
-
-
-def test_an_expired_lease_requeues_while_attempts_remain() -> None:
-    assert after_lease_expiry(1, 3) == S.QUEUED
-    assert after_lease_expiry(3, 3) == S.DEAD
