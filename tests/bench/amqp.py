@@ -3,39 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 import aio_pika
 import aiormq
+from aio_pika.abc import AbstractQueue
+
+
+@contextlib.asynccontextmanager
+async def existing_queue(url: str, queue: str) -> AsyncIterator[AbstractQueue | None]:
+    """``queue`` by passive declare on its own connection, or ``None`` if it does not exist."""
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        try:
+            q: AbstractQueue | None = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            q = None
+        yield q
+    finally:
+        await conn.close()
 
 
 async def queue_state(url: str, queue: str) -> tuple[int, int] | None:
     """``(ready messages, consumers)`` of ``queue``, or ``None`` if it does not exist."""
-    conn = await aio_pika.connect(url)
-    try:
-        channel = await conn.channel()
-        try:
-            q = await channel.declare_queue(queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
+    async with existing_queue(url, queue) as q:
+        if q is None:
             return None
         result = q.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)
-    finally:
-        await conn.close()
 
 
 async def purge(url: str, queue: str) -> int:
     """Drop the ready messages of ``queue`` (if it exists); returns how many."""
-    conn = await aio_pika.connect(url)
-    try:
-        channel = await conn.channel()
-        try:
-            q = await channel.declare_queue(queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
+    async with existing_queue(url, queue) as q:
+        if q is None:
             return 0
         result = await q.purge()
         return int(result.message_count or 0)
-    finally:
-        await conn.close()
 
 
 async def delete(url: str, queues: list[str], exchanges: list[str]) -> None:
