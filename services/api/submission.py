@@ -1,8 +1,9 @@
 """Turning accepted requests into committed jobs and confirmed tickets.
 
 The row is committed first (a 2xx means the job exists); the ticket is published after, with
-confirms in flight together for a batch; the confirm is recorded by a group-committed UPDATE
-off the request path. If the process dies in between, the scheduler publishes the job again.
+confirms in flight together for a batch; confirms are recorded a little later, off the request
+path, by one UPDATE (``Dispatcher``). If the process dies in between, the scheduler publishes
+the job again.
 """
 
 from __future__ import annotations
