@@ -166,3 +166,8 @@ def bearer(
 ) -> dict[str, str]:
     principal = Principal(str(uuid.uuid4()), tenant, scopes)
     return {"Authorization": f"Bearer {issue(token_config(settings), principal)}"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fault tests last: they restart PostgreSQL and RabbitMQ under everyone's connections."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,8 +56,10 @@ class Delivery:
     received: float = field(compare=False)
     #: The underlying AMQP channel it came on (delivery tags are per channel).
     channel: int = field(compare=False)
-    #: The lease id its claim asks for, kept across retries so a retried claim is idempotent.
+    #: The lease id its claim asks for; a retry asks for a fresh one and names the earlier
+    #: ones (``tried``), whose claim may have committed with its reply lost.
     lease: uuid.UUID = field(compare=False, default_factory=uuid.uuid4)
+    tried: list[uuid.UUID] = field(compare=False, default_factory=list)
 
     @property
     def tag(self) -> int:
@@ -68,6 +71,8 @@ class Running:
     job: Claimed
     task: asyncio.Task[None]
     stop_reason: StopReason | None = None
+    #: The handler returned or raised; its outcome is being written.
+    finishing: bool = False
 
 
 class Worker:
@@ -110,7 +115,11 @@ class Worker:
         await channel.set_qos(prefetch_count=self.concurrency)
         for queue in self.settings.queues:
             name = await self.broker.ensure_queue(queue)
-            q = await channel.get_queue(name, ensure=False)
+            # Declared (not just looked up) on this channel: the robust channel re-declares
+            # the queues it declared after a reconnect and only then restores their consumers.
+            q = await channel.declare_queue(
+                name, durable=True, arguments=self.broker.topology.queue_arguments()
+            )
             tag = await q.consume(self._on_message)
             self._consumers.append((q, tag))
         log.info(
@@ -157,8 +166,9 @@ class Worker:
             log.info("draining", extra={"running": len(running)})
             await asyncio.wait(running, timeout=self.settings.shutdown_grace_seconds)
         for r in list(self._running.values()):
-            r.stop_reason = "shutdown"
-            r.task.cancel()
+            if not r.finishing:
+                r.stop_reason = "shutdown"
+                r.task.cancel()
         if self._running:
             await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
         await self._completions.drain()
@@ -233,6 +243,8 @@ class Worker:
                     # sending more) instead of bouncing them and burning their delivery count.
                     self._db_ok = False
                     for d in batch:
+                        d.tried.append(d.lease)
+                        d.lease = uuid.uuid4()
                         heapq.heappush(self._buffer, d)
                     log.warning("claim failed; pausing", extra={"error": repr(exc)})
                     await asyncio.sleep(backoff)
@@ -243,6 +255,7 @@ class Worker:
             [d.ticket.job_id for d in batch],
             self.settings.lease_seconds,
             [d.lease for d in batch],
+            [lease for d in batch for lease in d.tried],
         )
         by_id = {c.id: c for c in claimed}
         acks, rejects = [], []
@@ -274,6 +287,12 @@ class Worker:
 
     async def _run_job(self, job: Claimed) -> None:
         token = current_job_id.set(str(job.id))
+        try:
+            await self._run_traced(job)
+        finally:
+            current_job_id.reset(token)
+
+    async def _run_traced(self, job: Claimed) -> None:
         ctx = JobContext(job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id)
         with self.tracer.start_as_current_span(
             f"jobq.run {job.type}",
@@ -285,19 +304,24 @@ class Worker:
                 "jobq.queue": job.queue,
             },
         ) as span:
+            outcome: Callable[[], Awaitable[None]]
             try:
                 async with asyncio.timeout(job.timeout_seconds):
                     result = await self.registry.get(job.type)(job.payload, ctx)
-                await self._succeed(job, result)
             except asyncio.CancelledError:
                 await self._stopped(job)
+                return
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
                 if isinstance(exc, TimeoutError):
                     exc = TimeoutError(f"attempt exceeded timeout_seconds={job.timeout_seconds}")
-                await self._fail(job, exc)
-            finally:
-                current_job_id.reset(token)
+                outcome = functools.partial(self._fail, job, exc)
+            else:
+                outcome = functools.partial(self._succeed, job, result)
+            # The handler is done and its outcome is being written: neither a heartbeat (which
+            # may see the row leave 'running' first) nor a shutdown may cancel that.
+            self._running[job.id].finishing = True
+            await outcome()
 
     async def _succeed(self, job: Claimed, result: Any) -> None:
         try:
@@ -387,11 +411,14 @@ class Worker:
             await self._hand_back_stale_deliveries()
 
     async def _heartbeat(self) -> None:
+        # Finishing jobs too: an outcome retried through a database outage needs its lease.
         running = [r for r in self._running.values() if r.stop_reason is None]
         held = await self.store.heartbeat(
             [(r.job.id, r.job.lease_id) for r in running], self.settings.lease_seconds
         )
         for r in running:
+            if r.finishing:
+                continue  # its outcome write decides (and may just have left 'running')
             if r.job.id not in held:
                 # Another worker may run this job now; this one's writes would be refused.
                 r.stop_reason = "lease_lost"

@@ -230,13 +230,16 @@ class JobStore:
         ids: Sequence[uuid.UUID],
         lease_seconds: float,
         lease_ids: Sequence[uuid.UUID] | None = None,
+        tried: Sequence[uuid.UUID] = (),
     ) -> tuple[list[Claimed], set[uuid.UUID]]:
         """Move queued jobs to running under the given lease ids; one statement for the batch.
 
-        Idempotent: a job already running under the same lease id is returned again without
-        spending another attempt, so a claim whose reply was lost (its commit went through)
-        can be retried safely. Returns the claimed jobs and the ids that exist but could not
-        be claimed (running under another lease, finished, canceled or not yet due): their
+        A claim whose reply was lost may have committed: its retry names fresh lease ids and,
+        in ``tried``, those of the earlier tries. A job still running under one of those is
+        returned again, with that lease and without spending another attempt; a job that
+        went back to the queue meanwhile is claimed under the fresh id, so no lease id ever
+        fences two claims. Returns the claimed jobs and the ids that exist but could not be
+        claimed (running under another lease, finished, canceled or not yet due): their
         tickets are duplicates or stale. Ids in neither set name no job at all.
         """
         leases = list(lease_ids) if lease_ids is not None else [uuid.uuid4() for _ in ids]
@@ -250,7 +253,7 @@ class JobStore:
                                         ELSE j.attempts END,
                         started_at = CASE WHEN j.status = 'queued' THEN now()
                                           ELSE j.started_at END,
-                        lease_id = v.lease,
+                        lease_id = CASE WHEN j.status = 'queued' THEN v.lease ELSE j.lease_id END,
                         lease_expires_at = now() + make_interval(secs => :lease),
                         updated_at = now(), published_at = coalesce(j.published_at, now())
                     FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
@@ -259,14 +262,20 @@ class JobStore:
                                    WHERE id = ANY(CAST(:ids AS uuid[]))
                                      AND status IN ('queued', 'running')
                                    ORDER BY id FOR UPDATE)
-                      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = v.lease))
+                      AND (j.status = 'queued' OR (j.status = 'running'
+                                                   AND j.lease_id = ANY(CAST(:tried AS uuid[]))))
                     RETURNING j.id, j.type, j.queue, j.priority, j.payload, j.attempts,
                         j.max_attempts, j.timeout_seconds, j.lease_id, j.retry_backoff_seconds,
                         j.retry_backoff_max_seconds, j.traceparent, j.tenant
                 """,
                         "payload",
                     ),
-                    {"ids": list(ids), "leases": leases, "lease": lease_seconds},
+                    {
+                        "ids": list(ids),
+                        "leases": leases,
+                        "tried": list(tried),
+                        "lease": lease_seconds,
+                    },
                 )
             ).all()
             claimed = [Claimed(**row._mapping) for row in rows]

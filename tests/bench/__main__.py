@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tests.bench.celery_side import CeleryConfig, CeleryStack
 from tests.bench.jobq_side import JobqConfig, JobqStack
-from tests.bench.procs import BenchError
 from tests.bench.report import Result, render
+from tests.procs import ProcessDied
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         asyncio.run(bench(args, log_dir, results))
-    except BenchError as exc:
+    except ProcessDied as exc:
         print(f"\nbench failed at {time.strftime('%H:%M:%S')}: {exc}", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt:

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench import amqp, celery_app
-from tests.bench.procs import BenchError, Proc, check_alive, clean_env, start, stop_all
+from tests.bench import BenchError, amqp, celery_app
 from tests.bench.report import CELERY, Result
+from tests.procs import Proc, check_alive, clean_env, start, stop_all
 
 POLL_INTERVAL = 0.025
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from tests.bench import amqp
-from tests.bench.procs import (
+from tests.bench import BenchError, amqp
+from tests.bench.report import BATCH, SINGLE, Result, percentile
+from tests.procs import (
     REPO_ROOT,
-    BenchError,
     Proc,
     check_alive,
     clean_env,
@@ -29,7 +29,6 @@ from tests.bench.procs import (
     start,
     stop_all,
 )
-from tests.bench.report import BATCH, SINGLE, Result, percentile
 
 TENANT = "bench"
 QUEUE = "default"

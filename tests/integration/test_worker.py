@@ -267,11 +267,24 @@ async def test_a_retried_claim_whose_reply_was_lost_does_not_spend_another_attem
     [(row, _)] = await store.insert([new_job()])
     lease = uuid.uuid4()
     [first], _ = await store.claim([row.id], 30, [lease])
-    # The reply was lost; the worker retries the same claim
-    [again], _ = await store.claim([row.id], 30, [lease])
+    # The reply was lost; the worker retries with a fresh lease id, naming the one it tried
+    [again], _ = await store.claim([row.id], 30, [uuid.uuid4()], tried=[lease])
     assert (first.attempts, again.attempts) == (1, 1)
     assert again.lease_id == lease
     # Another worker's duplicate ticket cannot take it
     claimed, others = await store.claim([row.id], 30, [uuid.uuid4()])
     assert claimed == []
     assert others == {row.id}
+
+
+async def test_a_retried_claim_never_reuses_a_lease_id_for_a_new_attempt(
+    store: JobStore,
+) -> None:
+    [(row, _)] = await store.insert([new_job()])
+    lease = uuid.uuid4()
+    await store.claim([row.id], 0.1, [lease])  # committed, reply lost
+    await asyncio.sleep(0.3)
+    await store.expire_leases(10)  # the lease ran out; the job is queued again
+    fresh = uuid.uuid4()
+    [claimed], _ = await store.claim([row.id], 30, [fresh], tried=[lease])
+    assert (claimed.attempts, claimed.lease_id) == (2, fresh)

@@ -16,8 +16,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class BenchError(Exception):
-    """The benchmark could not complete a measurement."""
+class ProcessDied(Exception):
+    """A child exited that nobody stopped (the benchmark cannot measure; a test fails)."""
 
 
 class Proc:
@@ -44,7 +44,7 @@ class Proc:
 
 
 def start(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path) -> Proc:
-    """Start ``argv`` in a new session (so a Ctrl-C at the terminal reaches only the bench,
+    """Start ``argv`` in a new session (so a Ctrl-C at the terminal reaches only the owner,
     which then stops its children in order), stdout and stderr to ``<log_dir>/<name>.log``."""
     log = log_dir / f"{name}.log"
     with log.open("ab") as out:
@@ -90,15 +90,15 @@ def stop_all(procs: Sequence[Proc], grace: float = 15.0) -> None:
 
 
 def check_alive(procs: Sequence[Proc]) -> None:
-    """Raise ``BenchError`` with the log tail of the first child that has exited."""
+    """Raise ``ProcessDied`` with the log tail of the first child that has exited."""
     for proc in procs:
         if not proc.alive():
             code = proc.popen.returncode
             how = (
                 f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             )
-            raise BenchError(
-                f"{proc.name} (pid {proc.pid}) {how} (not by the bench); "
+            raise ProcessDied(
+                f"{proc.name} (pid {proc.pid}) {how} (not by its owner); "
                 f"last lines of {proc.log}:\n{proc.tail()}"
             )
 
@@ -110,7 +110,7 @@ def free_port() -> int:
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The bench's environment without any ``JOBQ_*``/``OTEL_*`` (the Makefile exports
+    """The caller's environment without any ``JOBQ_*``/``OTEL_*`` (the Makefile exports
     ``JOBQ_JWT_SECRET_FILE``), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBQ_", "OTEL_"))}
     env["PYTHONPATH"] = os.pathsep.join(

@@ -1,0 +1,141 @@
+"""The system under test as real processes: one api, workers and schedulers, started with
+``python -m services <service>`` against the test's database and broker prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.procs import Proc, clean_env, free_port, start, stop_all
+
+#: Short leases and intervals, so a fault is detected and recovered within seconds.
+FAST = {
+    "JOBQ_LEASE_SECONDS": "2",
+    "JOBQ_REPUBLISH_AFTER_SECONDS": "2",
+    "JOBQ_LOST_TICKET_AFTER_SECONDS": "4",
+    "JOBQ_SCHEDULER_INTERVAL_SECONDS": "0.25",
+    "JOBQ_SHUTDOWN_GRACE_SECONDS": "5",
+    "JOBQ_RETRY_BACKOFF_SECONDS": "0.2",
+    "JOBQ_RETRY_BACKOFF_MAX_SECONDS": "1",
+    "JOBQ_WORKER_CONCURRENCY": "4",
+    "JOBQ_DB_TIMEOUT_SECONDS": "3",
+    "JOBQ_PUBLISH_TIMEOUT_SECONDS": "2",
+    "JOBQ_DB_POOL_SIZE": "4",
+    "JOBQ_MANAGEMENT_URL": "",
+    "JOBQ_HANDLERS": "tests.chaos.handlers",
+}
+
+#: The log line each service writes once it is ready (the api answers /health/ready instead).
+READY_LINE = {"worker": "worker consuming", "scheduler": "scheduler running"}
+
+
+@dataclass
+class Cluster:
+    database_url: str
+    amqp_url: str
+    prefix: str
+    secret: str
+    log_dir: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    procs: list[Proc] = field(default_factory=list)
+    #: Processes a fault killed or froze: their in-flight jobs may run twice.
+    faulted: set[int] = field(default_factory=set)
+    #: Workers that died without being told to (a ``kill`` job), restarted by ``supervise``.
+    crashed: list[int] = field(default_factory=list)
+    _retired: set[int] = field(default_factory=set)
+    _count: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return clean_env(
+            {
+                **FAST,
+                "JOBQ_DATABASE_URL": self.database_url,
+                "JOBQ_AMQP_URL": self.amqp_url,
+                "JOBQ_BROKER_PREFIX": self.prefix,
+                "JOBQ_JWT_SECRET": self.secret,
+                "JOBQ_API_PORT": str(self.port),
+                **self.overrides,
+            }
+        )
+
+    def of(self, service: str) -> list[Proc]:
+        """The live processes of one service, oldest first."""
+        return [
+            p for p in self.procs
+            if p.name.startswith(service) and p.alive() and p.pid not in self._retired
+        ]  # fmt: skip
+
+    async def start(self, service: str, within: float = 30.0) -> Proc:
+        self._count += 1
+        proc = start(
+            f"{service}-{self._count}", [sys.executable, "-m", "services", service], self.env,
+            self.log_dir,
+        )  # fmt: skip
+        self.procs.append(proc)
+        await self._ready(service, proc, within)
+        return proc
+
+    async def up(self, workers: int = 2, schedulers: int = 1) -> None:
+        await asyncio.gather(
+            self.start("api"),
+            *(self.start("worker") for _ in range(workers)),
+            *(self.start("scheduler") for _ in range(schedulers)),
+        )
+
+    async def _ready(self, service: str, proc: Proc, within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        async with httpx.AsyncClient(timeout=1) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                if not proc.alive():
+                    raise AssertionError(f"{proc.name} exited:\n{proc.tail()}")
+                if service == "api":
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.url}/health/ready")).status_code == 200:
+                            return
+                elif READY_LINE[service] in proc.log.read_text(errors="replace"):
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{proc.name} not ready within {within}s:\n{proc.tail()}")
+
+    def signal(self, proc: Proc, sig: signal.Signals) -> None:
+        """Send ``sig``; a kill or a freeze makes the process's in-flight jobs fair duplicates."""
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            self.faulted.add(proc.pid)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self._retired.add(proc.pid)
+        os.kill(proc.pid, sig)
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart workers that died on their own (what ``jobq up`` or an orchestrator does);
+        their in-flight jobs count as faulted."""
+        while not stop.is_set():
+            for p in list(self.procs):
+                if p.name.startswith("worker") and not p.alive() and p.pid not in self._retired:
+                    self._retired.add(p.pid)
+                    self.faulted.add(p.pid)
+                    self.crashed.append(p.pid)
+                    await self.start("worker")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+
+    def stop(self) -> None:
+        for p in self.procs:  # a frozen process cannot handle SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+        stop_all(self.procs, grace=10)
+
+    def logs(self, lines: int = 15) -> str:
+        return "\n".join(f"--- {p.name} (pid {p.pid})\n{p.tail(lines)}" for p in self.procs)

@@ -1,0 +1,243 @@
+"""Each test breaks something real while the system works, waits for it to go quiet, and
+asserts the guarantees of SPEC §3 with ``tests.chaos.checker`` (figures in the summary)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime
+
+import aio_pika
+import pytest
+
+from tests.chaos import faults
+from tests.chaos.conftest import Chaos
+from tests.chaos.workload import jobs
+
+pytestmark = pytest.mark.chaos
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(240, ms=(50, 400)), rate=60))
+    hit = 0
+    for _ in range(4):
+        await asyncio.sleep(1.0)
+        workers = chaos.cluster.of("worker")
+        running = {p.pid: await chaos.in_flight(p.pid) for p in workers}
+        victim = max(workers, key=lambda p: len(running[p.pid]))
+        hit += len(running[victim.pid])
+        chaos.cluster.signal(victim, signal.SIGKILL)
+        await chaos.cluster.start("worker")
+    await load
+    f = await chaos.finish("worker kill -9 x4", now(), kills=4, in_flight_at_kills=hit)
+    assert hit > 0, "the kills hit no running job"
+    assert f.duplicate_executions <= hit
+
+
+async def test_worker_sigterm_drains_without_duplicates(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(160, ms=(50, 300)), rate=50))
+    exits = []
+    for _ in range(2):
+        await asyncio.sleep(1.0)
+        old = chaos.cluster.of("worker")[0]
+        await chaos.cluster.start("worker")
+        t0 = now()
+        chaos.cluster.signal(old, signal.SIGTERM)
+        code = await asyncio.to_thread(old.popen.wait, 30)
+        exits.append((code, round(now() - t0, 2)))
+    await load
+    f = await chaos.finish("worker SIGTERM x2", now(), exits=exits)
+    assert [code for code, _ in exits] == [0, 0], exits
+    assert f.duplicate_executions == 0
+    assert f.extra["lease_lost"] == 0
+
+
+async def test_worker_frozen_past_its_lease_has_its_late_writes_refused(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(60, ms=(400, 1200)), rate=30))
+    await asyncio.sleep(1.5)
+    workers = chaos.cluster.of("worker")
+    running = {p.pid: await chaos.in_flight(p.pid) for p in workers}
+    victim = max(workers, key=lambda p: len(running[p.pid]))
+    chaos.cluster.signal(victim, signal.SIGSTOP)
+    await asyncio.sleep(5.0)  # 2.5 leases: the scheduler expires them, another worker reruns
+    chaos.cluster.signal(victim, signal.SIGCONT)
+    ended = now()
+    await load
+    await chaos.quiet()
+    assert victim.alive(), "the worker did not survive its freeze"
+    f = await chaos.finish(
+        "worker SIGSTOP 5s (lease 2s)", ended, frozen_in_flight=len(running[victim.pid])
+    )
+    assert running[victim.pid], "the frozen worker ran nothing"
+    # Every late write of the frozen worker was refused or never attempted (heartbeat first).
+    assert f.stale_effects == 0
+
+
+async def test_api_killed_between_commit_and_publish(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(150), rate=40))
+    await asyncio.sleep(1.0)
+    async with faults.publishers_blocked():
+        await asyncio.sleep(2.5)  # requests commit, then wait for confirms that cannot come
+        unpublished = await chaos.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND published_at IS NULL"
+        )
+        chaos.cluster.signal(chaos.cluster.of("api")[0], signal.SIGKILL)
+        await chaos.cluster.start("api")
+    ended = now()
+    await load
+    f = await chaos.finish("api kill -9 after commit", ended, committed_unpublished=unpublished)
+    assert isinstance(unpublished, int)
+    assert unpublished > 0, "the kill hit no job between commit and publish"
+    assert f.key_duplicates == 0
+
+
+async def test_rabbitmq_restarted_during_submits_and_processing(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(240), rate=60))
+    await asyncio.sleep(1.5)
+    async with faults.rabbit_stopped():
+        await asyncio.sleep(3.0)
+    ended = now()
+    await load
+    f = await chaos.finish("rabbitmq stop_app 3s", ended)
+    assert f.duplicate_executions == 0
+
+
+async def test_all_broker_connections_force_closed(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(200), rate=60))
+    for _ in range(3):
+        await asyncio.sleep(1.0)
+        await faults.rabbitmqctl("close_all_connections", "chaos test")
+    ended = now()
+    await load
+    f = await chaos.finish("close_all_connections x3", ended)
+    assert f.duplicate_executions == 0
+
+
+async def test_purged_queue_loses_no_job(chaos: Chaos) -> None:
+    chaos.cluster.overrides["JOBQ_WORKER_CONCURRENCY"] = "2"
+    await chaos.up(workers=1)
+    await chaos.load.run(jobs(150, ms=(30, 60)))
+    await faults.rabbitmqctl("purge_queue", f"{chaos.cluster.prefix}.q.default")
+    ended = now()
+    f = await chaos.finish("purge_queue with backlog", ended)
+    assert f.duplicate_executions == 0
+
+
+async def test_postgres_crash_gets_503s_and_paused_workers(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(200), rate=40))
+    await asyncio.sleep(1.5)
+    down = datetime.now(UTC)
+    async with faults.postgres_down():
+        await asyncio.sleep(4.0)
+    up, back = now(), datetime.now(UTC)
+    await load
+    # Every lease ran out during the outage (2 s lease, 4 s down): those jobs may run again.
+    held = await chaos.excuse_leases_held(down, back)
+    f = await chaos.finish("postgres stop -m immediate 4s", up, leases_across_outage=held)
+    assert f.http[503] > 0, "the API never saw the outage"
+    dead_letters = await chaos.dead_letters()
+    assert len(dead_letters) == f.statuses["dead"], "deliveries were dead-lettered by the outage"
+
+
+async def test_postgres_connections_terminated(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(200), rate=40))
+    cut = 0
+    for _ in range(10):
+        await asyncio.sleep(0.5)
+        cut += await faults.terminate_backends(chaos.admin_dsn, chaos.database)
+    ended = now()
+    await load
+    f = await chaos.finish("pg_terminate_backend x10", ended, connections_cut=cut)
+    assert cut > 0
+    assert f.duplicate_executions == 0
+
+
+async def test_poison_is_contained(chaos: Chaos) -> None:
+    """Undecodable messages go to the dead-letter queue; a job that kills its worker on every
+    attempt ends dead after its attempts; healthy jobs keep flowing meanwhile."""
+    await chaos.up(workers=2)
+    garbage = [b"not json", b"\xff\xfe", b'{"job_id": "nope"}', b"[]", b""]
+    conn = await aio_pika.connect(chaos.cluster.amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        for body in garbage:
+            await ch.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=f"{chaos.cluster.prefix}.q.default",
+            )
+    specs = jobs(120, kill=[10])
+    specs[10].body["max_attempts"] = 3
+    await chaos.load.run(specs, rate=40)
+    killer = chaos.load.accepted[specs[10].key]
+    ended = now()
+    await chaos.quiet()
+    dead_letters = await chaos.dead_letters()
+    f = await chaos.finish(
+        "poison: 5 undecodable + 1 worker-killing job", ended,
+        worker_crashes=len(chaos.cluster.crashed), dead_letters=len(dead_letters),
+    )  # fmt: skip
+    attempts = await chaos.fetchval("SELECT attempts FROM jobs WHERE id = $1", killer)
+    assert attempts == 3
+    assert len(chaos.cluster.crashed) == 3
+    jobq = [m for m in dead_letters if "x-jobq-reason" in (m.headers or {})]
+    raw = [m for m in dead_letters if m not in jobq]
+    assert sorted(m.body for m in raw) == sorted(garbage)
+    tickets = {m.message_id for m in jobq}
+    assert len(tickets) == f.statuses["dead"]
+    assert str(killer) in tickets
+
+
+async def test_two_schedulers_one_killed(chaos: Chaos) -> None:
+    await chaos.up(workers=2, schedulers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(200, delay_every=3), rate=50))
+    await asyncio.sleep(2.0)
+    victim = chaos.cluster.of("scheduler")[0]
+    chaos.cluster.signal(victim, signal.SIGKILL)
+    ended = now()
+    await load
+    f = await chaos.finish("two schedulers, one kill -9", ended)
+    # Every promotion and retry happened once per attempt (the audit's legal paths), and no
+    # job was published twice: no worker saw a duplicate ticket.
+    assert f.duplicate_executions == 0
+    assert f.extra["duplicate_tickets"] == 0
+
+
+async def test_job_longer_than_consumer_timeout_completes_once(chaos: Chaos) -> None:
+    """RabbitMQ closes a channel holding a delivery unacked past consumer_timeout (here 2 s,
+    checked every second). Workers ack at claim and hand back deliveries that wait too long
+    in their buffer, so 6 s jobs and the jobs queued behind them never trip it."""
+    chaos.cluster.overrides |= {
+        "JOBQ_WORKER_CONCURRENCY": "2",
+        "JOBQ_HANDBACK_AFTER_SECONDS": "1",
+    }
+    async with (
+        faults.rabbit_setting("consumer_timeout", 2000),
+        faults.rabbit_setting("channel_tick_interval", 1000),
+    ):
+        await chaos.up(workers=1)
+        control = await faults.unacked_consumer(chaos.cluster.amqp_url, chaos.cluster.prefix)
+        specs = jobs(8, ms=(100, 200), fail_always_every=0, fail_once_every=0)
+        for spec in specs[:2]:
+            spec.body["payload"]["ms"] = 6000
+        await chaos.load.run(specs)
+        ended = now()
+        await chaos.quiet()
+        closed = await control.closed_within(5)
+        await control.close()
+    f = await chaos.finish("6s jobs, consumer_timeout 2s", ended, control_channel_closed=closed)
+    logs = "\n".join(p.log.read_text() for p in chaos.cluster.procs)
+    assert closed, "the broker did not enforce consumer_timeout: the test proves nothing"
+    assert "PRECONDITION_FAILED" not in logs
+    assert f.duplicate_executions == 0
