@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export JOBQ_JWT_SECRET_FILE ?= .jobq/jwt-secret
 
-.PHONY: install run test lint types bench lock clean
+.PHONY: install run test lint types bench soak lock clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
@@ -35,6 +35,10 @@ test: lint types
 ## Throughput and latency against Celery on the same RabbitMQ (prints a table; not a test).
 bench: install
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+## The fault suite's workload with a random fault every minute (default 10 min; not in `make test`).
+soak: install
+	$(PY) -m tests.chaos.soak $(SOAK_ARGS)
 
 ## Re-resolve dependencies and export the hashed lock (uv.lock itself is never committed).
 lock:

@@ -135,7 +135,7 @@ class Cluster:
         for p in self.procs:  # a frozen process cannot handle SIGTERM
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
-        stop_all(self.procs, grace=10)
+        stop_all([p for p in self.procs if p.alive()], grace=10)
 
     def logs(self, lines: int = 15) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid})\n{p.tail(lines)}" for p in self.procs)

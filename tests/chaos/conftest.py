@@ -1,229 +1,37 @@
-"""Fixtures of the fault suite: a database and broker prefix per test, the processes, the load
-client, and ``Chaos.finish`` which waits for quiet, checks every invariant and reports."""
+"""Fixtures of the fault suite: a database and broker prefix per test, the processes and the
+load client (``tests.chaos.harness``), and the figures each scenario reports in the summary."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import secrets
-import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
-import asyncpg
 import pytest
 
-from shared.config import Settings
-from shared.db.migrate import upgrade
-from tests.chaos import checker
 from tests.chaos.cluster import Cluster
-from tests.chaos.faults import pg_ready
+from tests.chaos.harness import Chaos, chaos_database, delete_broker_objects
 from tests.chaos.workload import Load
 from tests.conftest import TEST_SECRET
 
 #: Where ``pytest_terminal_summary`` finds the figures each scenario reported.
 FIGURES = pytest.StashKey[list[str]]()
 
-TERMINAL = ("succeeded", "dead", "canceled")
-
-
-def asyncpg_url(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-@pytest.fixture
-async def chaos_db(database_url: str) -> AsyncIterator[str]:
-    """A fresh migrated database with the audit trigger and the handler's tables."""
-    parts = urlsplit(database_url)
-    admin = asyncpg_url(urlunsplit(parts._replace(path="/postgres")))
-    name = f"jobq_chaos_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    await upgrade(Settings(database_url=url))
-    conn = await asyncpg.connect(asyncpg_url(url))
-    await checker.install(conn)
-    await conn.close()
-    yield url
-    for _ in range(300):  # a test that stopped PostgreSQL has started it again; wait for it
-        if pg_ready():
-            break
-        await asyncio.sleep(0.1)
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
-
-
-@dataclass
-class Chaos:
-    cluster: Cluster
-    load: Load
-    config: pytest.Config
-    #: Leases held when a fault struck everything at once (a database outage).
-    excused: set[uuid.UUID] = field(default_factory=set)
-    _supervisor: asyncio.Task[None] | None = None
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def dsn(self) -> str:
-        return asyncpg_url(self.cluster.database_url)
-
-    @property
-    def database(self) -> str:
-        return urlsplit(self.dsn).path.lstrip("/")
-
-    @property
-    def admin_dsn(self) -> str:
-        return urlunsplit(urlsplit(self.dsn)._replace(path="/postgres"))
-
-    async def up(self, workers: int = 2, schedulers: int = 1) -> None:
-        await self.cluster.up(workers, schedulers)
-        self._supervisor = asyncio.create_task(self.cluster.supervise(self._stop))
-
-    async def fetchval(self, sql: str, *args: object) -> object:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return await conn.fetchval(sql, *args)
-        finally:
-            await conn.close()
-
-    async def in_flight(self, pid: int | None = None) -> set[uuid.UUID]:
-        """Leases of the jobs running now (on one worker process, if ``pid``): recorded
-        executions whose lease is still the job's."""
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            rows = await conn.fetch(
-                "SELECT e.lease_id FROM chaos_executions e JOIN jobs j"
-                " ON j.id = e.job_id AND j.lease_id = e.lease_id AND j.status = 'running'"
-                " WHERE $1::int IS NULL OR e.pid = $1",
-                pid,
-            )
-        finally:
-            await conn.close()
-        return {r["lease_id"] for r in rows}
-
-    async def excuse_leases_held(self, since: datetime, until: datetime) -> int:
-        """Excuse the leases held at any time in [since, until] (an outage of PostgreSQL:
-        no lease could be renewed); returns how many."""
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            rows = await conn.fetch(
-                "SELECT c.new_lease FROM jobq_audit c WHERE c.to_status = 'running'"
-                " AND c.at < $2 AND NOT EXISTS (SELECT 1 FROM jobq_audit l"
-                "  WHERE l.old_lease = c.new_lease AND l.from_status = 'running' AND l.at < $1)",
-                since, until,
-            )  # fmt: skip
-        finally:
-            await conn.close()
-        self.excused |= {r["new_lease"] for r in rows}
-        return len(rows)
-
-    async def quiet(self, within: float = 120.0) -> float:
-        """Wait until every accepted job is terminal; returns the loop time it happened."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        ids = list(self.load.accepted.values())
-        while loop.time() < deadline:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                done = await self.fetchval(
-                    "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status = ANY($2)",
-                    ids, list(TERMINAL),
-                )  # fmt: skip
-                if done == len(ids):
-                    return loop.time()
-            await asyncio.sleep(0.2)
-        return loop.time()  # the checker reports what is still unfinished as lost
-
-    def worker_stats(self) -> Counter[str]:
-        """The counters every worker logged when it stopped gracefully."""
-        total: Counter[str] = Counter()
-        for p in self.cluster.procs:
-            if not p.name.startswith("worker"):
-                continue
-            for line in p.log.read_text(errors="replace").splitlines():
-                if '"worker stopped"' in line:
-                    total.update(json.loads(line).get("stats", {}))
-        return total
-
-    async def finish(self, scenario: str, fault_ended: float, **extra: object) -> checker.Figures:
-        """Wait for quiet, stop the processes gracefully, check every invariant, report the
-        figures, and fail the test on any violation."""
-        quiet = await self.quiet()
-        await self.stop()
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            f = await checker.check(
-                conn, scenario, self.load.accepted, self.cluster.faulted, self.excused
-            )
-        finally:
-            await conn.close()
-        f.recovery_seconds = max(0.0, quiet - fault_ended)
-        f.http = self.load.http
-        stats = self.worker_stats()
-        f.extra = {
-            **extra,
-            "client_retries": self.load.retries,
-            "key_replays": self.load.replays,
-            "duplicate_tickets": stats["duplicates"],
-            "stale_completions": stats["stale"],
-            "lease_lost": stats["lease_lost"],
-            "handed_back": stats["handed_back"],
-        }
-        self.config.stash.setdefault(FIGURES, []).append(f.summary())
-        problems = f.problems()
-        assert not problems, "\n".join(
-            [f.summary(), *problems, *f.examples[:15], self.cluster.logs()]
-        )
-        return f
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._supervisor is not None:
-            await self._supervisor
-            self._supervisor = None
-        await asyncio.to_thread(self.cluster.stop)
-
-    async def dead_letters(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
-        """Everything in the dead-letter queue (taken off it)."""
-        out = []
-        conn = await aio_pika.connect(self.cluster.amqp_url)
-        try:
-            ch = await conn.channel()
-            q = await ch.get_queue(f"{self.cluster.prefix}.dead", ensure=False)
-            while (m := await q.get(no_ack=True, fail=False)) is not None:
-                out.append(m)
-        finally:
-            await conn.close()
-        return out
-
 
 @pytest.fixture
 async def chaos(
-    chaos_db: str, amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
+    database_url: str, amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Chaos]:
     prefix = f"jobqchaos{secrets.token_hex(3)}"
-    cluster = Cluster(chaos_db, amqp_url, prefix, TEST_SECRET, tmp_path)
-    c = Chaos(cluster, Load(cluster.url, TEST_SECRET), request.config)
-    try:
-        yield c
-    finally:
-        await c.stop()
-        conn = await aio_pika.connect(amqp_url)
+    async with chaos_database(database_url) as url:
+        cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
+        c = Chaos(cluster, Load(cluster.url, TEST_SECRET))
+        c.report = lambda f: request.config.stash.setdefault(FIGURES, []).append(f.summary())
         try:
-            ch = await conn.channel()
-            for queue in ("dead", "q.default", "q.control"):
-                await ch.queue_delete(f"{prefix}.{queue}")
-            for exchange in ("jobs", "dlx"):
-                await ch.exchange_delete(f"{prefix}.{exchange}")
+            yield c
         finally:
-            await conn.close()
+            await c.stop()
+            await delete_broker_objects(amqp_url, prefix)
 
 
 def pytest_terminal_summary(

@@ -8,10 +8,15 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
 import asyncpg
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def run(*argv: str, timeout: float = 120) -> str:

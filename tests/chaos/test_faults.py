@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import UTC, datetime
 
 import aio_pika
 import pytest
 
 from tests.chaos import faults
-from tests.chaos.conftest import Chaos
+from tests.chaos.harness import Chaos
 from tests.chaos.workload import jobs
 
 pytestmark = pytest.mark.chaos
@@ -24,17 +23,23 @@ def now() -> float:
 async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
     await chaos.up(workers=2)
     load = asyncio.create_task(chaos.load.run(jobs(240, ms=(50, 400)), rate=60))
-    hit = 0
+    kills = []
     for _ in range(4):
         await asyncio.sleep(1.0)
         workers = chaos.cluster.of("worker")
         running = {p.pid: await chaos.in_flight(p.pid) for p in workers}
         victim = max(workers, key=lambda p: len(running[p.pid]))
-        hit += len(running[victim.pid])
+        kills.append((faults.utcnow(), running[victim.pid]))
         chaos.cluster.signal(victim, signal.SIGKILL)
         await chaos.cluster.start("worker")
     await load
-    f = await chaos.finish("worker kill -9 x4", now(), kills=4, in_flight_at_kills=hit)
+    ended = now()
+    await chaos.quiet()
+    hit = sum(len(leases) for _, leases in kills)
+    orphaned = max([await chaos.orphan_seconds(at, leases) for at, leases in kills])
+    f = await chaos.finish(
+        "worker kill -9 x4", ended, in_flight_at_kills=hit, max_orphan_s=orphaned
+    )
     assert hit > 0, "the kills hit no running job"
     assert f.duplicate_executions <= hit
 
@@ -65,6 +70,7 @@ async def test_worker_frozen_past_its_lease_has_its_late_writes_refused(chaos: C
     workers = chaos.cluster.of("worker")
     running = {p.pid: await chaos.in_flight(p.pid) for p in workers}
     victim = max(workers, key=lambda p: len(running[p.pid]))
+    frozen_at = faults.utcnow()
     chaos.cluster.signal(victim, signal.SIGSTOP)
     await asyncio.sleep(5.0)  # 2.5 leases: the scheduler expires them, another worker reruns
     chaos.cluster.signal(victim, signal.SIGCONT)
@@ -73,8 +79,9 @@ async def test_worker_frozen_past_its_lease_has_its_late_writes_refused(chaos: C
     await chaos.quiet()
     assert victim.alive(), "the worker did not survive its freeze"
     f = await chaos.finish(
-        "worker SIGSTOP 5s (lease 2s)", ended, frozen_in_flight=len(running[victim.pid])
-    )
+        "worker SIGSTOP 5s (lease 2s)", ended, frozen_in_flight=len(running[victim.pid]),
+        max_orphan_s=await chaos.orphan_seconds(frozen_at, running[victim.pid]),
+    )  # fmt: skip
     assert running[victim.pid], "the frozen worker ran nothing"
     # Every late write of the frozen worker was refused or never attempted (heartbeat first).
     assert f.stale_effects == 0
@@ -137,13 +144,14 @@ async def test_postgres_crash_gets_503s_and_paused_workers(chaos: Chaos) -> None
     await chaos.up(workers=2)
     load = asyncio.create_task(chaos.load.run(jobs(200), rate=40))
     await asyncio.sleep(1.5)
-    down = datetime.now(UTC)
+    down = faults.utcnow()
     async with faults.postgres_down():
         await asyncio.sleep(4.0)
-    up, back = now(), datetime.now(UTC)
+        restarting = faults.utcnow()  # no claim can commit in between
+    up = now()
     await load
     # Every lease ran out during the outage (2 s lease, 4 s down): those jobs may run again.
-    held = await chaos.excuse_leases_held(down, back)
+    held = await chaos.excuse_leases_held(down, restarting)
     f = await chaos.finish("postgres stop -m immediate 4s", up, leases_across_outage=held)
     assert f.http[503] > 0, "the API never saw the outage"
     dead_letters = await chaos.dead_letters()
@@ -231,7 +239,10 @@ async def test_job_longer_than_consumer_timeout_completes_once(chaos: Chaos) -> 
         specs = jobs(8, ms=(100, 200), fail_always_every=0, fail_once_every=0)
         for spec in specs[:2]:
             spec.body["payload"]["ms"] = 6000
-        await chaos.load.run(specs)
+        await chaos.load.run(specs[:2])  # both slots busy for 6 s ...
+        while len(await chaos.in_flight()) < 2:
+            await asyncio.sleep(0.1)
+        await chaos.load.run(specs[2:])  # ... so these wait in the worker's buffer
         ended = now()
         await chaos.quiet()
         closed = await control.closed_within(5)
@@ -241,3 +252,4 @@ async def test_job_longer_than_consumer_timeout_completes_once(chaos: Chaos) -> 
     assert closed, "the broker did not enforce consumer_timeout: the test proves nothing"
     assert "PRECONDITION_FAILED" not in logs
     assert f.duplicate_executions == 0
+    assert f.extra["handed_back"] > 0, "no delivery waited long enough to be handed back"
