@@ -9,10 +9,11 @@ import json
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -26,6 +27,7 @@ from tests.chaos.faults import pg_ready
 from tests.chaos.workload import Load
 
 TERMINAL = ("succeeded", "dead", "canceled")
+T = TypeVar("T")
 
 
 def asyncpg_url(url: str) -> str:
@@ -150,6 +152,17 @@ class Chaos:
         finally:
             await conn.close()
         return round(float(waited or 0.0), 2)
+
+    async def until(
+        self, holds: Callable[[T], bool], read: Callable[[], Awaitable[T]], within: float = 30.0
+    ) -> T:
+        """Poll ``read()`` until ``holds`` its value; fail after ``within`` seconds."""
+        deadline = asyncio.get_running_loop().time() + within
+        while not holds(value := await read()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"still {value!r} after {within}s")
+            await asyncio.sleep(0.1)
+        return value
 
     async def quiet(self, within: float = 120.0) -> float:
         """Wait until every accepted job is terminal; returns the loop time it happened."""

@@ -240,8 +240,7 @@ async def test_job_longer_than_consumer_timeout_completes_once(chaos: Chaos) -> 
         for spec in specs[:2]:
             spec.body["payload"]["ms"] = 6000
         await chaos.load.run(specs[:2])  # both slots busy for 6 s ...
-        while len(await chaos.in_flight()) < 2:
-            await asyncio.sleep(0.1)
+        await chaos.until(lambda running: len(running) == 2, chaos.in_flight)
         await chaos.load.run(specs[2:])  # ... so these wait in the worker's buffer
         ended = now()
         await chaos.quiet()
