@@ -100,57 +100,51 @@ class Chaos:
         await self.cluster.up(workers, schedulers)
         self._supervisor = asyncio.create_task(self.cluster.supervise(self._stop))
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own: a fault may have cut any older one."""
+        async with self.connection() as conn:
+            yield conn
+
     async def fetchval(self, sql: str, *args: object) -> object:
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with self.connection() as conn:
             return await conn.fetchval(sql, *args)
-        finally:
-            await conn.close()
 
     async def in_flight(self, pid: int | None = None) -> set[uuid.UUID]:
         """Leases of the jobs running now (on one worker process, if ``pid``): recorded
         executions whose lease is still the job's."""
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT e.lease_id FROM chaos_executions e JOIN jobs j"
                 " ON j.id = e.job_id AND j.lease_id = e.lease_id AND j.status = 'running'"
                 " WHERE $1::int IS NULL OR e.pid = $1",
                 pid,
             )
-        finally:
-            await conn.close()
         return {r["lease_id"] for r in rows}
 
     async def excuse_leases_held(self, since: datetime, until: datetime) -> int:
         """Excuse the leases held at any time in [since, until] (an outage of PostgreSQL:
         no lease could be renewed); returns how many."""
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT c.new_lease FROM jobq_audit c WHERE c.to_status = 'running'"
                 " AND c.at < $2 AND NOT EXISTS (SELECT 1 FROM jobq_audit l"
                 "  WHERE l.old_lease = c.new_lease AND l.from_status = 'running' AND l.at < $1)",
                 since, until,
             )  # fmt: skip
-        finally:
-            await conn.close()
         self.excused |= {r["new_lease"] for r in rows}
         return len(rows)
 
     async def orphan_seconds(self, since: datetime, leases: set[uuid.UUID]) -> float:
         """The longest wait, from ``since`` (a kill), until the jobs those leases held were
         claimed again: how long a crash leaves work orphaned. Call once the system is quiet."""
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with self.connection() as conn:
             waited = await conn.fetchval(
                 "SELECT max(EXTRACT(EPOCH FROM (SELECT min(n.at) - $1 FROM jobq_audit n"
                 "  WHERE n.job_id = c.job_id AND n.to_status = 'running' AND n.at > $1)))"
                 " FROM jobq_audit c WHERE c.new_lease = ANY($2) AND c.to_status = 'running'",
                 since, list(leases),
             )  # fmt: skip
-        finally:
-            await conn.close()
         return round(float(waited or 0.0), 2)
 
     async def until(
@@ -195,13 +189,10 @@ class Chaos:
         """Wait for quiet, stop the processes gracefully and compute every figure."""
         quiet = await self.quiet()
         await self.stop()
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with self.connection() as conn:
             f = await checker.check(
                 conn, scenario, self.load.accepted, self.cluster.faulted, self.excused
             )
-        finally:
-            await conn.close()
         f.recovery_seconds = max(0.0, quiet - fault_ended)
         f.http = self.load.http
         stats = self.worker_stats()
