@@ -36,7 +36,7 @@ test: lint types
 bench: install
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
-## The fault suite's workload with a random fault every minute (default 10 min; not in `make test`).
+## The fault suite's workload with a fault every minute (default 10 min; not in `make test`).
 soak: install
 	$(PY) -m tests.chaos.soak $(SOAK_ARGS)
 

@@ -103,8 +103,11 @@ class Chaos:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection of its own: a fault may have cut any older one."""
-        async with self.connection() as conn:
+        conn = await asyncpg.connect(self.dsn)
+        try:
             yield conn
+        finally:
+            await conn.close()
 
     async def fetchval(self, sql: str, *args: object) -> object:
         async with self.connection() as conn:

@@ -1,6 +1,6 @@
-"""``make soak``: the fault suite's workload for a chosen duration, with a random fault every
-interval, then the checker's figures and each service's memory growth. Not part of
-``make test``; exits non-zero when an invariant is violated.
+"""``make soak``: the fault suite's workload for a chosen duration, with a fault every interval
+(each kind once in a random order, then again), then the checker's figures and each service's
+memory growth. Not part of ``make test``; exits non-zero when an invariant is violated.
 
     python -m tests.chaos.soak --minutes 10 --rate 20
 """
@@ -126,12 +126,15 @@ async def soak(args: argparse.Namespace, log_dir: Path) -> int:
             first = {p.pid: (p.name, rss_kib(p)) for p in cluster.procs if p.alive()}
             peak = {pid: kib for pid, (_, kib) in first.items()}
             log: list[str] = []
+            order: list[Fault] = []
             t0 = time.monotonic()
             while not load.done():
                 await asyncio.wait([load], timeout=args.fault_every)
                 if load.done():
                     break
-                fault = rnd.choice(FAULTS)
+                if not order:  # every kind of fault once, in a random order, then again
+                    order = rnd.sample(FAULTS, len(FAULTS))
+                fault = order.pop()
                 started = time.monotonic()
                 what = await fault(c)
                 log.append(f"  {started - t0:7.1f}s  {what}")
