@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import secrets
 import signal
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.chaos import faults
@@ -110,22 +112,53 @@ def rss_kib(proc: Proc) -> int:
     return 0
 
 
+@dataclass
+class Memory:
+    """Resident memory of every process, sampled every few seconds while it lives."""
+
+    samples: dict[int, tuple[str, list[tuple[float, int]]]] = field(default_factory=dict)
+
+    async def sample(self, cluster: Cluster, every: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for p in cluster.procs:
+                if p.alive() and (kib := rss_kib(p)):
+                    self.samples.setdefault(p.pid, (p.name, []))[1].append((time.monotonic(), kib))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    def report(self, warmup: float) -> list[str]:
+        """Per process that lived a minute past the warm-up: its first sample after the
+        warm-up, its last, the growth and the peak."""
+        lines = []
+        for name, series in sorted(self.samples.values()):
+            start = series[0][0] + warmup
+            kept = [(t, kib) for t, kib in series if t >= start]
+            if len(kept) < 2 or kept[-1][0] - kept[0][0] < 60:
+                continue
+            (t0, first), (t1, last) = kept[0], kept[-1]
+            lines.append(
+                f"  {name:12} {first / 1024:6.1f} MiB -> {last / 1024:6.1f} MiB"
+                f" ({100.0 * (last - first) / first:+.1f}%) over {(t1 - t0) / 60:4.1f} min,"
+                f" peak {max(kib for _, kib in kept) / 1024:.1f} MiB"
+            )
+        return lines
+
+
 async def soak(args: argparse.Namespace, log_dir: Path) -> int:
     rnd = random.Random(args.seed)
     random.seed(args.seed)
     prefix = f"jobqsoak{secrets.token_hex(3)}"
     duration = args.minutes * 60
+    memory, sampled = Memory(), asyncio.Event()
+    log: list[str] = []
     async with chaos_database(LOCAL_DATABASE_URL) as url:
         cluster = Cluster(url, LOCAL_AMQP_URL, prefix, TEST_SECRET, log_dir)
         c = Chaos(cluster, Load(cluster.url, TEST_SECRET))
         try:
             await c.up(workers=args.workers)
+            sampler = asyncio.create_task(memory.sample(cluster, 5.0, sampled))
             specs = jobs(int(args.rate * duration), seed=args.seed)
             load = asyncio.create_task(c.load.run(specs, rate=args.rate, give_up_after=300))
-            await asyncio.sleep(min(30.0, duration / 4))  # warm up before the first sample
-            first = {p.pid: (p.name, rss_kib(p)) for p in cluster.procs if p.alive()}
-            peak = {pid: kib for pid, (_, kib) in first.items()}
-            log: list[str] = []
             order: list[Fault] = []
             t0 = time.monotonic()
             while not load.done():
@@ -139,28 +172,20 @@ async def soak(args: argparse.Namespace, log_dir: Path) -> int:
                 what = await fault(c)
                 log.append(f"  {started - t0:7.1f}s  {what}")
                 print(log[-1], flush=True)
-                for p in cluster.procs:
-                    if p.pid in peak:
-                        peak[p.pid] = max(peak[p.pid], rss_kib(p))
-            last = {p.pid: rss_kib(p) for p in cluster.procs if p.pid in first}
             ended = asyncio.get_running_loop().time()
             await load
+            sampled.set()
+            await sampler
             f = await c.settle(
                 f"soak {args.minutes} min, fault every {args.fault_every:.0f}s", ended
             )
         finally:
+            sampled.set()
             await c.stop()
             await delete_broker_objects(LOCAL_AMQP_URL, prefix)
     print(f"\nfaults injected ({len(log)}):\n" + "\n".join(log))
-    print("\nmemory (RSS) of the processes that lived through the run:")
-    for pid, (name, kib) in sorted(first.items(), key=lambda kv: kv[1][0]):
-        end = last.get(pid, 0)
-        if end:
-            growth = 100.0 * (end - kib) / kib
-            print(f"  {name:12} {kib / 1024:7.1f} MiB -> {end / 1024:7.1f} MiB ({growth:+.1f}%),"
-                  f" peak {peak[pid] / 1024:.1f} MiB")  # fmt: skip
-        else:
-            print(f"  {name:12} {kib / 1024:7.1f} MiB -> (killed or restarted by a fault)")
+    print("\nmemory (RSS) of each process that lived a minute or more past a 30 s warm-up:")
+    print("\n".join(memory.report(warmup=30.0)) or "  (none)")
     print(f"\n{f.summary()}")
     problems = f.problems()
     for line in [*problems, *f.examples[:20]]:
