@@ -142,6 +142,9 @@ class Broker:
             self.settings.amqp_url,
             client_properties={"connection_name": self.connection_name},
             timeout=self.settings.publish_timeout_seconds,
+            # aio-pika waits 5 s between attempts; after a broker restart that wait was most
+            # of the time until work flowed again (tests/chaos).
+            reconnect_interval=1,
         )
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
