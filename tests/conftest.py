@@ -12,11 +12,9 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,10 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.tokens import Principal, TokenConfig, issue
 from shared.config import Settings
 from shared.db.engine import make_engine
-from shared.db.migrate import upgrade
 from shared.db.store import JobStore
 from shared.messaging import Broker
-from tests.services import broker_server, database_server
+from tests.services import broker_server, create_database, database_server, drop_database
 
 TEST_SECRET = "test-secret-" + "x" * 40
 
@@ -36,24 +33,11 @@ TEST_SECRET = "test-secret-" + "x" * 40
 def database_url() -> Iterator[str]:
     """A fresh, migrated database for this session."""
     with database_server() as server:
-        name = f"jobq_test_{secrets.token_hex(4)}"
-        parts = urlsplit(server)
-        admin = urlunsplit(parts._replace(path="/postgres")).replace("+asyncpg", "")
-
-        async def run(sql: str) -> None:
-            conn = await asyncpg.connect(admin)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(run(f'CREATE DATABASE "{name}"'))
-        url = urlunsplit(parts._replace(path=f"/{name}"))
-        asyncio.run(upgrade(Settings(database_url=url)))
+        url = asyncio.run(create_database(server, "jobq_test"))
         try:
             yield url
         finally:
-            asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(drop_database(url))
 
 
 @pytest.fixture(scope="session")

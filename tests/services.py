@@ -4,10 +4,16 @@ Docker engine answers, else the local services on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from shared.config import Settings
+from shared.db.migrate import upgrade
 
 LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -59,3 +65,30 @@ def broker_server() -> Iterator[str]:
             yield f"amqp://guest:guest@{rmq.get_container_host_ip()}:{port}/"
     else:
         yield LOCAL_AMQP_URL
+
+
+def dsn(url: str) -> str:
+    """A SQLAlchemy database URL as asyncpg spells it."""
+    return Settings(database_url=url).sync_database_url
+
+
+async def _on_server(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn(urlunsplit(urlsplit(url)._replace(path="/postgres"))))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create_database(server_url: str, prefix: str) -> str:
+    """A new database ``<prefix>_<random>`` on the server, migrated; returns its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    await _on_server(server_url, f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    await upgrade(Settings(database_url=url))
+    return url
+
+
+async def drop_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    await _on_server(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

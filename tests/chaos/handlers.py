@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from services.worker import JobContext, handler
+from shared.config import Settings
 
 _pool: asyncpg.Pool | None = None
 _pool_lock = asyncio.Lock()
@@ -26,7 +27,7 @@ async def _db() -> asyncpg.Pool:
     global _pool
     async with _pool_lock:
         if _pool is None:
-            url = os.environ["JOBQ_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+            url = Settings.from_env().sync_database_url
             _pool = await asyncpg.create_pool(url, min_size=1, max_size=4, command_timeout=5)
     return _pool
 

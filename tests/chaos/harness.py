@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,35 +18,23 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
-from shared.config import Settings
-from shared.db.migrate import upgrade
 from tests.chaos import checker
 from tests.chaos.cluster import Cluster
 from tests.chaos.faults import pg_ready
 from tests.chaos.workload import Load
+from tests.services import create_database, drop_database, dsn
 
 TERMINAL = ("succeeded", "dead", "canceled")
 T = TypeVar("T")
-
-
-def asyncpg_url(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @asynccontextmanager
 async def chaos_database(server_url: str) -> AsyncIterator[str]:
     """A fresh migrated database with the audit trigger and the handler's tables, dropped
     afterwards (once PostgreSQL answers again, if a fault stopped it)."""
-    parts = urlsplit(server_url)
-    admin = asyncpg_url(urlunsplit(parts._replace(path="/postgres")))
-    name = f"jobq_chaos_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = urlunsplit(parts._replace(path=f"/{name}"))
+    url = await create_database(server_url, "jobq_chaos")
     try:
-        await upgrade(Settings(database_url=url))
-        conn = await asyncpg.connect(asyncpg_url(url))
+        conn = await asyncpg.connect(dsn(url))
         await checker.install(conn)
         await conn.close()
         yield url
@@ -56,9 +43,7 @@ async def chaos_database(server_url: str) -> AsyncIterator[str]:
             if pg_ready():
                 break
             await asyncio.sleep(0.1)
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(url)
 
 
 async def delete_broker_objects(amqp_url: str, prefix: str) -> None:
@@ -86,7 +71,7 @@ class Chaos:
 
     @property
     def dsn(self) -> str:
-        return asyncpg_url(self.cluster.database_url)
+        return dsn(self.cluster.database_url)
 
     @property
     def database(self) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import sys
 import uuid
 from collections import Counter
@@ -34,7 +33,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -54,13 +52,12 @@ from services.api.submission import ticket_of
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.engine import make_engine
-from shared.db.migrate import upgrade
 from shared.db.store import Claimed, JobStore, NewJob
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus, decide_failure
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
 from tests import audit
-from tests.services import database_server
+from tests.services import create_database, database_server, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -101,27 +98,15 @@ class Postgres:
         return self.loop.run_until_complete(coro)
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Postgres]:
     """A fresh migrated database with the audit trigger, dropped at the end."""
     with database_server() as server, contextlib.ExitStack() as stack:
-        parts = urlsplit(server)
-        name = f"jobq_prop_{secrets.token_hex(4)}"
-        admin = urlunsplit(parts._replace(path="/postgres")).replace("+asyncpg", "")
-        url = urlunsplit(parts._replace(path=f"/{name}"))
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
         run = loop.run_until_complete
-        run(_admin(admin, f'CREATE DATABASE "{name}"'))
-        stack.callback(lambda: run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)')))
+        url = run(create_database(server, "jobq_prop"))
+        stack.callback(lambda: run(drop_database(url)))
         s = Settings(
             database_url=url,
             lease_seconds=2 * U,
@@ -133,8 +118,7 @@ def pg() -> Iterator[Postgres]:
             # 20 batches cover every job an example can submit (3 per step).
             scheduler_batch_size=8,
         )
-        run(upgrade(s))
-        conn = run(asyncpg.connect(url.replace("+asyncpg", "")))
+        conn = run(asyncpg.connect(s.sync_database_url))
         stack.callback(lambda: run(conn.close()))
         run(audit.install(conn))
         engine = make_engine(s, "property", pool_size=2)
