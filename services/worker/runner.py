@@ -97,6 +97,8 @@ class Worker:
         self._outstanding = Outstanding()
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        #: Attempts running here, by lease id: an older attempt of the same job may still be
+        #: writing its (refused) outcome when its re-queued ticket is claimed here again.
         self._running: dict[uuid.UUID, Running] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(store.complete)
@@ -264,10 +266,10 @@ class Worker:
             if job is not None:
                 self.stats["claimed"] += 1
                 task = asyncio.create_task(self._run_job(job))
-                self._running[job.id] = Running(job, task)
-                task.add_done_callback(functools.partial(self._slot_freed, job.id))
+                self._running[job.lease_id] = Running(job, task)
+                task.add_done_callback(functools.partial(self._slot_freed, job.lease_id))
                 acks.append(d)
-            elif d.ticket.job_id in others or d.ticket.job_id in self._running:
+            elif d.ticket.job_id in others:
                 self.stats["duplicates"] += 1
                 acks.append(d)
             else:
@@ -279,8 +281,8 @@ class Worker:
         await self._settle_buffered(acks, "ack")
         await self._settle_buffered(rejects, "reject")
 
-    def _slot_freed(self, job_id: uuid.UUID, _task: object = None) -> None:
-        self._running.pop(job_id, None)
+    def _slot_freed(self, lease_id: uuid.UUID, _task: object = None) -> None:
+        self._running.pop(lease_id, None)
         self._wake.set()
 
     # -- running a job --------------------------------------------------------------------
@@ -320,7 +322,7 @@ class Worker:
                 outcome = functools.partial(self._succeed, job, result)
             # The handler is done and its outcome is being written: neither a heartbeat (which
             # may see the row leave 'running' first) nor a shutdown may cancel that.
-            self._running[job.id].finishing = True
+            self._running[job.lease_id].finishing = True
             await outcome()
 
     async def _succeed(self, job: Claimed, result: Any) -> None:
@@ -359,7 +361,7 @@ class Worker:
 
     async def _stopped(self, job: Claimed) -> None:
         """The job's task was cancelled by us: honour the reason."""
-        running = self._running.get(job.id)
+        running = self._running.get(job.lease_id)
         reason = running.stop_reason if running else "shutdown"
         if reason == "canceled":
             await self._persist(lambda: self.store.cancel_running(job))

@@ -288,3 +288,30 @@ async def test_a_retried_claim_never_reuses_a_lease_id_for_a_new_attempt(
     fresh = uuid.uuid4()
     [claimed], _ = await store.claim([row.id], 30, [fresh], tried=[lease])
     assert (claimed.attempts, claimed.lease_id) == (2, fresh)
+
+
+async def test_a_job_reclaimed_by_the_worker_still_running_its_expired_attempt_completes_once(
+    store: JobStore,
+    broker: Broker,
+    start_worker: StartWorker,
+    scheduler: Scheduler,
+    engine: AsyncEngine,
+) -> None:
+    """The old attempt's end must not take the new attempt's slot (and its heartbeats)."""
+    await start_worker(worker_concurrency=2)
+    job = await submit(store, broker, new_job("test.record", {"sleep": 1.5}))
+    await wait_for(lambda: handlers.executions[job.id] == 1)
+    async with engine.begin() as conn:  # the lease runs out while the handler still runs
+        await conn.execute(
+            sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": job.id},
+        )
+    await scheduler.tick()  # re-queued and published: the same worker claims it again
+    await wait_for(lambda: handlers.executions[job.id] == 2)
+    done = await final(store, job.id, JobStatus.SUCCEEDED)
+    assert done.attempts == 2
+    await asyncio.sleep(4)  # past a whole lease: the second attempt's lease was renewed
+    row = await store.get("acme", job.id)
+    assert row is not None
+    assert (row.status, row.attempts) == (JobStatus.SUCCEEDED, 2)
+    assert handlers.executions[job.id] == 2
