@@ -39,11 +39,12 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    from services.api.keys import load_keyring
     from services.api.main import main as serve
 
     settings = _settings(args)
     _setup_logging(settings)
-    settings.signing_secret()  # fail before binding the port
+    load_keyring(settings)  # a bad key setting fails before the port is bound
     serve(settings, args.host, args.port)
     return 0
 
@@ -67,10 +68,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.api.keys import load_keyring
     from services.supervisor import up
 
     settings = _settings(args)
-    settings.signing_secret()
+    load_keyring(settings)
     url = f"http://{settings.api_host}:{settings.api_port}"
     print(
         f"jobq up: api on {url} (OpenAPI: {url}/schema), scheduler, {args.workers} worker(s).\n"
@@ -161,7 +163,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
             store = ClientStore(engine)
             if args.action == "list":
                 return await store.list()
-            return await store.revoke(uuid.UUID(args.client_id))
+            return await store.revoke(args.client_id)
         finally:
             await engine.dispose()
 
@@ -236,7 +238,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _http(args: argparse.Namespace) -> Any:
     import httpx
 
-    return httpx.Client(base_url=args.url, timeout=30.0)
+    return httpx.Client(base_url=args.url, timeout=httpx.Timeout(30.0, read=70.0))
 
 
 def _fetch_token(args: argparse.Namespace) -> str:
@@ -306,12 +308,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _wait(client: Any, headers: dict[str, str], job_id: str, timeout: float) -> Any:
+    """Long-poll ``GET /v1/jobs/{id}/wait`` (at most 60 s a call) until terminal or timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("succeeded", "dead", "canceled") or time.monotonic() > deadline:
+        left = max(0.0, min(60.0, deadline - time.monotonic()))
+        r = client.get(f"/v1/jobs/{job_id}/wait", params={"timeout": left}, headers=headers)
+        if r.status_code == 429:
+            time.sleep(float(r.headers.get("retry-after", "1")))
+            continue
+        if r.status_code != 200:
+            raise ConfigError(f"waiting for {job_id} failed: {r.status_code} {r.text}")
+        job = r.json()
+        if job["status"] in ("succeeded", "dead", "canceled") or time.monotonic() >= deadline:
             return job
-        time.sleep(0.2)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -363,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true")
     clients.add_parser("list", help="list clients (never secrets)")
     revoke = clients.add_parser("revoke", help="revoke a client")
-    revoke.add_argument("client_id")
+    revoke.add_argument("client_id", type=uuid.UUID)
     for sp in (create, *clients.choices.values()):
         sp.set_defaults(func=cmd_clients)
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_type_hints
 from shared.errors import ConfigError
 
 QueueType = Literal["quorum", "classic"]
+#: The most jobs one list page can hold (SPEC §5); ``JOBQ_MAX_LIST_LIMIT`` may lower it.
+MAX_LIST_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,21 @@ class Settings:
     jwt_audience: str = "jobq"
     jwt_ttl_seconds: int = 900
     jwt_leeway_seconds: int = 30
+    #: HS256 signs with the shared secret; EdDSA or RS256 with ``jwt_private_key_file`` (PEM),
+    #: whose public key is served at ``/.well-known/jwks.json``.
+    jwt_algorithm: Literal["HS256", "EdDSA", "RS256"] = "HS256"
+    jwt_private_key_file: str = ""
+    #: Keys accepted but not used to sign (comma-separated): rotation without downtime.
+    jwt_extra_secrets: str = ""
+    jwt_extra_public_key_files: str = ""
+    #: An organisation's OpenID Connect issuer whose tokens are accepted too (empty: none).
+    oidc_issuer: str = ""
+    oidc_jwks_url: str = ""
+    oidc_audience: str = ""
+    oidc_algorithms: str = "RS256,ES256,EdDSA"
+    #: The IdP token claims that name the jobq tenant and scopes (a string or a list).
+    oidc_tenant_claim: str = "tenant"
+    oidc_scope_claim: str = "scope"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -40,6 +57,12 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     max_batch_jobs: int = 1000
     max_list_limit: int = 500
+    #: Jobs per second one client may submit, per API process (a token bucket; 0: no limit).
+    submit_rate_per_second: float = 500.0
+    #: Jobs one client may submit at once beyond the rate; at least ``max_batch_jobs``.
+    submit_burst: int = 2000
+    #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once.
+    max_waiters: int = 200
 
     lease_seconds: float = 30.0
     #: Queued jobs whose publish was not confirmed this long ago are published again.
@@ -63,6 +86,15 @@ class Settings:
     worker_concurrency: int = 32
     #: Comma-separated modules whose ``@handler`` functions the worker registers.
     handlers: str = ""
+    #: Host names and CIDRs the ``webhook`` handler may reach although they are not public
+    #: (comma-separated, e.g. ``hooks.internal,10.1.0.0/16``); other non-public ones are refused.
+    webhook_allow: str = ""
+    #: One ``webhook`` attempt's whole budget: DNS, connects, redirects, reading the response.
+    webhook_timeout_seconds: float = 10.0
+    #: A ``webhook`` response larger than this fails its job (it is not truncated).
+    webhook_max_response_bytes: int = 256 * 1024
+    #: Redirects a ``webhook`` follows, each destination checked again.
+    webhook_max_redirects: int = 5
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -94,6 +126,20 @@ class Settings:
             raise ConfigError(f"JOBQ_LOG_FORMAT must be json or text, not {self.log_format!r}")
         if self.lease_seconds <= 0 or self.worker_concurrency < 1:
             raise ConfigError("JOBQ_LEASE_SECONDS and JOBQ_WORKER_CONCURRENCY must be positive")
+        if self.jwt_algorithm not in ("HS256", "EdDSA", "RS256"):
+            raise ConfigError(
+                f"JOBQ_JWT_ALGORITHM must be HS256, EdDSA or RS256, not {self.jwt_algorithm!r}"
+            )
+        if not 1 <= self.max_list_limit <= MAX_LIST_LIMIT:
+            raise ConfigError(f"JOBQ_MAX_LIST_LIMIT must be between 1 and {MAX_LIST_LIMIT}")
+        if self.submit_rate_per_second > 0 and self.submit_burst < self.max_batch_jobs:
+            raise ConfigError("JOBQ_SUBMIT_BURST must be at least JOBQ_MAX_BATCH_JOBS")
+        if self.oidc_issuer and not (self.oidc_jwks_url and self.oidc_audience):
+            raise ConfigError("JOBQ_OIDC_ISSUER needs JOBQ_OIDC_JWKS_URL and JOBQ_OIDC_AUDIENCE")
+        if self.oidc_issuer and self.oidc_issuer == self.jwt_issuer:
+            raise ConfigError("JOBQ_OIDC_ISSUER must differ from JOBQ_JWT_ISSUER")
+        if {"HS256", "HS384", "HS512", "none"} & set(self.oidc_algorithm_list):
+            raise ConfigError("JOBQ_OIDC_ALGORITHMS takes asymmetric algorithms only")
 
     def signing_secret(self) -> str:
         """The JWT signing secret, from ``JOBQ_JWT_SECRET`` or the file ``JOBQ_JWT_SECRET_FILE``."""
@@ -103,12 +149,16 @@ class Settings:
                 secret = Path(self.jwt_secret_file).read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read JOBQ_JWT_SECRET_FILE: {exc}") from None
-        if len(secret) < 32:
+        if not secret:
             raise ConfigError(
                 "set JOBQ_JWT_SECRET (or JOBQ_JWT_SECRET_FILE) to at least 32 random characters, "
                 "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
         return secret
+
+    @property
+    def oidc_algorithm_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
 
     @property
     def queues(self) -> list[str]:

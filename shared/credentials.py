@@ -23,3 +23,12 @@ def hash_secret(secret: str) -> str:
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def credential_digest(secret_hash: str) -> str:
+    """What a token records of the secret it was issued against (the ``cv`` claim).
+
+    Rotating the secret changes it, so tokens issued before a rotation stop working. Derived
+    from the stored hash, it reveals nothing usable about the secret.
+    """
+    return hashlib.sha256(b"jobq-cv:" + secret_hash.encode()).hexdigest()[:16]

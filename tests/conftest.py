@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
+from typing import Protocol
 
 import aio_pika
 import aiormq
@@ -19,10 +20,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.tokens import Principal, TokenConfig, issue
+from services.api.app import token_config
+from services.api.tokens import Principal, issue
 from shared.config import Settings
+from shared.credentials import credential_digest, hash_secret, new_secret
 from shared.db.engine import make_engine
-from shared.db.store import JobStore
+from shared.db.models import ApiClient
+from shared.db.store import ClientStore, JobStore
 from shared.messaging import Broker
 from tests.services import broker_server, create_database, database_server, drop_database
 
@@ -133,23 +137,50 @@ async def broker(settings: Settings) -> AsyncIterator[Broker]:
     await b.close()
 
 
-def token_config(settings: Settings) -> TokenConfig:
-    return TokenConfig(
-        secret=settings.signing_secret(),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        ttl_seconds=settings.jwt_ttl_seconds,
-        leeway_seconds=settings.jwt_leeway_seconds,
-    )
-
-
-def bearer(
+async def client_bearer(
+    engine: AsyncEngine,
     settings: Settings,
-    tenant: str = "acme",
-    scopes: frozenset[str] = frozenset({"jobs:write", "jobs:read"}),
+    tenant: str,
+    scopes: Iterable[str] = ("jobs:write", "jobs:read"),
 ) -> dict[str, str]:
-    principal = Principal(str(uuid.uuid4()), tenant, scopes)
+    """The ``Authorization`` header of a new, real API client (a row in ``api_clients``)."""
+    secret_hash = hash_secret(new_secret())
+    client = ApiClient(
+        id=uuid.uuid4(),
+        name=f"test-{tenant}",
+        tenant=tenant,
+        scopes=sorted(scopes),
+        secret_hash=secret_hash,
+    )
+    await ClientStore(engine).create(client)
+    principal = Principal(
+        str(client.id), tenant, frozenset(scopes), credential=credential_digest(secret_hash)
+    )
     return {"Authorization": f"Bearer {issue(token_config(settings), principal)}"}
+
+
+class Bearer(Protocol):
+    async def __call__(
+        self,
+        tenant: str = "acme",
+        scopes: Iterable[str] = ("jobs:write", "jobs:read"),
+        signed_by: Settings | None = None,
+    ) -> dict[str, str]: ...
+
+
+@pytest.fixture
+def bearer(engine: AsyncEngine, settings: Settings, clean: None) -> Bearer:
+    """Makes a client of ``tenant`` with ``scopes`` and a token for it (signed as ``signed_by``
+    says, by default as the API under test verifies)."""
+
+    async def make(
+        tenant: str = "acme",
+        scopes: Iterable[str] = ("jobs:write", "jobs:read"),
+        signed_by: Settings | None = None,
+    ) -> dict[str, str]:
+        return await client_bearer(engine, signed_by or settings, tenant, scopes)
+
+    return make
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

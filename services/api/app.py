@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+import httpx
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -19,10 +20,13 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.api import errors
-from services.api.auth import BearerAuth
-from services.api.routes import auth, health, jobs, queues
+from services.api.auth import Authenticator, BearerAuth
+from services.api.keys import load_keyring
+from services.api.limits import SubmitLimiter, WaiterCap
+from services.api.oidc import JwksCache
+from services.api.routes import admin, auth, health, jobs, queues
 from services.api.submission import Dispatcher
-from services.api.tokens import TokenConfig
+from services.api.tokens import ExternalIssuer, TokenConfig
 from shared.config import Settings
 from shared.db.store import ClientStore, JobStore
 from shared.runtime import service_resources
@@ -30,13 +34,9 @@ from shared.telemetry import make_tracer_provider
 
 
 def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> Litestar:
-    tokens = TokenConfig(
-        secret=settings.signing_secret(),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        ttl_seconds=settings.jwt_ttl_seconds,
-        leeway_seconds=settings.jwt_leeway_seconds,
-    )
+    tokens = token_config(settings)
+    external = _external_issuer(settings)
+    authenticator = Authenticator(tokens, external)
     provider = tracer_provider or make_tracer_provider("api")
 
     @asynccontextmanager
@@ -52,6 +52,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 yield
             finally:
                 await dispatcher.close()
+                if external:
+                    await external.client.aclose()
 
     def from_state(name: str) -> Provide:
         def provide(state: State) -> Any:
@@ -69,12 +71,22 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         **{name: from_state(name) for name in ("store", "clients", "broker", "dispatcher")},
         "settings": constant(settings),
         "tokens": constant(tokens),
+        "limiter": constant(SubmitLimiter(settings.submit_rate_per_second, settings.submit_burst)),
+        "waiters": constant(WaiterCap(settings.max_waiters)),
     }
     return Litestar(
-        route_handlers=[*jobs.ROUTES, *auth.ROUTES, *health.ROUTES, *queues.ROUTES],
+        route_handlers=[
+            *auth.ROUTES,
+            *health.ROUTES,
+            Router(
+                "/",
+                route_handlers=[*jobs.ROUTES, *queues.ROUTES, *admin.ROUTES],
+                security=[{"BearerToken": []}],
+            ),
+        ],
         lifespan=[resources],
         dependencies=dependencies,
-        middleware=[DefineMiddleware(BearerAuth, tokens=tokens)],
+        middleware=[DefineMiddleware(BearerAuth, authenticator=authenticator)],
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
         plugins=[
@@ -91,7 +103,31 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
                 }
             ),
-            security=[{"BearerToken": []}],
         ),
         logging_config=None,
     )
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    """How this API issues and verifies its tokens; a bad key setting is a ``ConfigError``."""
+    return TokenConfig(
+        keys=load_keyring(settings),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.jwt_ttl_seconds,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+
+
+def _external_issuer(settings: Settings) -> JwksCache | None:
+    if not settings.oidc_issuer:
+        return None
+    idp = ExternalIssuer(
+        issuer=settings.oidc_issuer,
+        audience=settings.oidc_audience,
+        jwks_url=settings.oidc_jwks_url,
+        algorithms=settings.oidc_algorithm_list,
+        tenant_claim=settings.oidc_tenant_claim,
+        scope_claim=settings.oidc_scope_claim,
+    )
+    return JwksCache(idp, httpx.AsyncClient(timeout=5.0, follow_redirects=False))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
@@ -10,23 +13,64 @@ from litestar.middleware.authentication import (
     AuthenticationResult,
 )
 
-from services.api.tokens import InvalidToken, Principal, TokenConfig, verify
+from services.api.tokens import (
+    InvalidToken,
+    Principal,
+    TokenConfig,
+    peek,
+    verify,
+    verify_external,
+)
+from shared.credentials import credential_digest
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
     from litestar.types import ASGIApp
 
+    from services.api.oidc import JwksCache
+    from shared.db.store import ClientStore
+
 #: Paths served without a token (SPEC §5).
-PUBLIC_PATHS = ["^/health", "^/schema", "^/metrics", "^/v1/auth/token$"]
+PUBLIC_PATHS = ["^/health", "^/schema", "^/metrics", "^/v1/auth/token$", "^/.well-known/jwks.json$"]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    """Turns a bearer token into a principal, or raises ``InvalidToken``.
+
+    jobq's own tokens are also checked against the client's row on every request, so a
+    revoked, expired or rotated client's tokens stop working at once, on every API replica.
+    """
+
+    tokens: TokenConfig
+    external: JwksCache | None = None
+
+    async def authenticate(self, token: str, clients: ClientStore) -> Principal:
+        if self.external:
+            issuer, kid = peek(token)
+            if issuer == self.external.idp.issuer:
+                keys = await self.external.keys(kid if isinstance(kid, str) else None)
+                return verify_external(self.external.idp, keys, token, self.tokens.leeway_seconds)
+        principal = verify(self.tokens, token)
+        try:
+            client_id = uuid.UUID(principal.client_id)
+        except ValueError:
+            raise InvalidToken("unknown client") from None
+        secret_hash = await clients.active_secret_hash(client_id)
+        if secret_hash is None or not hmac.compare_digest(
+            credential_digest(secret_hash), principal.credential or ""
+        ):
+            raise InvalidToken("the client was revoked, expired or rotated its secret")
+        return principal
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
     """Verifies ``Authorization: Bearer <JWT>``; anything else is 401."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenConfig) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         super().__init__(app, exclude=PUBLIC_PATHS)
-        self.tokens = tokens
+        self.authenticator = authenticator
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -37,7 +81,9 @@ class BearerAuth(AbstractAuthenticationMiddleware):
                 detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
         try:
-            principal = verify(self.tokens, token.strip())
+            principal = await self.authenticator.authenticate(
+                token.strip(), connection.app.state["clients"]
+            )
         except InvalidToken:
             raise NotAuthorizedException(
                 detail="invalid or expired token",

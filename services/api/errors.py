@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from services.api.limits import TooManyRequests
 from shared.db.errors import is_transient
 from shared.errors import DependencyUnavailable
 
@@ -44,6 +45,15 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     return problem(exc.status_code, exc.detail, headers)
 
 
+def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Litestar lets these escape from decoding a body: nesting too deep, bytes not UTF-8."""
+    return problem(400, "request body is not valid JSON")
+
+
+def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response[dict[str, Any]]:
+    return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, DependencyUnavailable) or is_transient(exc):
         log.warning("dependency unavailable", extra={"path": request.url.path, "error": repr(exc)})
@@ -54,4 +64,10 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return problem(500, "internal error")
 
 
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {HTTPException: _http, Exception: _unexpected}
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    HTTPException: _http,
+    TooManyRequests: _too_many,
+    RecursionError: _undecodable,
+    UnicodeDecodeError: _undecodable,
+    Exception: _unexpected,
+}

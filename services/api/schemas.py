@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from shared.db.models import ApiClient
 from shared.db.store import JobRow
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
 MAX_DELAY_SECONDS = 366 * 24 * 3600
+#: Litestar 2.25 leaves a bound of 0 out of the OpenAPI document (it tests bounds for truth);
+#: these put it back.
+ZERO_MINIMUM: dict[str, Any] = {"extra_json_schema": {"extra": {"minimum": 0}}}
+ZERO_EXCLUSIVE: dict[str, Any] = {"extra_json_schema": {"extra": {"exclusive_minimum": 0}}}
 
 
 class JobIn(Struct, forbid_unknown_fields=True):
@@ -26,12 +31,16 @@ class JobIn(Struct, forbid_unknown_fields=True):
     max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
     timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] = 300
     run_at: datetime | None = None
-    delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
-    retry_backoff_seconds: Annotated[float, Meta(gt=0, le=86400)] | None = None
-    retry_backoff_max_seconds: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+    delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
+    retry_backoff_seconds: Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)] | None = None
+    retry_backoff_max_seconds: (
+        Annotated[float, Meta(gt=0, le=7 * 86400, **ZERO_EXCLUSIVE)] | None
+    ) = None
 
 
-IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+#: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
+KEY_RULES: dict[str, Any] = {"min_length": 1, "max_length": 255, "pattern": r"^[\x21-\x7e]+$"}
+IdempotencyKey = Annotated[str, Meta(**KEY_RULES)]
 
 
 class BatchJobIn(JobIn, forbid_unknown_fields=True):
@@ -106,6 +115,68 @@ class TokenOut(Struct):
     token_type: str
     expires_in: int
     scope: str
+
+
+Scope = Literal["jobs:write", "jobs:read", "jobs:work", "admin"]
+Tenant = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class ClientIn(Struct, forbid_unknown_fields=True):
+    """An API client to create: it acts for ``tenant`` with ``scopes``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    tenant: Tenant
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=4)]
+    expires_at: datetime | None = None
+
+
+class ClientOut(Struct):
+    """A client as listed: never its secret or the secret's hash."""
+
+    client_id: uuid.UUID
+    name: str
+    tenant: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, client: ApiClient) -> ClientOut:
+        return cls(
+            client_id=client.id,
+            name=client.name,
+            tenant=client.tenant,
+            scopes=list(client.scopes),
+            created_at=client.created_at,
+            expires_at=client.expires_at,
+            revoked_at=client.revoked_at,
+        )
+
+
+class ClientSecret(Struct):
+    """A new client, or a rotated one: ``client_secret`` is shown this once."""
+
+    client_id: uuid.UUID
+    client_secret: str
+    name: str
+    tenant: str
+    scopes: list[str]
+    expires_at: datetime | None
+
+
+class ClientList(Struct):
+    items: list[ClientOut]
+
+
+class Problem(Struct):
+    """An error (RFC 9457 problem details)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class QueueOut(Struct):

@@ -1,16 +1,27 @@
-"""JWT issue and verification: HS256 pinned, every claim required, small leeway. Pure."""
+"""JWT issue and verification: pinned algorithms, every claim required, small leeway. Pure.
+
+Two kinds of token are accepted: jobq's own (``issue``; verified by ``verify`` against the
+keyring) and, optionally, an external OpenID Connect issuer's (``verify_external``; its keys
+come from its JWKS, fetched by ``services.api.oidc``).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
-ALGORITHM = "HS256"
-REQUIRED = ["exp", "iat", "iss", "aud", "sub", "scope", "tenant", "jti"]
+from services.api.keys import Key, Keyring
+from shared.credentials import SCOPES
+
+#: Claims every jobq token carries; ``cv`` names the client secret it was issued against.
+REQUIRED = ["exp", "iat", "iss", "aud", "sub", "scope", "tenant", "jti", "cv"]
+#: Claims an external issuer's token must carry (tenant and scopes are mapped separately).
+REQUIRED_EXTERNAL = ["exp", "iat", "iss", "aud", "sub"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,20 +31,30 @@ class Principal:
     client_id: str
     tenant: str
     scopes: frozenset[str]
+    #: For jobq's own tokens, the digest of the client secret they were issued against; the
+    #: API refuses them once the client is revoked, expired or rotated. ``None``: external.
+    credential: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TokenConfig:
-    secret: str
+    keys: Keyring
     issuer: str
     audience: str
     ttl_seconds: int
     leeway_seconds: int
 
-    @property
-    def kid(self) -> str:
-        """Key id naming the secret without revealing it, so keys can rotate by ``kid``."""
-        return hashlib.sha256(self.secret.encode()).hexdigest()[:16]
+
+@dataclass(frozen=True, slots=True)
+class ExternalIssuer:
+    """An organisation's own IdP, and how its claims map to a jobq tenant and scopes."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    algorithms: tuple[str, ...]
+    tenant_claim: str
+    scope_claim: str
 
 
 class InvalidToken(Exception):
@@ -51,28 +72,72 @@ def issue(cfg: TokenConfig, principal: Principal, now: float | None = None) -> s
         "iat": int(now),
         "exp": int(now) + cfg.ttl_seconds,
         "jti": str(uuid.uuid4()),
+        "cv": principal.credential,
     }
-    return jwt.encode(claims, cfg.secret, algorithm=ALGORITHM, headers={"kid": cfg.kid})
+    key = cfg.keys.signing
+    return jwt.encode(claims, key.signing, algorithm=key.algorithm, headers={"kid": key.kid})
+
+
+def peek(token: str) -> tuple[Any, Any]:
+    """The ``iss`` and ``kid`` a token claims, to choose how to verify it (never trusted)."""
+    try:
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        return iss, jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None, None
 
 
 def verify(cfg: TokenConfig, token: str) -> Principal:
-    """The principal a token names; ``InvalidToken`` for anything else."""
+    """The principal a jobq token names; ``InvalidToken`` for anything else."""
+    claims = _decode(
+        token, cfg.keys.verifying, cfg.issuer, cfg.audience, cfg.leeway_seconds, REQUIRED
+    )
+    scope, tenant, sub, cv = claims["scope"], claims["tenant"], claims["sub"], claims["cv"]
+    if not all(isinstance(v, str) and v for v in (tenant, sub, cv)) or not isinstance(scope, str):
+        raise InvalidToken("malformed claims")
+    return Principal(sub, tenant, frozenset(scope.split()), credential=cv)
+
+
+def verify_external(
+    idp: ExternalIssuer, keys: Mapping[str, Key], token: str, leeway_seconds: int
+) -> Principal:
+    """The principal an external issuer's token names, its claims mapped to tenant and scopes.
+
+    Scopes jobq does not know are dropped; the scope claim may be a string or a list.
+    """
+    claims = _decode(token, keys, idp.issuer, idp.audience, leeway_seconds, REQUIRED_EXTERNAL)
+    tenant, scope = claims.get(idp.tenant_claim), claims.get(idp.scope_claim)
+    scopes = scope.split() if isinstance(scope, str) else scope
+    sub = claims["sub"]
+    if not (isinstance(tenant, str) and tenant and isinstance(sub, str) and sub):
+        raise InvalidToken(f"the {idp.tenant_claim!r} claim must name a tenant")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise InvalidToken(f"the {idp.scope_claim!r} claim must list scopes")
+    return Principal(sub, tenant, frozenset(scopes) & SCOPES)
+
+
+def _decode(
+    token: str,
+    keys: Mapping[str, Key],
+    issuer: str,
+    audience: str,
+    leeway: int,
+    required: list[str],
+) -> dict[str, Any]:
     try:
-        header = jwt.get_unverified_header(token)
-        if header.get("kid") != cfg.kid:
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
             raise InvalidToken("unknown signing key")
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
-            cfg.secret,
-            algorithms=[ALGORITHM],
-            audience=cfg.audience,
-            issuer=cfg.issuer,
-            leeway=cfg.leeway_seconds,
-            options={"require": REQUIRED, "strict_aud": True},
+            key.verifying,
+            algorithms=[key.algorithm],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": required, "strict_aud": True},
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from None
-    scope, tenant, sub = claims["scope"], claims["tenant"], claims["sub"]
-    if not all(isinstance(v, str) and v for v in (tenant, sub)) or not isinstance(scope, str):
-        raise InvalidToken("malformed claims")
-    return Principal(client_id=sub, tenant=tenant, scopes=frozenset(scope.split()))
+    return claims

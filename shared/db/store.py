@@ -631,6 +631,14 @@ async def _get(
     return row
 
 
+def _active_client(client_id: uuid.UUID) -> tuple[Any, ...]:
+    return (
+        col(ApiClient.id) == client_id,
+        col(ApiClient.revoked_at).is_(None),
+        sa.or_(col(ApiClient.expires_at).is_(None), col(ApiClient.expires_at) > sa.func.now()),
+    )
+
+
 class ClientStore:
     """API clients: created with a hashed secret, looked up at token time, revoked."""
 
@@ -661,6 +669,28 @@ class ClientStore:
                 .values(revoked_at=sa.func.now())
             )
             return bool(result.rowcount)
+
+    async def active_secret_hash(self, client_id: uuid.UUID) -> str | None:
+        """The client's secret hash if it may act now: not revoked, not expired.
+
+        Called on every authenticated request (a primary-key lookup), so revocation and
+        rotation take effect at once on every API replica.
+        """
+        q = sa.select(col(ApiClient.secret_hash)).where(*_active_client(client_id))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(q)).scalar_one_or_none()
+
+    async def rotate(self, client_id: uuid.UUID, secret_hash: str) -> ApiClient | None:
+        """Replace an active client's secret; ``None`` if it is unknown, revoked or expired."""
+        q = (
+            sa.update(ApiClient)
+            .where(*_active_client(client_id))
+            .values(secret_hash=secret_hash)
+            .returning(*ApiClient.__table__.columns)  # type: ignore[attr-defined]
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else ApiClient.model_validate(dict(row._mapping))
 
     async def any_admin(self) -> bool:
         async with self.engine.connect() as conn:

@@ -25,7 +25,7 @@ async def chaos(
     prefix = f"jobqchaos{secrets.token_hex(3)}"
     async with chaos_database(database_url) as url:
         cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
-        c = Chaos(cluster, Load(cluster.url, TEST_SECRET))
+        c = Chaos(cluster, await Load.against(cluster.url, url, TEST_SECRET))
         c.report = lambda f: request.config.stash.setdefault(FIGURES, []).append(f.summary())
         try:
             yield c

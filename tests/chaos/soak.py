@@ -153,7 +153,7 @@ async def soak(args: argparse.Namespace, log_dir: Path) -> int:
     log: list[str] = []
     async with chaos_database(LOCAL_DATABASE_URL) as url:
         cluster = Cluster(url, LOCAL_AMQP_URL, prefix, TEST_SECRET, log_dir)
-        c = Chaos(cluster, Load(cluster.url, TEST_SECRET))
+        c = Chaos(cluster, await Load.against(cluster.url, url, TEST_SECRET))
         try:
             await c.up(workers=args.workers)
             sampler = asyncio.create_task(memory.sample(cluster, 5.0, sampled))

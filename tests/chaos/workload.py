@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from shared.config import Settings
-from tests.conftest import bearer
+from shared.db.engine import make_engine
+from tests.conftest import client_bearer
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -68,7 +69,8 @@ def jobs(
 @dataclass
 class Load:
     url: str
-    secret: str
+    #: Tenant -> the Authorization header of that tenant's API client.
+    auth: dict[str, dict[str, str]]
     #: Idempotency key -> the job id the API answered with (the same on every retry).
     accepted: dict[str, uuid.UUID] = field(default_factory=dict)
     #: HTTP status -> answers; 0 counts requests that got no answer at all.
@@ -76,9 +78,20 @@ class Load:
     retries: int = 0
     replays: int = 0
 
+    @classmethod
+    async def against(cls, url: str, database_url: str, secret: str) -> Load:
+        """A load client for the API at ``url``, with a real client per tenant (tokens valid
+        for a day, so soaks of any length need no refresh)."""
+        engine = make_engine(Settings(database_url=database_url), "chaos-load", pool_size=1)
+        signer = Settings(jwt_secret=secret, jwt_ttl_seconds=24 * 3600)
+        try:
+            auth = {t: await client_bearer(engine, signer, t) for t in TENANTS}
+        finally:
+            await engine.dispose()
+        return cls(url, auth)
+
     def headers(self, spec: Spec) -> dict[str, str]:
-        auth = bearer(Settings(jwt_secret=self.secret), spec.tenant)
-        return {**auth, "Idempotency-Key": spec.key}
+        return {**self.auth[spec.tenant], "Idempotency-Key": spec.key}
 
     async def run(
         self, specs: list[Spec], *, rate: float = 0, clients: int = 8, give_up_after: float = 120

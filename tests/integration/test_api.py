@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from shared.config import Settings
 from shared.db.store import JobStore
-from tests.conftest import bearer
+from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker, ticking, wait_for
 
 Client = AsyncTestClient[Litestar]
@@ -40,10 +40,10 @@ async def wait_status(
 
 
 async def test_a_submitted_job_runs_and_succeeds_with_its_result(
-    api: Client, settings: Settings, start_worker: StartWorker
+    bearer: Bearer, api: Client, settings: Settings, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    h = bearer(settings)
+    h = await bearer()
     r = await api.post("/v1/jobs", json={"type": "echo", "payload": {"n": 1}}, headers=h)
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
@@ -57,10 +57,14 @@ async def test_a_submitted_job_runs_and_succeeds_with_its_result(
 
 
 async def test_one_trace_follows_the_job_from_submit_to_handler(
-    api: Client, settings: Settings, start_worker: StartWorker, spans: InMemorySpanExporter
+    bearer: Bearer,
+    api: Client,
+    settings: Settings,
+    start_worker: StartWorker,
+    spans: InMemorySpanExporter,
 ) -> None:
     await start_worker()
-    h = bearer(settings)
+    h = await bearer()
     r = await api.post("/v1/jobs", json={"type": "noop"}, headers=h)
     await wait_status(api, h, r.json()["id"], "succeeded")
     run = await wait_for(
@@ -75,15 +79,15 @@ async def test_one_trace_follows_the_job_from_submit_to_handler(
 
 
 async def test_the_same_idempotency_key_returns_the_original_job(
-    api: Client, settings: Settings, store: JobStore
+    bearer: Bearer, api: Client, settings: Settings, store: JobStore
 ) -> None:
-    h = {**bearer(settings), "Idempotency-Key": "order-42"}
+    h = {**await bearer(), "Idempotency-Key": "order-42"}
     first = await api.post("/v1/jobs", json={"type": "noop"}, headers=h)
     again = await api.post("/v1/jobs", json={"type": "noop"}, headers=h)
     other_tenant = await api.post(
         "/v1/jobs",
         json={"type": "noop"},
-        headers={**bearer(settings, "globex"), "Idempotency-Key": "order-42"},
+        headers={**await bearer("globex"), "Idempotency-Key": "order-42"},
     )
     assert (first.status_code, again.status_code, other_tenant.status_code) == (202, 200, 202)
     assert first.json()["id"] == again.json()["id"] != other_tenant.json()["id"]
@@ -91,11 +95,11 @@ async def test_the_same_idempotency_key_returns_the_original_job(
 
 
 async def test_a_delayed_job_does_not_run_before_its_time(
-    api: Client, settings: Settings, start_worker: StartWorker, scheduler: Any
+    bearer: Bearer, api: Client, settings: Settings, start_worker: StartWorker, scheduler: Any
 ) -> None:
     await start_worker()
     async with ticking(scheduler):
-        h = bearer(settings)
+        h = await bearer()
         r = await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 1.5}, headers=h)
         assert r.json()["status"] == "scheduled"
         await asyncio.sleep(0.8)
@@ -107,8 +111,10 @@ async def test_a_delayed_job_does_not_run_before_its_time(
         assert later.json()["status"] == "scheduled"
 
 
-async def test_cancel_and_retry(api: Client, settings: Settings, start_worker: StartWorker) -> None:
-    h = bearer(settings)
+async def test_cancel_and_retry(
+    bearer: Bearer, api: Client, settings: Settings, start_worker: StartWorker
+) -> None:
+    h = await bearer()
     r = await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=h)
     job_id = r.json()["id"]
     canceled = await api.post(f"/v1/jobs/{job_id}/cancel", headers=h)
@@ -125,10 +131,10 @@ async def test_cancel_and_retry(api: Client, settings: Settings, start_worker: S
 
 
 async def test_a_running_job_is_canceled_at_its_next_heartbeat(
-    api: Client, settings: Settings, start_worker: StartWorker
+    bearer: Bearer, api: Client, settings: Settings, start_worker: StartWorker
 ) -> None:
     await start_worker(lease_seconds=1.5)
-    h = bearer(settings)
+    h = await bearer()
     r = await api.post("/v1/jobs", json={"type": "sleep", "payload": {"seconds": 30}}, headers=h)
     await wait_status(api, h, r.json()["id"], "running")
     asked = await api.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=h)
@@ -138,9 +144,9 @@ async def test_a_running_job_is_canceled_at_its_next_heartbeat(
 
 
 async def test_tenants_cannot_see_or_touch_each_others_jobs(
-    api: Client, settings: Settings
+    bearer: Bearer, api: Client, settings: Settings
 ) -> None:
-    a, b = bearer(settings, "tenant-a"), bearer(settings, "tenant-b")
+    a, b = await bearer("tenant-a"), await bearer("tenant-b")
     job_id = (
         await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=a)
     ).json()["id"]
@@ -152,9 +158,9 @@ async def test_tenants_cannot_see_or_touch_each_others_jobs(
     assert (await api.get(f"/v1/jobs/{job_id}", headers=a)).status_code == 200
 
 
-async def test_a_missing_scope_is_403(api: Client, settings: Settings) -> None:
-    read_only = bearer(settings, scopes=frozenset({"jobs:read"}))
-    write_only = bearer(settings, scopes=frozenset({"jobs:write"}))
+async def test_a_missing_scope_is_403(bearer: Bearer, api: Client, settings: Settings) -> None:
+    read_only = await bearer(scopes=["jobs:read"])
+    write_only = await bearer(scopes=["jobs:write"])
     r = await api.post("/v1/jobs", json={"type": "noop"}, headers=read_only)
     assert r.status_code == 403
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -175,10 +181,12 @@ async def test_a_missing_or_bad_token_is_401(api: Client, authorization: str | N
     assert r.json()["status"] == 401
 
 
-async def test_a_token_signed_with_another_secret_is_401(api: Client, settings: Settings) -> None:
+async def test_a_token_signed_with_another_secret_is_401(
+    bearer: Bearer, api: Client, settings: Settings
+) -> None:
     from dataclasses import replace
 
-    forged = bearer(replace(settings, jwt_secret="another-secret-" + "y" * 40))
+    forged = await bearer(signed_by=replace(settings, jwt_secret="another-secret-" + "y" * 40))
     assert (await api.get("/v1/jobs", headers=forged)).status_code == 401
 
 
@@ -199,9 +207,15 @@ async def test_a_token_signed_with_another_secret_is_401(api: Client, settings: 
     ],
 )
 async def test_bad_bodies_get_a_clear_4xx_and_write_nothing(
-    api: Client, settings: Settings, store: JobStore, body: bytes, status: int, field: str | None
+    bearer: Bearer,
+    api: Client,
+    settings: Settings,
+    store: JobStore,
+    body: bytes,
+    status: int,
+    field: str | None,
 ) -> None:
-    h = {**bearer(settings), "Content-Type": "application/json"}
+    h = {**await bearer(), "Content-Type": "application/json"}
     r = await api.post("/v1/jobs", content=body, headers=h)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -211,9 +225,9 @@ async def test_bad_bodies_get_a_clear_4xx_and_write_nothing(
 
 
 async def test_an_oversized_payload_is_413(
-    api: Client, settings: Settings, store: JobStore
+    bearer: Bearer, api: Client, settings: Settings, store: JobStore
 ) -> None:
-    h = bearer(settings)
+    h = await bearer()
     big = "x" * (settings.max_payload_bytes + 1)
     r = await api.post("/v1/jobs", json={"type": "noop", "payload": big}, headers=h)
     assert r.status_code == 413
@@ -223,8 +237,10 @@ async def test_an_oversized_payload_is_413(
     assert await store.list("acme", limit=1) == []
 
 
-async def test_a_batch_is_one_transaction(api: Client, settings: Settings, store: JobStore) -> None:
-    h = bearer(settings)
+async def test_a_batch_is_one_transaction(
+    bearer: Bearer, api: Client, settings: Settings, store: JobStore
+) -> None:
+    h = await bearer()
     jobs = [{"type": "noop", "idempotency_key": f"k{i}"} for i in range(3)]
     r = await api.post("/v1/jobs/batch", json={"jobs": jobs}, headers=h)
     assert r.status_code == 202
@@ -236,8 +252,10 @@ async def test_a_batch_is_one_transaction(api: Client, settings: Settings, store
     assert len(await store.list("acme", limit=10)) == 3
 
 
-async def test_listing_filters_and_pages_with_a_cursor(api: Client, settings: Settings) -> None:
-    h = bearer(settings)
+async def test_listing_filters_and_pages_with_a_cursor(
+    bearer: Bearer, api: Client, settings: Settings
+) -> None:
+    h = await bearer()
     jobs = [{"type": "noop" if i % 2 else "echo", "delay_seconds": 60} for i in range(5)]
     await api.post("/v1/jobs/batch", json={"jobs": jobs}, headers=h)
     seen: list[str] = []
@@ -264,13 +282,15 @@ async def test_listing_filters_and_pages_with_a_cursor(api: Client, settings: Se
     )
 
 
-async def test_health_readiness_schema_and_queues(api: Client, settings: Settings) -> None:
+async def test_health_readiness_schema_and_queues(
+    bearer: Bearer, api: Client, settings: Settings
+) -> None:
     assert (await api.get("/health")).json() == {"status": "ok"}
     assert (await api.get("/health/ready")).status_code == 200
     schema = (await api.get("/schema/openapi.json")).json()
     assert "/v1/jobs" in schema["paths"]
     assert "/v1/jobs/batch" in schema["paths"]
-    h = bearer(settings)
+    h = await bearer()
     await api.post("/v1/jobs", json={"type": "noop", "queue": "email"}, headers=h)
     queues = (await api.get("/v1/queues", headers=h)).json()["items"]
     email = next(q for q in queues if q["name"] == "email")

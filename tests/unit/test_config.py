@@ -29,6 +29,21 @@ def test_variables_are_parsed_to_their_types() -> None:
         {"JOBQ_LEASE_SECONDS": "soon"},
         {"JOBQ_QUEUE_TYPE": "stream"},
         {"JOBQ_WORKER_CONCURRENCY": "0"},
+        {"JOBQ_JWT_ALGORITHM": "none"},
+        {"JOBQ_MAX_LIST_LIMIT": "501"},
+        {"JOBQ_SUBMIT_BURST": "10"},
+        {"JOBQ_OIDC_ISSUER": "https://idp.example"},
+        {
+            "JOBQ_OIDC_ISSUER": "jobq",
+            "JOBQ_OIDC_JWKS_URL": "https://x/jwks",
+            "JOBQ_OIDC_AUDIENCE": "a",
+        },
+        {
+            "JOBQ_OIDC_ISSUER": "https://i",
+            "JOBQ_OIDC_JWKS_URL": "https://x/jwks",
+            "JOBQ_OIDC_AUDIENCE": "a",
+            "JOBQ_OIDC_ALGORITHMS": "RS256,HS256",
+        },
     ],
 )
 def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
@@ -36,9 +51,11 @@ def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
         Settings.from_env(env)
 
 
-def test_the_signing_secret_must_be_long(tmp_path: pytest.TempPathFactory) -> None:
+def test_the_signing_secret_comes_from_the_environment_or_a_file(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
     with pytest.raises(ConfigError, match="JOBQ_JWT_SECRET"):
-        Settings(jwt_secret="short").signing_secret()
+        Settings().signing_secret()
     path = tmp_path / "secret"  # type: ignore[operator]
     path.write_text("k" * 40 + "\n")
     assert Settings(jwt_secret_file=str(path)).signing_secret() == "k" * 40

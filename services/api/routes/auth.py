@@ -1,4 +1,5 @@
-"""``POST /v1/auth/token``: OAuth2 client credentials (RFC 6749 §4.4), form or Basic auth."""
+"""``POST /v1/auth/token``: OAuth2 client credentials (RFC 6749 §4.4), form or Basic auth;
+``GET /.well-known/jwks.json``: the public keys that verify jobq's tokens (asymmetric mode)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import Body
 
+from services.api.openapi import problems
 from services.api.schemas import TokenOut
 from services.api.tokens import Principal, TokenConfig, issue
-from shared.credentials import secret_matches
+from shared.credentials import credential_digest, secret_matches
 from shared.db.store import ClientStore
 
 
@@ -49,7 +51,7 @@ def _invalid_client() -> NotAuthorizedException:
     )
 
 
-@post("/v1/auth/token", status_code=200)
+@post("/v1/auth/token", status_code=200, responses=problems(401, 413, 422, 503))
 async def token(
     request: Request[Any, Any, Any],
     data: Annotated[TokenForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
@@ -84,7 +86,9 @@ async def token(
                 detail="scope exceeds the client's scopes", extra={"error": "invalid_scope"}
             )
         scopes = asked
-    principal = Principal(str(client.id), client.tenant, scopes)
+    principal = Principal(
+        str(client.id), client.tenant, scopes, credential=credential_digest(client.secret_hash)
+    )
     return TokenOut(
         access_token=issue(tokens, principal),
         token_type="Bearer",
@@ -93,4 +97,10 @@ async def token(
     )
 
 
-ROUTES = [token]
+@get("/.well-known/jwks.json")
+async def jwks(tokens: NamedDependency[TokenConfig]) -> dict[str, Any]:
+    """The public keys (JWK set) that verify jobq's tokens; empty in HS256 mode."""
+    return tokens.keys.jwks()
+
+
+ROUTES = [token, jwks]

@@ -8,6 +8,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from services.api.errors import problem
+from services.api.openapi import problems
 from shared.db.store import JobStore
 from shared.messaging import Broker
 
@@ -18,7 +19,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/health/ready")
+@get("/health/ready", responses=problems(503))
 async def ready(store: NamedDependency[JobStore], broker: NamedDependency[Broker]) -> Response[Any]:
     """PostgreSQL and RabbitMQ are reachable; ``503`` naming the one that is not."""
     down = []

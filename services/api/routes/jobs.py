@@ -1,63 +1,87 @@
-"""``/v1/jobs``: submit, batch, read, list, cancel, retry."""
+"""``/v1/jobs``: submit, batch, read, wait, list, cancel, retry."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
-from services.api.schemas import BatchIn, BatchOut, IdempotencyKey, JobIn, JobList, JobOut
+from services.api.limits import SubmitLimiter, WaiterCap
+from services.api.openapi import problems
+from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
 from services.api.submission import Dispatcher, new_job, submit
 from services.api.tokens import Principal
-from shared.config import Settings
-from shared.db.store import JobStore
+from shared.config import MAX_LIST_LIMIT, Settings
+from shared.db.store import JobRow, JobStore
 from shared.domain import TERMINAL, JobStatus
 from shared.telemetry import traceparent_of
 
 AuthRequest = Request[Principal, str, Any]
 READ = {"scopes": ["jobs:read"]}
 WRITE = {"scopes": ["jobs:write"]}
+MAX_WAIT_SECONDS = 60
 
 
 def _job_response(job: Any, status: int) -> Response[JobOut]:
     return Response(JobOut.of(job), status_code=status, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@post("/v1/jobs", guards=[requires_scopes], opt=WRITE, status_code=202)
+@post(
+    "/v1/jobs",
+    guards=[requires_scopes],
+    opt=WRITE,
+    status_code=202,
+    responses={
+        200: ResponseSpec(JobOut, description="The Idempotency-Key was used: the original job"),
+        **problems(401, 403, 413, 422, 429, 503),
+    },
+)
 async def submit_job(
     request: AuthRequest,
     data: JSONBody[JobIn],
     store: NamedDependency[JobStore],
     dispatcher: NamedDependency[Dispatcher],
     settings: NamedDependency[Settings],
+    limiter: NamedDependency[SubmitLimiter],
     idempotency_key: Annotated[
-        IdempotencyKey | None, HeaderParameter(name="Idempotency-Key")
+        str | None, HeaderParameter(name="Idempotency-Key", **KEY_RULES)
     ] = None,
 ) -> Response[JobOut]:
     """Submit a job: ``202`` with the job; the same ``Idempotency-Key`` again: ``200`` with
     the original job."""
+    limiter.take(request.user.client_id, 1)
     tp = traceparent_of(trace.get_current_span())
     job = new_job(data, request.user, settings, idempotency_key, tp)
     [(stored, created)] = await submit(store, dispatcher, [job])
     return _job_response(stored, 202 if created else 200)
 
 
-@post("/v1/jobs/batch", guards=[requires_scopes], opt=WRITE, status_code=202)
+@post(
+    "/v1/jobs/batch",
+    guards=[requires_scopes],
+    opt=WRITE,
+    status_code=202,
+    responses=problems(401, 403, 413, 422, 429, 503),
+)
 async def submit_batch(
     request: AuthRequest,
     data: JSONBody[BatchIn],
     store: NamedDependency[JobStore],
     dispatcher: NamedDependency[Dispatcher],
     settings: NamedDependency[Settings],
+    limiter: NamedDependency[SubmitLimiter],
 ) -> BatchOut:
     """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction."""
     if len(data.jobs) > settings.max_batch_jobs:
@@ -67,21 +91,60 @@ async def submit_batch(
     keys = [j.idempotency_key for j in data.jobs if j.idempotency_key]
     if len(keys) != len(set(keys)):
         raise ValidationException(detail="idempotency_key repeats within the batch")
+    limiter.take(request.user.client_id, len(data.jobs))
     tp = traceparent_of(trace.get_current_span())
     jobs = [new_job(j, request.user, settings, j.idempotency_key, tp) for j in data.jobs]
     results = await submit(store, dispatcher, jobs)
     return BatchOut(items=[JobOut.of(job) for job, _ in results])
 
 
-@get("/v1/jobs/{job_id:uuid}", guards=[requires_scopes], opt=READ)
+@get(
+    "/v1/jobs/{job_id:uuid}",
+    guards=[requires_scopes],
+    opt=READ,
+    responses=problems(401, 403, 404, 503),
+)
 async def get_job(
     request: AuthRequest, job_id: FromPath[uuid.UUID], store: NamedDependency[JobStore]
 ) -> JobOut:
     """One job of the caller's tenant (another tenant's job is 404, like a missing one)."""
-    job = await store.get(request.user.tenant, job_id)
+    return JobOut.of(await _own_job(store, request.user.tenant, job_id))
+
+
+async def _own_job(store: JobStore, tenant: str, job_id: uuid.UUID) -> JobRow:
+    job = await store.get(tenant, job_id)
     if job is None:
         raise NotFoundException(detail=f"no job {job_id}")
-    return JobOut.of(job)
+    return job
+
+
+@get(
+    "/v1/jobs/{job_id:uuid}/wait",
+    guards=[requires_scopes],
+    opt=READ,
+    responses=problems(401, 403, 404, 422, 429, 503),
+)
+async def wait_job(
+    request: AuthRequest,
+    job_id: FromPath[uuid.UUID],
+    store: NamedDependency[JobStore],
+    waiters: NamedDependency[WaiterCap],
+    wait: Annotated[float, QueryParameter(name="timeout", ge=0, le=MAX_WAIT_SECONDS)] = 30,
+) -> JobOut:
+    """Long-poll: the job once it is terminal, or as it is after ``timeout`` seconds.
+
+    Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open; beyond that, ``429``.
+    """
+    with waiters.slot():
+        deadline = time.monotonic() + wait
+        pause = 0.05
+        while True:
+            job = await _own_job(store, request.user.tenant, job_id)
+            left = deadline - time.monotonic()
+            if job.status in TERMINAL or left <= 0:
+                return JobOut.of(job)
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 1.5, 1.0)
 
 
 def _cursor(job_id: uuid.UUID) -> str:
@@ -95,21 +158,34 @@ def _parse_cursor(cursor: str) -> uuid.UUID:
         raise ValidationException(detail="cursor is not one this API returned") from None
 
 
-@get("/v1/jobs", guards=[requires_scopes], opt=READ)
+def _instant(name: str, value: str | None) -> datetime | None:
+    """An RFC 3339 date-time (UTC if it names no offset); query strings are parsed leniently
+    by default, which would take a bare number for a Unix time."""
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationException(detail=f"{name} must be an RFC 3339 date-time") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+@get("/v1/jobs", guards=[requires_scopes], opt=READ, responses=problems(401, 403, 422, 503))
 async def list_jobs(
     request: AuthRequest,
     store: NamedDependency[JobStore],
     settings: NamedDependency[Settings],
-    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
+    cursor: Annotated[str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{22}$")] = None,
     status: FromQuery[JobStatus | None] = None,
     type: FromQuery[str | None] = None,
     queue: FromQuery[str | None] = None,
-    created_after: FromQuery[datetime | None] = None,
-    created_before: FromQuery[datetime | None] = None,
+    created_after: Annotated[str | None, QueryParameter(format="date-time")] = None,
+    created_before: Annotated[str | None, QueryParameter(format="date-time")] = None,
 ) -> JobList:
     """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
-    limit = min(limit, settings.max_list_limit)
+    if limit > settings.max_list_limit:
+        raise ValidationException(detail=f"limit is at most {settings.max_list_limit}")
     jobs = await store.list(
         request.user.tenant,
         limit=limit,
@@ -117,8 +193,8 @@ async def list_jobs(
         status=status,
         type=type,
         queue=queue,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=_instant("created_after", created_after),
+        created_before=_instant("created_before", created_before),
     )
     next_cursor = _cursor(jobs[-1].id) if len(jobs) == limit else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
@@ -128,7 +204,13 @@ class Conflict(ClientException):
     status_code = 409
 
 
-@post("/v1/jobs/{job_id:uuid}/cancel", guards=[requires_scopes], opt=WRITE, status_code=200)
+@post(
+    "/v1/jobs/{job_id:uuid}/cancel",
+    guards=[requires_scopes],
+    opt=WRITE,
+    status_code=200,
+    responses=problems(401, 403, 404, 409, 503),
+)
 async def cancel_job(
     request: AuthRequest, job_id: FromPath[uuid.UUID], store: NamedDependency[JobStore]
 ) -> JobOut:
@@ -141,7 +223,13 @@ async def cancel_job(
     return JobOut.of(job)
 
 
-@post("/v1/jobs/{job_id:uuid}/retry", guards=[requires_scopes], opt=WRITE, status_code=200)
+@post(
+    "/v1/jobs/{job_id:uuid}/retry",
+    guards=[requires_scopes],
+    opt=WRITE,
+    status_code=200,
+    responses=problems(401, 403, 404, 409, 503),
+)
 async def retry_job(
     request: AuthRequest,
     job_id: FromPath[uuid.UUID],
@@ -160,4 +248,4 @@ async def retry_job(
     return JobOut.of(job)
 
 
-ROUTES = [submit_job, submit_batch, get_job, list_jobs, cancel_job, retry_job]
+ROUTES = [submit_job, submit_batch, get_job, wait_job, list_jobs, cancel_job, retry_job]

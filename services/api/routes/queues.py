@@ -11,6 +11,7 @@ from litestar import Request, get
 from litestar.di import NamedDependency
 
 from services.api.auth import requires_scopes
+from services.api.openapi import problems
 from services.api.schemas import QueueList, QueueOut
 from services.api.tokens import Principal
 from shared.config import Settings
@@ -42,7 +43,12 @@ async def _unacked(settings: Settings, broker: Broker, queues: list[str]) -> dic
     return out
 
 
-@get("/v1/queues", guards=[requires_scopes], opt={"scopes": ["jobs:read"]})
+@get(
+    "/v1/queues",
+    guards=[requires_scopes],
+    opt={"scopes": ["jobs:read"]},
+    responses=problems(401, 403, 503),
+)
 async def list_queues(
     request: Request[Principal, Any, Any],
     store: NamedDependency[JobStore],
