@@ -9,6 +9,7 @@ import uvloop
 from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
 from services.worker.registry import registry
 from services.worker.runner import Worker
+from services.worker.webhook import WebhookPolicy, webhook_handler
 from shared.config import Settings
 from shared.db.store import JobStore
 from shared.runtime import service_resources, stop_on_signals
@@ -18,6 +19,8 @@ log = logging.getLogger("jobq.worker")
 
 
 async def serve(settings: Settings) -> None:
+    # Built here, not at import like the other built-ins: its policy comes from the settings.
+    registry.handler("webhook")(webhook_handler(WebhookPolicy.from_settings(settings)))
     registry.load_modules(settings.handler_modules)
     provider = make_tracer_provider("worker")
     pool = min(settings.worker_concurrency + 4, 40)
