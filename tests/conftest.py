@@ -28,7 +28,13 @@ from shared.db.engine import make_engine
 from shared.db.models import ApiClient
 from shared.db.store import ClientStore, JobStore
 from shared.messaging import Broker
-from tests.services import broker_server, create_database, database_server, drop_database
+from tests.services import (
+    broker_server,
+    create_database,
+    database_server,
+    delete_broker_objects,
+    drop_database,
+)
 
 TEST_SECRET = "test-secret-" + "x" * 40
 
@@ -56,18 +62,7 @@ def broker_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"jobqtest{secrets.token_hex(3)}"
     yield prefix
 
-    async def cleanup() -> None:
-        conn = await aio_pika.connect(amqp_url)
-        try:
-            ch = await conn.channel()
-            for suffix in ("dead", *(f"q.{q}" for q in KNOWN_QUEUES)):
-                await ch.queue_delete(f"{prefix}.{suffix}")
-            for suffix in ("jobs", "dlx"):
-                await ch.exchange_delete(f"{prefix}.{suffix}")
-        finally:
-            await conn.close()
-
-    asyncio.run(cleanup())
+    asyncio.run(delete_broker_objects(amqp_url, prefix, KNOWN_QUEUES))
 
 
 #: Job queues tests use (so the session cleanup can delete them).

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 
 from shared.config import Settings
@@ -92,3 +93,17 @@ async def create_database(server_url: str, prefix: str) -> str:
 async def drop_database(url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     await _on_server(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def delete_broker_objects(amqp_url: str, prefix: str, queues: Iterable[str]) -> None:
+    """What a run declared under ``prefix``: the dead-letter queue, the named job queues, and
+    both exchanges."""
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn.channel()
+        for queue in ("dead", *(f"q.{name}" for name in queues)):
+            await ch.queue_delete(f"{prefix}.{queue}")
+        for exchange in ("jobs", "dlx"):
+            await ch.exchange_delete(f"{prefix}.{exchange}")
+    finally:
+        await conn.close()

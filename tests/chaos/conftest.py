@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.cluster import Cluster
-from tests.chaos.harness import Chaos, chaos_database, delete_broker_objects
+from tests.chaos.harness import CHAOS_QUEUES, Chaos, chaos_database
 from tests.chaos.workload import Load
 from tests.conftest import TEST_SECRET
+from tests.services import delete_broker_objects
 
 #: Where ``pytest_terminal_summary`` finds the figures each scenario reported.
 FIGURES = pytest.StashKey[list[str]]()
@@ -31,7 +32,7 @@ async def chaos(
             yield c
         finally:
             await c.stop()
-            await delete_broker_objects(amqp_url, prefix)
+            await delete_broker_objects(amqp_url, prefix, CHAOS_QUEUES)
 
 
 def pytest_terminal_summary(

@@ -46,16 +46,8 @@ async def chaos_database(server_url: str) -> AsyncIterator[str]:
         await drop_database(url)
 
 
-async def delete_broker_objects(amqp_url: str, prefix: str) -> None:
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        ch = await conn.channel()
-        for queue in ("dead", "q.default", "q.control"):
-            await ch.queue_delete(f"{prefix}.{queue}")
-        for exchange in ("jobs", "dlx"):
-            await ch.exchange_delete(f"{prefix}.{exchange}")
-    finally:
-        await conn.close()
+#: The job queues a fault scenario declares (``control`` is the consumer-timeout test's).
+CHAOS_QUEUES = ("default", "control")
 
 
 @dataclass

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tests.chaos import faults
 from tests.chaos.cluster import Cluster
-from tests.chaos.harness import Chaos, chaos_database, delete_broker_objects
+from tests.chaos.harness import CHAOS_QUEUES, Chaos, chaos_database
 from tests.chaos.workload import Load, jobs
 from tests.conftest import TEST_SECRET
 from tests.procs import Proc
-from tests.services import LOCAL_AMQP_URL, LOCAL_DATABASE_URL
+from tests.services import LOCAL_AMQP_URL, LOCAL_DATABASE_URL, delete_broker_objects
 
 Fault = Callable[[Chaos], Awaitable[str]]
 
@@ -182,7 +182,7 @@ async def soak(args: argparse.Namespace, log_dir: Path) -> int:
         finally:
             sampled.set()
             await c.stop()
-            await delete_broker_objects(LOCAL_AMQP_URL, prefix)
+            await delete_broker_objects(LOCAL_AMQP_URL, prefix, CHAOS_QUEUES)
     print(f"\nfaults injected ({len(log)}):\n" + "\n".join(log))
     print("\nmemory (RSS) of each process that lived a minute or more past a 30 s warm-up:")
     print("\n".join(memory.report(warmup=30.0)) or "  (none)")

@@ -20,14 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 import httpx
 import pytest
 
 from tests.conftest import TEST_SECRET
 from tests.procs import REPO_ROOT, Proc, clean_env, free_port, start, stop_all
-from tests.services import create_database, drop_database, dsn
+from tests.services import create_database, delete_broker_objects, drop_database, dsn
 
 pytestmark = pytest.mark.e2e
 
@@ -80,15 +79,7 @@ async def drop(database_url: str, amqp_url: str, prefix: str) -> None:
     finally:
         await conn.close()
     await drop_database(database_url)
-    amqp = await aio_pika.connect(amqp_url)
-    try:
-        channel = await amqp.channel()
-        for queue in ("dead", *(f"q.{name}" for name in queues)):
-            await channel.queue_delete(f"{prefix}.{queue}")
-        for exchange in ("jobs", "dlx"):
-            await channel.exchange_delete(f"{prefix}.{exchange}")
-    finally:
-        await amqp.close()
+    await delete_broker_objects(amqp_url, prefix, queues)
 
 
 @pytest.fixture
