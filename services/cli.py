@@ -114,11 +114,13 @@ def _run_db(coro: Any, settings: Settings) -> Any:
 async def _create_client(
     settings: Settings, name: str, tenant: str, scopes: list[str]
 ) -> dict[str, Any]:
-    from shared.credentials import SCOPES, hash_secret, new_secret
+    from shared.credentials import SCOPES, TENANT, hash_secret, new_secret
     from shared.db.engine import make_engine
     from shared.db.models import ApiClient
     from shared.db.store import ClientStore
 
+    if not TENANT.fullmatch(tenant):
+        raise ConfigError(f"tenant {tenant!r} must match {TENANT.pattern}")
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ConfigError(f"unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}")

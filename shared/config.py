@@ -7,12 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
 QueueType = Literal["quorum", "classic"]
 #: The most jobs one list page can hold (SPEC §5); ``JOBQ_MAX_LIST_LIMIT`` may lower it.
 MAX_LIST_LIMIT = 500
+#: Asymmetric algorithms an external issuer may sign with (never HS*, never none).
+OIDC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Settings:
     submit_burst: int = 2000
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once.
     max_waiters: int = 200
+    max_waiters_per_client: int = 50
 
     lease_seconds: float = 30.0
     #: Queued jobs whose publish was not confirmed this long ago are published again.
@@ -132,14 +138,34 @@ class Settings:
             )
         if not 1 <= self.max_list_limit <= MAX_LIST_LIMIT:
             raise ConfigError(f"JOBQ_MAX_LIST_LIMIT must be between 1 and {MAX_LIST_LIMIT}")
+        positive = {
+            "JOBQ_JWT_TTL_SECONDS": self.jwt_ttl_seconds,
+            "JOBQ_MAX_BATCH_JOBS": self.max_batch_jobs,
+            "JOBQ_MAX_PAYLOAD_BYTES": self.max_payload_bytes,
+            "JOBQ_MAX_REQUEST_BYTES": self.max_request_bytes,
+            "JOBQ_MAX_WAITERS": self.max_waiters,
+            "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, not {value}")
+        if not 0 <= self.jwt_leeway_seconds <= 300:
+            raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
+        if not 0 <= self.submit_rate_per_second < float("inf"):
+            raise ConfigError("JOBQ_SUBMIT_RATE_PER_SECOND must be a number >= 0 (0: no limit)")
         if self.submit_rate_per_second > 0 and self.submit_burst < self.max_batch_jobs:
             raise ConfigError("JOBQ_SUBMIT_BURST must be at least JOBQ_MAX_BATCH_JOBS")
         if self.oidc_issuer and not (self.oidc_jwks_url and self.oidc_audience):
             raise ConfigError("JOBQ_OIDC_ISSUER needs JOBQ_OIDC_JWKS_URL and JOBQ_OIDC_AUDIENCE")
         if self.oidc_issuer and self.oidc_issuer == self.jwt_issuer:
             raise ConfigError("JOBQ_OIDC_ISSUER must differ from JOBQ_JWT_ISSUER")
-        if {"HS256", "HS384", "HS512", "none"} & set(self.oidc_algorithm_list):
-            raise ConfigError("JOBQ_OIDC_ALGORITHMS takes asymmetric algorithms only")
+        if not self.oidc_algorithm_list or not set(self.oidc_algorithm_list) <= OIDC_ALGORITHMS:
+            raise ConfigError(f"JOBQ_OIDC_ALGORITHMS takes some of {sorted(OIDC_ALGORITHMS)}")
+        jwks = urlsplit(self.oidc_jwks_url)
+        if self.oidc_issuer and not (
+            jwks.scheme == "https" or jwks.hostname in ("127.0.0.1", "::1", "localhost")
+        ):
+            raise ConfigError("JOBQ_OIDC_JWKS_URL must be https (plain http on loopback only)")
 
     def signing_secret(self) -> str:
         """The JWT signing secret, from ``JOBQ_JWT_SECRET`` or the file ``JOBQ_JWT_SECRET_FILE``."""

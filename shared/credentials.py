@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 SCOPES = frozenset({"jobs:write", "jobs:read", "jobs:work", "admin"})
+#: What a tenant name looks like (API clients and IdP claims alike).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+TENANT = re.compile(TENANT_PATTERN)
 
 
 def new_secret() -> str:

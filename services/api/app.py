@@ -72,7 +72,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         "settings": constant(settings),
         "tokens": constant(tokens),
         "limiter": constant(SubmitLimiter(settings.submit_rate_per_second, settings.submit_burst)),
-        "waiters": constant(WaiterCap(settings.max_waiters)),
+        "waiters": constant(WaiterCap(settings.max_waiters, settings.max_waiters_per_client)),
     }
     return Litestar(
         route_handlers=[

@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from shared.db.store import ClientStore
 
 #: Paths served without a token (SPEC §5).
-PUBLIC_PATHS = ["^/health", "^/schema", "^/metrics", "^/v1/auth/token$", "^/.well-known/jwks.json$"]
+PUBLIC_PATHS = [
+    "^/health$",
+    "^/health/ready$",
+    "^/schema($|/)",
+    "^/v1/auth/token$",
+    r"^/\.well-known/jwks\.json$",
+]
 
 
 @dataclass(frozen=True, slots=True)

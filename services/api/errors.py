@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +37,27 @@ def problem(
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     headers = dict(exc.headers or {})
+    # An OAuth2 ``error`` code (RFC 6749 §5.2) travels as ``extra={"error": ...}``.
+    extra = exc.extra if isinstance(exc.extra, dict) else {}
+    oauth = {"error": extra["error"]} if "error" in extra else {}
     if isinstance(exc, ValidationException):
-        # Schema violations are 422 naming the field; malformed JSON stays a plain 400.
+        # Schema violations are 422 naming the field. Litestar's own detail repeats the URL,
+        # query string included (which may hold anything): it is replaced, ``errors`` says more.
         errors = exc.extra if isinstance(exc.extra, list) else []
-        if "JSON is malformed" in exc.detail or "decode" in exc.detail.lower():
-            return problem(400, "request body is not valid JSON")
-        return problem(422, exc.detail, headers, errors=errors)
-    return problem(exc.status_code, exc.detail, headers)
+        detail = exc.detail
+        if detail.startswith("Validation failed for"):
+            detail = "the request does not match the API; see errors"
+        return problem(422, detail, headers, errors=errors, **oauth)
+    return problem(exc.status_code, exc.detail, headers, **oauth)
 
 
 def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """Litestar lets these escape from decoding a body: nesting too deep, bytes not UTF-8."""
-    return problem(400, "request body is not valid JSON")
+    """Litestar lets these escape from decoding a body (nesting too deep, bytes not UTF-8):
+    a bad request there; anywhere else, a bug."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if any(frame.name == "decode_json" for frame in frames):
+        return problem(400, "request body is not valid JSON")
+    return _unexpected(request, exc)
 
 
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response[dict[str, Any]]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-#: Buckets kept before idle (full) ones are dropped, so memory stays bounded.
+#: Buckets kept at most: memory stays bounded however many clients there are.
 MAX_BUCKETS = 10_000
 
 
@@ -58,23 +59,40 @@ class SubmitLimiter:
         bucket.tokens -= jobs
 
     def _drop_full(self, now: float) -> None:
+        """Forget buckets that are full again (as a new one would be); if too many clients
+        are active even so, the least recently seen half."""
         refill = self.burst / self.rate
-        self._buckets = {c: b for c, b in self._buckets.items() if now - b.at < refill}
+        kept = {c: b for c, b in self._buckets.items() if now - b.at < refill}
+        if len(kept) >= MAX_BUCKETS:
+            recent = sorted(kept.items(), key=lambda item: item[1].at)[MAX_BUCKETS // 2 :]
+            kept = dict(recent)
+        self._buckets = kept
 
 
 @dataclass
 class WaiterCap:
-    """At most ``limit`` long-polls open at once in this process."""
+    """At most ``limit`` long-polls open at once in this process, ``per_client`` per client,
+    so one client cannot hold every slot."""
 
     limit: int
+    per_client: int
     active: int = 0
+    _by_client: Counter[str] = field(default_factory=Counter)
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self, client: str) -> Iterator[None]:
         if self.active >= self.limit:
             raise TooManyRequests(f"too many long-polls open (limit {self.limit})", 1)
+        if self._by_client[client] >= self.per_client:
+            raise TooManyRequests(
+                f"too many long-polls open for this client ({self.per_client})", 1
+            )
         self.active += 1
+        self._by_client[client] += 1
         try:
             yield
         finally:
             self.active -= 1
+            self._by_client[client] -= 1
+            if not self._by_client[client]:
+                del self._by_client[client]

@@ -33,7 +33,7 @@ def keys_of(jwks: Any, algorithms: tuple[str, ...]) -> dict[str, Key]:
             continue
         try:
             parsed = jwt.PyJWK(jwk)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError, KeyError):  # a malformed key: skip it
             continue
         if parsed.key_id and parsed.algorithm_name in algorithms:
             keys[parsed.key_id] = Key(parsed.key_id, parsed.algorithm_name, verifying=parsed.key)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from shared.credentials import TENANT_PATTERN
 from shared.db.models import ApiClient
 from shared.db.store import JobRow
 
@@ -118,7 +119,7 @@ class TokenOut(Struct):
 
 
 Scope = Literal["jobs:write", "jobs:read", "jobs:work", "admin"]
-Tenant = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+Tenant = Annotated[str, Meta(pattern=TENANT_PATTERN)]
 
 
 class ClientIn(Struct, forbid_unknown_fields=True):
@@ -176,7 +177,10 @@ class Problem(Struct):
     title: str
     status: int
     detail: str
+    #: Which fields were wrong (422).
     errors: list[Any] | msgspec.UnsetType = msgspec.UNSET
+    #: The OAuth2 error code of a token request (``invalid_client``, ``invalid_scope``, ...).
+    error: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class QueueOut(Struct):

@@ -16,12 +16,13 @@ from typing import Any
 import jwt
 
 from services.api.keys import Key, Keyring
-from shared.credentials import SCOPES
+from shared.credentials import SCOPES, TENANT
 
 #: Claims every jobq token carries; ``cv`` names the client secret it was issued against.
 REQUIRED = ["exp", "iat", "iss", "aud", "sub", "scope", "tenant", "jti", "cv"]
 #: Claims an external issuer's token must carry (tenant and scopes are mapped separately).
 REQUIRED_EXTERNAL = ["exp", "iat", "iss", "aud", "sub"]
+EXTERNAL_SCOPES = SCOPES - {"admin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +104,21 @@ def verify_external(
 ) -> Principal:
     """The principal an external issuer's token names, its claims mapped to tenant and scopes.
 
-    Scopes jobq does not know are dropped; the scope claim may be a string or a list.
+    The scope claim may be a string or a list; scopes jobq does not know are dropped, and so
+    is ``admin``: managing jobq's clients, for every tenant, stays with jobq's own clients.
+    The principal is named ``<issuer>#<sub>``, so it never shares a local client's id.
     """
-    claims = _decode(token, keys, idp.issuer, idp.audience, leeway_seconds, REQUIRED_EXTERNAL)
+    claims = _decode(
+        token, keys, idp.issuer, idp.audience, leeway_seconds, REQUIRED_EXTERNAL, strict=False
+    )
     tenant, scope = claims.get(idp.tenant_claim), claims.get(idp.scope_claim)
     scopes = scope.split() if isinstance(scope, str) else scope
     sub = claims["sub"]
-    if not (isinstance(tenant, str) and tenant and isinstance(sub, str) and sub):
+    if not (isinstance(tenant, str) and TENANT.fullmatch(tenant) and isinstance(sub, str) and sub):
         raise InvalidToken(f"the {idp.tenant_claim!r} claim must name a tenant")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise InvalidToken(f"the {idp.scope_claim!r} claim must list scopes")
-    return Principal(sub, tenant, frozenset(scopes) & SCOPES)
+    return Principal(f"{idp.issuer}#{sub}", tenant, frozenset(scopes) & EXTERNAL_SCOPES)
 
 
 def _decode(
@@ -123,7 +128,10 @@ def _decode(
     audience: str,
     leeway: int,
     required: list[str],
+    strict: bool = True,
 ) -> dict[str, Any]:
+    """Claims of a token signed by the key its ``kid`` names. ``strict``: ``aud`` must be
+    exactly ours (jobq's tokens); else a list holding ours will do (IdPs send such lists)."""
     try:
         kid = jwt.get_unverified_header(token).get("kid")
         key = keys.get(kid) if isinstance(kid, str) else None
@@ -136,7 +144,7 @@ def _decode(
             audience=audience,
             issuer=issuer,
             leeway=leeway,
-            options={"require": required, "strict_aud": True},
+            options={"require": required, "strict_aud": strict},
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from None

@@ -31,7 +31,8 @@ Resolve = Callable[[str], Awaitable[list[str]]]
 
 #: Headers that frame the message or address the connection: jobq derives them from the URL and
 #: body, and a payload setting them could reach another virtual host or smuggle a request.
-#: Responses are asked for uncompressed, so the size cap bounds memory (no zip bombs).
+#: Responses are asked for uncompressed and read raw; an encoded one is refused, so the size
+#: cap bounds memory (no zip bombs).
 FORBIDDEN_HEADERS = frozenset(
     {
         "host",
@@ -51,12 +52,22 @@ FORBIDDEN_HEADERS = frozenset(
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: What a host looks like once httpx has parsed it (IDNA, lower case; IPv6 without brackets).
 _HOST = re.compile(r"[a-z0-9._:-]+")
+_USERINFO = re.compile(r"//[^/?#@]*@")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _JSON = {"Content-Type": "application/json"}
 _METADATA = frozenset(
-    ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+    ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, ...
+        "fd00:ec2::254",  # AWS over IPv6
+        "100.100.100.200",  # Alibaba
+        "168.63.129.16",  # Azure wire server (in public space)
+        "192.0.0.192",  # Oracle Cloud (classic)
+    )
 )
 _CGNAT = ip_network("100.64.0.0/10")
+#: Special-purpose ranges that ``ipaddress`` classes as global on some Python 3.11 patch levels.
+_SPECIAL = (ip_network("192.0.0.0/24"), ip_network("fec0::/10"))
 _NAT64 = ip_network("64:ff9b::/96")
 
 
@@ -144,6 +155,7 @@ def address_class(ip: IPAddress) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("shared (CGNAT)", ip in _CGNAT),
+        ("special-purpose", any(ip in network for network in _SPECIAL)),
         ("reserved", ip.is_reserved),
         ("private", ip.is_private),
     )
@@ -171,12 +183,17 @@ def parse_target(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise InvalidPayload(f"invalid webhook URL {url!r}: {exc}") from None
+        raise InvalidPayload(f"invalid webhook URL {_redacted(url)!r}: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise RefusedDestination(f"refused scheme {parsed.scheme!r}: only http and https")
     if not _HOST.fullmatch(parsed.raw_host.decode("ascii")):
-        raise InvalidPayload(f"webhook URL {url!r} has no valid host")
+        raise InvalidPayload(f"webhook URL {_redacted(url)!r} has no valid host")
     return parsed
+
+
+def _redacted(url: str) -> str:
+    """``url`` without credentials, fit for an error message that is logged and stored."""
+    return _USERINFO.sub("//***@", url)
 
 
 def check_headers(headers: dict[str, str]) -> None:
@@ -278,8 +295,13 @@ async def _exchange(
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location:
                 return _Answer(response.status_code, location, "", b"")
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise PermanentFailure(
+                    f"{host} sent a {encoding!r}-encoded response although asked for identity"
+                )
             data = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 data += chunk
                 if len(data) > policy.max_response_bytes:
                     raise PermanentFailure(

@@ -18,6 +18,7 @@ def make_engine(
     No ``pool_pre_ping``: it would cost a round trip per transaction on the hot path. A
     connection PostgreSQL dropped fails its next statement instead, SQLAlchemy then discards
     the whole pool, and callers treat the error as transient (``shared.db.errors``).
+    ``hide_parameters``: an error's text is logged, and parameters hold payloads and hashes.
     """
     size = pool_size or settings.db_pool_size
     return create_async_engine(
@@ -25,6 +26,7 @@ def make_engine(
         pool_size=size,
         max_overflow=size,
         pool_timeout=settings.db_timeout_seconds,
+        hide_parameters=True,
         connect_args={
             "command_timeout": settings.db_timeout_seconds,
             "timeout": settings.db_timeout_seconds,

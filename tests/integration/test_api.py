@@ -317,6 +317,11 @@ async def test_client_credentials_grant_a_token(api: Client, settings: Settings)
     assert basic.status_code == 200
     wrong = await api.post("/v1/auth/token", data={**form, "client_secret": secret + "x"})
     assert wrong.status_code == 401
+    assert wrong.json()["error"] == "invalid_client"
     assert secret not in wrong.text
+    greedy = await api.post("/v1/auth/token", data={**form, "scope": "jobs:read admin"})
+    assert (greedy.status_code, greedy.json()["error"]) == (400, "invalid_scope")
+    implicit = await api.post("/v1/auth/token", data={**form, "grant_type": "password"})
+    assert (implicit.status_code, implicit.json()["error"]) == (400, "unsupported_grant_type")
     broader = await api.post("/v1/auth/token", data={**form, "scope": "admin"})
     assert broader.status_code in (400, 422)

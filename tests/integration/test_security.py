@@ -362,6 +362,47 @@ async def test_long_polls_return_at_terminal_or_timeout_and_are_capped(
         assert too_long.status_code == 422
 
 
+async def test_a_client_may_not_hold_every_long_poll_and_hanging_up_frees_its_slots(
+    settings: Settings, bearer: Bearer
+) -> None:
+    async with listening(replace(settings, max_waiters=3, max_waiters_per_client=2)) as api:
+        greedy, other = await bearer(), await bearer()
+        job = (
+            await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=greedy)
+        ).json()
+        wait = f"/v1/jobs/{job['id']}/wait"
+        for _ in range(2):  # two polls that hang up after 0.3 s, long before their 30 s
+            with pytest.raises(httpx.ReadTimeout):
+                await api.get(wait, params={"timeout": 30}, headers=greedy, timeout=0.3)
+        third = await api.get(wait, params={"timeout": 0}, headers=greedy)
+        assert third.status_code == 200, "slots of polls whose client hung up must be free"
+        held = [
+            asyncio.create_task(api.get(wait, params={"timeout": 3}, headers=greedy))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.3)
+        refused = await api.get(wait, params={"timeout": 0}, headers=greedy)
+        assert refused.status_code == 429
+        assert "this client" in refused.json()["detail"]
+        assert (await api.get(wait, params={"timeout": 0}, headers=other)).status_code == 200
+        await asyncio.gather(*held)
+
+
+async def test_a_bad_query_is_422_and_its_query_string_is_not_echoed(
+    api: Client, bearer: Bearer
+) -> None:
+    h = await bearer()
+    r = await api.get(
+        "/v1/jobs", params={"limit": "abc", "type": "decode", "access_token": "SECRET-1"}, headers=h
+    )
+    assert r.status_code == 422
+    assert "SECRET-1" not in r.text
+    assert "limit" in json.dumps(r.json()["errors"])
+    for bad in ("0.5", "yesterday", "1700000000"):
+        r = await api.get("/v1/jobs", params={"created_before": bad}, headers=h)
+        assert r.status_code == 422, bad
+
+
 async def test_a_list_limit_beyond_the_maximum_is_422(settings: Settings, bearer: Bearer) -> None:
     async with served(replace(settings, max_list_limit=20)) as api:
         h = await bearer()
@@ -557,6 +598,9 @@ async def test_tokens_of_an_external_oidc_issuer_are_accepted_with_mapped_claims
                 idp_token(kid="unknown"),
             ):
                 assert (await api.get("/v1/jobs", headers=bad)).status_code == 401
+            admin = idp_token(roles=["admin", "jobs:read"])  # admin stays with jobq's clients
+            assert (await api.get("/v1/admin/clients", headers=admin)).status_code == 403
+            assert (await api.get("/v1/jobs", headers=admin)).status_code == 200
             for _ in range(20):  # made-up kids do not make the API hammer the IdP
                 await api.get("/v1/jobs", headers=idp_token(kid=str(uuid.uuid4())))
             assert len(fetches) <= 2

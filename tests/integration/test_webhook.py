@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -275,6 +276,16 @@ async def test_responses_over_the_cap_fail_the_attempt(size: int, ok: bool) -> N
         else:
             with pytest.raises(PermanentFailure, match="exceeds 1000 bytes"):
                 await call
+
+
+async def test_a_compressed_answer_is_refused_unread() -> None:
+    """Asked for identity, a server that compresses anyway could make a small answer expand
+    past the cap in memory: it is refused before a byte is decoded."""
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    async with serving(answer(200, bomb, Content_Encoding="gzip")) as server:
+        with pytest.raises(PermanentFailure, match="'gzip'-encoded"):
+            await send(payload(server.url()), allowing("127.0.0.1/32"))
+        assert server.requests[0].headers["accept-encoding"] == "identity"
 
 
 # -- outcomes -------------------------------------------------------------------------------

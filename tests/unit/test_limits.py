@@ -63,12 +63,25 @@ def test_idle_buckets_are_dropped_so_memory_stays_bounded() -> None:
     assert len(limiter._buckets) == 1
 
 
-def test_the_waiter_cap_refuses_beyond_its_limit_and_frees_slots() -> None:
-    cap = WaiterCap(limit=2)
-    with cap.slot(), cap.slot():
-        with pytest.raises(TooManyRequests) as refused, cap.slot():
+def test_the_waiter_cap_refuses_beyond_its_limits_and_frees_slots() -> None:
+    cap = WaiterCap(limit=3, per_client=2)
+    with cap.slot("a"), cap.slot("a"):
+        with pytest.raises(TooManyRequests, match="this client") as refused, cap.slot("a"):
             pass
         assert refused.value.retry_after == 1
+        with cap.slot("b"), pytest.raises(TooManyRequests, match="limit 3"), cap.slot("c"):
+            pass
     assert cap.active == 0
-    with cap.slot():
+    with cap.slot("a"):
         assert cap.active == 1
+
+
+def test_the_busiest_buckets_are_kept_when_every_client_is_active() -> None:
+    clock = Clock()
+    limiter = SubmitLimiter(rate=1, burst=100, clock=clock)
+    for i in range(MAX_BUCKETS):
+        clock.now = i / MAX_BUCKETS
+        limiter.take(f"c{i}", 1)
+    limiter.take("new", 1)
+    assert len(limiter._buckets) == MAX_BUCKETS // 2 + 1
+    assert f"c{MAX_BUCKETS - 1}" in limiter._buckets

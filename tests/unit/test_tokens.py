@@ -220,9 +220,20 @@ def idp_sign(payload: dict[str, Any], key: Any = IDP_KEY, kid: str = "idp-1") ->
 def test_an_idp_token_maps_its_claims_to_tenant_and_known_scopes() -> None:
     keys = keys_of(IDP_JWKS, IDP.algorithms)
     principal = verify_external(IDP, keys, idp_sign(idp_claims()), 30)
-    assert principal == Principal("alice@example", "acme", frozenset({"jobs:read"}))
+    assert principal == Principal(
+        "https://idp.example#alice@example", "acme", frozenset({"jobs:read"})
+    )
     as_string = verify_external(IDP, keys, idp_sign(idp_claims(roles="jobs:write x")), 30)
     assert as_string.scopes == {"jobs:write"}
+    listed_aud = verify_external(IDP, keys, idp_sign(idp_claims(aud=["other", "jobq-api"])), 30)
+    assert listed_aud.tenant == "acme"
+
+
+def test_an_idp_token_never_grants_admin() -> None:
+    token = idp_sign(idp_claims(roles=["admin", "jobs:read"]))
+    assert verify_external(IDP, keys_of(IDP_JWKS, IDP.algorithms), token, 30).scopes == {
+        "jobs:read"
+    }
 
 
 @pytest.mark.parametrize(
@@ -233,6 +244,9 @@ def test_an_idp_token_maps_its_claims_to_tenant_and_known_scopes() -> None:
         ("expired", idp_sign(idp_claims(exp=int(time.time()) - 60))),
         ("no tenant claim", idp_sign(idp_claims(org=None))),
         ("tenant claim not a string", idp_sign(idp_claims(org=7))),
+        ("tenant claim path-like", idp_sign(idp_claims(org="../acme"))),
+        ("tenant claim with a newline", idp_sign(idp_claims(org="acme\n"))),
+        ("audience list without ours", idp_sign(idp_claims(aud=["a", "b"]))),
         ("no scope claim", idp_sign(idp_claims(roles=None))),
         ("no iat", idp_sign(idp_claims(iat=None))),
         ("unknown kid", idp_sign(idp_claims(), kid="idp-2")),

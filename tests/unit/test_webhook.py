@@ -40,6 +40,10 @@ DEFAULT = WebhookPolicy()
         ("169.254.169.254", "cloud metadata"),
         ("fd00:ec2::254", "cloud metadata"),
         ("100.100.100.200", "cloud metadata"),
+        ("168.63.129.16", "cloud metadata"),
+        ("192.0.0.192", "cloud metadata"),
+        ("192.0.0.9", "special-purpose"),
+        ("fec0::1", "special-purpose"),
         ("169.254.1.1", "link-local"),
         ("fe80::1", "link-local"),
         ("fe80::1%1", "link-local"),
@@ -243,3 +247,9 @@ async def test_the_registry_takes_the_bound_handler_and_checks_its_payload() -> 
             await handler(payload, ctx)
     with pytest.raises(RefusedDestination, match="loopback"):
         await handler({"url": "http://127.0.0.1:1/", "body": None}, ctx)
+
+
+def test_credentials_in_a_bad_url_stay_out_of_the_error() -> None:
+    with pytest.raises(InvalidPayload) as refused:
+        parse_target("http://user:hunter2@exa mple.com/")
+    assert "hunter2" not in str(refused.value)

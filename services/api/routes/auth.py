@@ -13,7 +13,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.params import Body
 
 from services.api.openapi import problems
@@ -24,6 +24,8 @@ from shared.db.store import ClientStore
 
 
 class TokenForm(msgspec.Struct):
+    """Unknown parameters are ignored, as RFC 6749 §3.2 requires (JSON bodies refuse them)."""
+
     grant_type: str
     client_id: str | None = None
     client_secret: str | None = None
@@ -60,7 +62,7 @@ async def token(
 ) -> TokenOut:
     """Exchange client credentials for a short-lived bearer token."""
     if data.grant_type != "client_credentials":
-        raise ValidationException(
+        raise ClientException(
             detail="grant_type must be client_credentials",
             extra={"error": "unsupported_grant_type"},
         )
@@ -82,7 +84,7 @@ async def token(
     if data.scope:
         asked = frozenset(data.scope.split())
         if not asked <= scopes:
-            raise ValidationException(
+            raise ClientException(
                 detail="scope exceeds the client's scopes", extra={"error": "invalid_scope"}
             )
         scopes = asked

@@ -61,9 +61,9 @@ async def submit_job(
 ) -> Response[JobOut]:
     """Submit a job: ``202`` with the job; the same ``Idempotency-Key`` again: ``200`` with
     the original job."""
-    limiter.take(request.user.client_id, 1)
     tp = traceparent_of(trace.get_current_span())
     job = new_job(data, request.user, settings, idempotency_key, tp)
+    limiter.take(request.user.client_id, 1)
     [(stored, created)] = await submit(store, dispatcher, [job])
     return _job_response(stored, 202 if created else 200)
 
@@ -91,9 +91,9 @@ async def submit_batch(
     keys = [j.idempotency_key for j in data.jobs if j.idempotency_key]
     if len(keys) != len(set(keys)):
         raise ValidationException(detail="idempotency_key repeats within the batch")
-    limiter.take(request.user.client_id, len(data.jobs))
     tp = traceparent_of(trace.get_current_span())
     jobs = [new_job(j, request.user, settings, j.idempotency_key, tp) for j in data.jobs]
+    limiter.take(request.user.client_id, len(jobs))
     results = await submit(store, dispatcher, jobs)
     return BatchOut(items=[JobOut.of(job) for job, _ in results])
 
@@ -133,18 +133,30 @@ async def wait_job(
 ) -> JobOut:
     """Long-poll: the job once it is terminal, or as it is after ``timeout`` seconds.
 
-    Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open; beyond that, ``429``.
+    Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open, and
+    ``JOBQ_MAX_WAITERS_PER_CLIENT`` per client; beyond that, ``429``. A poll whose client
+    hangs up ends at once, freeing its slot.
     """
-    with waiters.slot():
-        deadline = time.monotonic() + wait
-        pause = 0.05
-        while True:
-            job = await _own_job(store, request.user.tenant, job_id)
-            left = deadline - time.monotonic()
-            if job.status in TERMINAL or left <= 0:
-                return JobOut.of(job)
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 1.5, 1.0)
+    with waiters.slot(request.user.client_id):
+        gone = asyncio.ensure_future(_disconnect(request))
+        try:
+            deadline = time.monotonic() + wait
+            pause = 0.05
+            while True:
+                job = await _own_job(store, request.user.tenant, job_id)
+                left = deadline - time.monotonic()
+                if job.status in TERMINAL or left <= 0 or gone.done():
+                    return JobOut.of(job)
+                await asyncio.wait([gone], timeout=min(pause, left))
+                pause = min(pause * 1.5, 1.0)
+        finally:
+            gone.cancel()
+
+
+async def _disconnect(request: AuthRequest) -> None:
+    """Returns when the client hangs up."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _cursor(job_id: uuid.UUID) -> str:
