@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.config import Settings
+from shared.config import Settings, csv_list
 from shared.errors import ConfigError, DependencyUnavailable
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -114,9 +114,8 @@ def _run_db(coro: Any, settings: Settings) -> Any:
 async def _create_client(
     settings: Settings, name: str, tenant: str, scopes: list[str]
 ) -> dict[str, Any]:
-    from shared.credentials import SCOPES, TENANT, hash_secret, new_secret
+    from shared.credentials import SCOPES, TENANT
     from shared.db.engine import make_engine
-    from shared.db.models import ApiClient
     from shared.db.store import ClientStore
 
     if not TENANT.fullmatch(tenant):
@@ -124,13 +123,9 @@ async def _create_client(
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ConfigError(f"unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}")
-    secret = new_secret()
-    client = ApiClient(
-        id=uuid.uuid4(), name=name, tenant=tenant, scopes=scopes, secret_hash=hash_secret(secret)
-    )
     engine = make_engine(settings, "cli", pool_size=1)
     try:
-        await ClientStore(engine).create(client)
+        client, secret = await ClientStore(engine).register(name, tenant, scopes)
     finally:
         await engine.dispose()
     return {
@@ -138,7 +133,7 @@ async def _create_client(
         "client_secret": secret,
         "name": name,
         "tenant": tenant,
-        "scopes": scopes,
+        "scopes": client.scopes,
     }
 
 
@@ -148,7 +143,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "create":
-        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        scopes = csv_list(args.scopes)
         created = _run_db(_create_client(settings, args.name, args.tenant, scopes), settings)
         if args.json:
             print(json.dumps(created))

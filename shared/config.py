@@ -20,6 +20,11 @@ OIDC_ALGORITHMS = frozenset(
 )
 
 
+def csv_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """jobq configuration; each field ``name`` is read from ``JOBQ_<NAME>``."""
@@ -184,15 +189,15 @@ class Settings:
 
     @property
     def oidc_algorithm_list(self) -> tuple[str, ...]:
-        return tuple(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
+        return tuple(csv_list(self.oidc_algorithms))
 
     @property
     def queues(self) -> list[str]:
-        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+        return csv_list(self.worker_queues)
 
     @property
     def handler_modules(self) -> list[str]:
-        return [m.strip() for m in self.handlers.split(",") if m.strip()]
+        return csv_list(self.handlers)
 
     @property
     def sync_database_url(self) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from typing import Protocol
@@ -23,9 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import token_config
 from services.api.tokens import Principal, issue
 from shared.config import Settings
-from shared.credentials import credential_digest, hash_secret, new_secret
+from shared.credentials import credential_digest
 from shared.db.engine import make_engine
-from shared.db.models import ApiClient
 from shared.db.store import ClientStore, JobStore
 from shared.messaging import Broker
 from tests.services import (
@@ -139,17 +137,9 @@ async def client_bearer(
     scopes: Iterable[str] = ("jobs:write", "jobs:read"),
 ) -> dict[str, str]:
     """The ``Authorization`` header of a new, real API client (a row in ``api_clients``)."""
-    secret_hash = hash_secret(new_secret())
-    client = ApiClient(
-        id=uuid.uuid4(),
-        name=f"test-{tenant}",
-        tenant=tenant,
-        scopes=sorted(scopes),
-        secret_hash=secret_hash,
-    )
-    await ClientStore(engine).create(client)
+    client, _ = await ClientStore(engine).register(f"test-{tenant}", tenant, list(scopes))
     principal = Principal(
-        str(client.id), tenant, frozenset(scopes), credential=credential_digest(secret_hash)
+        str(client.id), tenant, frozenset(scopes), credential=credential_digest(client.secret_hash)
     )
     return {"Authorization": f"Bearer {issue(token_config(settings), principal)}"}
 

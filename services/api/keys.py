@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
-from shared.config import Settings
+from shared.config import Settings, csv_list
 from shared.errors import ConfigError
 
 MIN_SECRET_CHARS = 32
@@ -94,8 +94,8 @@ def pem_key(pem: bytes, source: str) -> Key:
 
 def load_keyring(settings: Settings) -> Keyring:
     """The keyring ``settings`` describe; a missing, short or unreadable key is a ConfigError."""
-    extra = [hmac_key(s) for s in _split(settings.jwt_extra_secrets)]
-    extra += [pem_key(_read(path), path) for path in _split(settings.jwt_extra_public_key_files)]
+    extra = [hmac_key(s) for s in csv_list(settings.jwt_extra_secrets)]
+    extra += [pem_key(_read(path), path) for path in csv_list(settings.jwt_extra_public_key_files)]
     if settings.jwt_algorithm == "HS256":
         return Keyring.of(hmac_key(settings.signing_secret()), extra)
     if not settings.jwt_private_key_file:
@@ -121,10 +121,6 @@ def _thumbprint(jwk: Mapping[str, Any]) -> str:
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     digest = hashlib.sha256(canonical.encode()).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _read(path: str) -> bytes:

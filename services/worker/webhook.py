@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import msgspec
 
+from shared.config import csv_list
 from shared.errors import ConfigError, InvalidPayload, PermanentFailure
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class WebhookPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookPolicy:
         hosts, networks = set(), []
-        for entry in filter(None, (e.strip() for e in settings.webhook_allow.split(","))):
+        for entry in csv_list(settings.webhook_allow):
             try:
                 networks.append(ip_network(entry, strict=False))
             except ValueError:

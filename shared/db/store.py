@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
+from shared.credentials import hash_secret, new_secret
 from shared.db.models import ApiClient, Job
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
 from shared.messaging import Ticket
@@ -650,6 +651,26 @@ class ClientStore:
             await conn.execute(sa.insert(ApiClient).values(**client.model_dump(exclude_none=True)))
         return client
 
+    async def register(
+        self,
+        name: str,
+        tenant: str,
+        scopes: Sequence[str],
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiClient, str]:
+        """A new client with a fresh secret: the row (holding only the secret's hash) and the
+        secret, to be shown once."""
+        secret = new_secret()
+        client = ApiClient(
+            id=uuid.uuid4(),
+            name=name,
+            tenant=tenant,
+            scopes=sorted(set(scopes)),
+            secret_hash=hash_secret(secret),
+            expires_at=expires_at,
+        )
+        return await self.create(client), secret
+
     async def get(self, client_id: uuid.UUID) -> ApiClient | None:
         async with self.engine.connect() as conn:
             q = select(ApiClient).where(col(ApiClient.id) == client_id)
@@ -680,17 +701,19 @@ class ClientStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(q)).scalar_one_or_none()
 
-    async def rotate(self, client_id: uuid.UUID, secret_hash: str) -> ApiClient | None:
-        """Replace an active client's secret; ``None`` if it is unknown, revoked or expired."""
+    async def rotate(self, client_id: uuid.UUID) -> tuple[ApiClient, str] | None:
+        """Give an active client a fresh secret: the row and the secret, to be shown once;
+        ``None`` if the client is unknown, revoked or expired."""
+        secret = new_secret()
         q = (
             sa.update(ApiClient)
             .where(*_active_client(client_id))
-            .values(secret_hash=secret_hash)
+            .values(secret_hash=hash_secret(secret))
             .returning(*ApiClient.__table__.columns)  # type: ignore[attr-defined]
         )
         async with self.engine.begin() as conn:
             row = (await conn.execute(q)).first()
-        return None if row is None else ApiClient.model_validate(dict(row._mapping))
+        return None if row is None else (ApiClient.model_validate(dict(row._mapping)), secret)
 
     async def any_admin(self) -> bool:
         async with self.engine.connect() as conn:

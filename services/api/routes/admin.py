@@ -17,7 +17,6 @@ from litestar.params import FromPath, JSONBody
 from services.api.auth import requires_scopes
 from services.api.openapi import problems
 from services.api.schemas import ClientIn, ClientList, ClientOut, ClientSecret
-from shared.credentials import hash_secret, new_secret
 from shared.db.models import ApiClient
 from shared.db.store import ClientStore
 
@@ -51,17 +50,7 @@ async def create_client(
         data.expires_at.tzinfo is None or data.expires_at <= datetime.now(UTC)
     ):
         raise ValidationException(detail="expires_at must be a future time with a UTC offset")
-    secret = new_secret()
-    client = await clients.create(
-        ApiClient(
-            id=uuid.uuid4(),
-            name=data.name,
-            tenant=data.tenant,
-            scopes=sorted(set(data.scopes)),
-            secret_hash=hash_secret(secret),
-            expires_at=data.expires_at,
-        )
-    )
+    client, secret = await clients.register(data.name, data.tenant, data.scopes, data.expires_at)
     return Response(
         _shown_once(client, secret),
         status_code=201,
@@ -110,11 +99,10 @@ async def rotate_client(
 ) -> ClientSecret:
     """A new secret for an active client; the old secret and every token issued with it stop
     working now. A revoked or expired client is ``404``, like an unknown one."""
-    secret = new_secret()
-    client = await clients.rotate(client_id, hash_secret(secret))
-    if client is None:
+    rotated = await clients.rotate(client_id)
+    if rotated is None:
         raise NotFoundException(detail=f"no active client {client_id}")
-    return _shown_once(client, secret)
+    return _shown_once(*rotated)
 
 
 ROUTES = [create_client, list_clients, get_client, revoke_client, rotate_client]
