@@ -46,7 +46,8 @@ class Authenticator:
     """Turns a bearer token into a principal, or raises ``InvalidToken``.
 
     jobq's own tokens are also checked against the client's row on every request, so a
-    revoked, expired or rotated client's tokens stop working at once, on every API replica.
+    revoked, expired or rotated client's tokens stop working at once, on every API replica,
+    and a token naming another tenant or more scopes than its client holds is refused.
     """
 
     tokens: TokenConfig
@@ -63,11 +64,15 @@ class Authenticator:
             client_id = uuid.UUID(principal.client_id)
         except ValueError:
             raise InvalidToken("unknown client") from None
-        secret_hash = await clients.active_secret_hash(client_id)
-        if secret_hash is None or not hmac.compare_digest(
-            credential_digest(secret_hash), principal.credential or ""
+        grant = await clients.grant(client_id)
+        if grant is None or not hmac.compare_digest(
+            credential_digest(grant.secret_hash), principal.credential or ""
         ):
             raise InvalidToken("the client was revoked, expired or rotated its secret")
+        # A token minted with the signing key must still be its client's: same tenant, no
+        # scope the client lacks (a token may carry fewer, as ``scope=`` asked).
+        if principal.tenant != grant.tenant or not principal.scopes <= grant.scopes:
+            raise InvalidToken("the token claims more than its client holds")
         return principal
 
 

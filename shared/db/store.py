@@ -632,6 +632,15 @@ async def _get(
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class ClientGrant:
+    """An active client's row as the per-request check needs it."""
+
+    secret_hash: str
+    tenant: str
+    scopes: frozenset[str]
+
+
 def _active_client(client_id: uuid.UUID) -> tuple[Any, ...]:
     return (
         col(ApiClient.id) == client_id,
@@ -691,15 +700,19 @@ class ClientStore:
             )
             return bool(result.rowcount)
 
-    async def active_secret_hash(self, client_id: uuid.UUID) -> str | None:
-        """The client's secret hash if it may act now: not revoked, not expired.
+    async def grant(self, client_id: uuid.UUID) -> ClientGrant | None:
+        """What an active (not revoked, not expired) client may do, with its secret's hash.
 
         Called on every authenticated request (a primary-key lookup), so revocation and
-        rotation take effect at once on every API replica.
+        rotation take effect at once on every API replica, and a token can claim no tenant
+        or scope beyond its client's row.
         """
-        q = sa.select(col(ApiClient.secret_hash)).where(*_active_client(client_id))
+        q = sa.select(
+            col(ApiClient.secret_hash), col(ApiClient.tenant), col(ApiClient.scopes)
+        ).where(*_active_client(client_id))
         async with self.engine.connect() as conn:
-            return (await conn.execute(q)).scalar_one_or_none()
+            row = (await conn.execute(q)).first()
+        return None if row is None else ClientGrant(row[0], row[1], frozenset(row[2]))
 
     async def rotate(self, client_id: uuid.UUID) -> tuple[ApiClient, str] | None:
         """Give an active client a fresh secret: the row and the secret, to be shown once;

@@ -308,6 +308,30 @@ async def test_forged_tokens_are_401_over_http(
         assert token not in r.text
 
 
+async def test_a_token_minted_with_the_key_cannot_name_another_tenant_or_more_scopes(
+    api: Client, bearer: Bearer, settings: Settings
+) -> None:
+    """Whoever holds the signing key and a client's ``sub`` and ``cv`` still gets only that
+    client's tenant and scopes: the per-request lookup compares them with the client's row."""
+    real = (await bearer("acme", ["jobs:read", "jobs:write"]))["Authorization"].split()[1]
+    kid = {"kid": jwt.get_unverified_header(real)["kid"]}
+    claims = jwt.decode(real, options={"verify_signature": False})
+
+    def minted(**overrides: Any) -> dict[str, str]:
+        return auth(jwt.encode({**claims, **overrides}, settings.jwt_secret, headers=kid))
+
+    assert (await api.get("/v1/jobs", headers=minted())).status_code == 200
+    assert (await api.get("/v1/jobs", headers=minted(scope="jobs:read"))).status_code == 200
+    for escalated in (
+        minted(tenant="globex"),
+        minted(scope="jobs:read jobs:write admin"),
+        minted(scope="admin"),
+        minted(scope="jobs:work"),
+    ):
+        assert (await api.get("/v1/jobs", headers=escalated)).status_code == 401
+    assert (await api.get("/v1/admin/clients", headers=minted(scope="admin"))).status_code == 401
+
+
 # -- limits -------------------------------------------------------------------------------
 
 
