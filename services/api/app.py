@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.api import errors
 from services.api.auth import Authenticator, BearerAuth
+from services.api.bodies import JsonRequest
 from services.api.keys import load_keyring
 from services.api.limits import SubmitLimiter, WaiterCap
 from services.api.oidc import JwksCache
@@ -89,6 +90,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         middleware=[DefineMiddleware(BearerAuth, authenticator=authenticator)],
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
+        request_class=JsonRequest,
         plugins=[
             OpenTelemetryPlugin(
                 OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["send", "receive"])

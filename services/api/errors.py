@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -51,15 +50,6 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     return problem(exc.status_code, exc.detail, headers, **oauth)
 
 
-def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """Litestar lets these escape from decoding a body (nesting too deep, bytes not UTF-8):
-    a bad request there; anywhere else, a bug."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if any(frame.name == "decode_json" for frame in frames):
-        return problem(400, "request body is not valid JSON")
-    return _unexpected(request, exc)
-
-
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response[dict[str, Any]]:
     return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
 
@@ -77,7 +67,5 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http,
     TooManyRequests: _too_many,
-    RecursionError: _undecodable,
-    UnicodeDecodeError: _undecodable,
     Exception: _unexpected,
 }

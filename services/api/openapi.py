@@ -10,12 +10,13 @@ from services.api.errors import PROBLEM
 from services.api.schemas import Problem
 
 WHY = {
-    400: "Malformed JSON or form body",
+    400: "Malformed JSON or form body, or a key repeated in a JSON object",
     401: "Missing, invalid, expired or revoked token",
     403: "The token lacks a scope this operation needs",
     404: "No such object in the caller's tenant",
     409: "The object's state does not allow this",
     413: "Request body or job payload too large",
+    415: "The request body is not sent as `application/json`",
     422: "A field is missing, of the wrong type or out of range; `errors` names it",
     429: "Rate limited: retry after `Retry-After` seconds",
     503: "PostgreSQL or RabbitMQ is unreachable: retry after `Retry-After` seconds",

@@ -468,6 +468,77 @@ async def test_hostile_bodies_are_4xx_and_write_nothing(
     assert await store.list("acme", limit=1) == []
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", {"type": "noop"}),
+        ("/v1/jobs/batch", {"jobs": [{"type": "noop"}]}),
+        ("/v1/admin/clients", {"name": "x", "tenant": "acme", "scopes": ["jobs:read"]}),
+    ],
+)
+async def test_a_body_that_is_not_declared_json_is_415_and_writes_nothing(
+    api: Client, bearer: Bearer, store: JobStore, path: str, body: dict[str, Any]
+) -> None:
+    h = await bearer(scopes=ALL_SCOPES)
+    text = json.dumps(body)
+    for media in ("text/plain", "application/x-www-form-urlencoded", "application/jsonx", None):
+        headers = {**h, "Content-Type": media} if media else h
+        r = await api.post(path, content=text, headers=headers)
+        assert r.status_code == 415, (media, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert await store.list("acme", limit=1) == []
+    assert len((await api.get("/v1/admin/clients", headers=h)).json()["items"]) == 1
+    ok = {**h, "Content-Type": "application/json; charset=utf-8"}
+    assert (await api.post(path, content=text, headers=ok)).status_code in (201, 202)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "noop", "type": "echo"}',
+        b'{"type": "noop", "payload": {"to": "a@example.com", "to": "b@example.com"}}',
+        b'{"type": "noop", "payload": [1, {"deep": {"k": 1, "k": 1}}]}',
+    ],
+)
+async def test_duplicate_keys_anywhere_are_400_and_write_nothing(
+    api: Client, bearer: Bearer, store: JobStore, body: bytes
+) -> None:
+    h = {**await bearer(), "Content-Type": "application/json"}
+    r = await api.post("/v1/jobs", content=body, headers=h)
+    assert r.status_code == 400, r.text
+    assert "duplicate key" in r.json()["detail"]
+    batch = await api.post("/v1/jobs/batch", content=b'{"jobs": [' + body + b"]}", headers=h)
+    assert batch.status_code == 400
+    assert await store.list("acme", limit=1) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", "5"),
+        ("max_attempts", "3"),
+        ("timeout_seconds", "10"),
+        ("timeout_seconds", 10.0),
+        ("delay_seconds", "1"),
+        ("priority", True),
+        ("run_at", 1700000000),
+    ],
+)
+async def test_a_value_of_the_wrong_json_type_is_422_naming_the_field(
+    api: Client, bearer: Bearer, store: JobStore, field: str, value: Any
+) -> None:
+    h = await bearer()
+    r = await api.post("/v1/jobs", json={"type": "noop", field: value}, headers=h)
+    assert r.status_code == 422, r.text
+    assert [e["key"] for e in r.json()["errors"]] == [field]
+    batch = await api.post(
+        "/v1/jobs/batch", json={"jobs": [{"type": "noop", field: value}]}, headers=h
+    )
+    assert batch.status_code == 422
+    assert [e["key"] for e in batch.json()["errors"]] == [f"jobs[0].{field}"]
+    assert await store.list("acme", limit=1) == []
+
+
 async def test_oversized_batches_are_refused_whole(
     api: Client, bearer: Bearer, settings: Settings, store: JobStore
 ) -> None:

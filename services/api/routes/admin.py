@@ -40,7 +40,7 @@ def _shown_once(client: ApiClient, secret: str) -> ClientSecret:
     guards=[requires_scopes],
     opt=ADMIN,
     status_code=201,
-    responses=problems(401, 403, 413, 422, 503),
+    responses=problems(401, 403, 413, 415, 422, 503),
 )
 async def create_client(
     data: JSONBody[ClientIn], clients: NamedDependency[ClientStore]

@@ -45,7 +45,7 @@ def _job_response(job: Any, status: int) -> Response[JobOut]:
     status_code=202,
     responses={
         200: ResponseSpec(JobOut, description="The Idempotency-Key was used: the original job"),
-        **problems(401, 403, 413, 422, 429, 503),
+        **problems(401, 403, 413, 415, 422, 429, 503),
     },
 )
 async def submit_job(
@@ -73,7 +73,7 @@ async def submit_job(
     guards=[requires_scopes],
     opt=WRITE,
     status_code=202,
-    responses=problems(401, 403, 413, 422, 429, 503),
+    responses=problems(401, 403, 413, 415, 422, 429, 503),
 )
 async def submit_batch(
     request: AuthRequest,
