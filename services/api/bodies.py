@@ -4,7 +4,8 @@ Litestar decodes a body to plain values and then converts them to the route's ty
 ``strict=False``, which turns ``"priority": "5"`` into ``5``; and JSON parsers keep the last
 of duplicate keys, so ``{"type": "a", "type": "b"}`` would mean whatever the parser chose. Here a
 body is a JSON document (``415`` otherwise), with no duplicate key anywhere (``400``), decoded in
-one strict pass into the type the route declares for ``data`` (``422`` naming the field).
+one strict pass into the type the route declares for ``data`` (``422`` naming the field), its
+instants bounded (``services.api.instants``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import msgspec
 from litestar import Request
 from litestar.exceptions import ClientException, HTTPException, ValidationException
+
+from services.api.instants import check_body
 
 #: ``application/json`` and the structured-syntax ``+json`` types (RFC 6839), any parameters.
 JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
@@ -77,4 +80,6 @@ class JsonRequest(Request[Any, Any, Any]):
         body = await self.body()
         reject_duplicate_keys(body)
         data = self.route_handler.parsed_fn_signature.parameters.get("data")
-        return decode_strict(body, data.annotation if data is not None else Any)
+        decoded = decode_strict(body, data.annotation if data is not None else Any)
+        check_body(decoded)
+        return decoded

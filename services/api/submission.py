@@ -92,8 +92,6 @@ def new_job(
     """Validate what the schema cannot express and build the row to insert."""
     if data.run_at is not None and data.delay_seconds is not None:
         raise ValidationException(detail="give run_at or delay_seconds, not both")
-    if data.run_at is not None and data.run_at.tzinfo is None:
-        raise ValidationException(detail="run_at needs a time zone (RFC 3339)")
     payload_json, size = encoded_size(data.payload)
     if size > settings.max_payload_bytes:
         raise PayloadTooLarge(

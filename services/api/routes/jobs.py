@@ -7,7 +7,6 @@ import base64
 import binascii
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
@@ -18,9 +17,10 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
+from services.api.instants import parse_query
 from services.api.limits import SubmitLimiter, WaiterCap
 from services.api.openapi import problems
-from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
+from services.api.schemas import KEY_RULES, NAME_PATTERN, BatchIn, BatchOut, JobIn, JobList, JobOut
 from services.api.submission import Dispatcher, new_job, submit
 from services.api.tokens import Principal
 from shared.config import MAX_LIST_LIMIT, Settings
@@ -170,18 +170,6 @@ def _parse_cursor(cursor: str) -> uuid.UUID:
         raise ValidationException(detail="cursor is not one this API returned") from None
 
 
-def _instant(name: str, value: str | None) -> datetime | None:
-    """An RFC 3339 date-time (UTC if it names no offset); query strings are parsed leniently
-    by default, which would take a bare number for a Unix time."""
-    if value is None:
-        return None
-    try:
-        instant = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationException(detail=f"{name} must be an RFC 3339 date-time") from None
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-
-
 @get("/v1/jobs", guards=[requires_scopes], opt=READ, responses=problems(401, 403, 422, 503))
 async def list_jobs(
     request: AuthRequest,
@@ -190,8 +178,8 @@ async def list_jobs(
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
     cursor: Annotated[str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{22}$")] = None,
     status: FromQuery[JobStatus | None] = None,
-    type: FromQuery[str | None] = None,
-    queue: FromQuery[str | None] = None,
+    type: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
+    queue: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
     created_after: Annotated[str | None, QueryParameter(format="date-time")] = None,
     created_before: Annotated[str | None, QueryParameter(format="date-time")] = None,
 ) -> JobList:
@@ -205,8 +193,8 @@ async def list_jobs(
         status=status,
         type=type,
         queue=queue,
-        created_after=_instant("created_after", created_after),
-        created_before=_instant("created_before", created_before),
+        created_after=parse_query("created_after", created_after),
+        created_before=parse_query("created_before", created_before),
     )
     next_cursor = _cursor(jobs[-1].id) if len(jobs) == limit else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
