@@ -74,6 +74,10 @@ class Settings:
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once.
     max_waiters: int = 200
     max_waiters_per_client: int = 50
+    #: Failed ``POST /v1/auth/token`` attempts per minute, per API process, for one client id
+    #: and from one source address (0: no limit); beyond them, ``429`` until the budget refills.
+    token_client_failures_per_minute: int = 10
+    token_address_failures_per_minute: int = 30
 
     lease_seconds: float = 30.0
     #: Queued jobs whose publish was not confirmed this long ago are published again.
@@ -160,6 +164,12 @@ class Settings:
             raise ConfigError("JOBQ_SUBMIT_RATE_PER_SECOND must be a number >= 0 (0: no limit)")
         if self.submit_rate_per_second > 0 and self.submit_burst < self.max_batch_jobs:
             raise ConfigError("JOBQ_SUBMIT_BURST must be at least JOBQ_MAX_BATCH_JOBS")
+        for name, value in {
+            "JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": self.token_client_failures_per_minute,
+            "JOBQ_TOKEN_ADDRESS_FAILURES_PER_MINUTE": self.token_address_failures_per_minute,
+        }.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: no limit), not {value}")
         if self.oidc_issuer and not (self.oidc_jwks_url and self.oidc_audience):
             raise ConfigError("JOBQ_OIDC_ISSUER needs JOBQ_OIDC_JWKS_URL and JOBQ_OIDC_AUDIENCE")
         if self.oidc_issuer and self.oidc_issuer == self.jwt_issuer:

@@ -23,7 +23,7 @@ from services.api import errors
 from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.keys import load_keyring
-from services.api.limits import SubmitLimiter, WaiterCap
+from services.api.limits import FailureBudget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
 from services.api.routes import admin, auth, health, jobs, queues
 from services.api.submission import Dispatcher
@@ -74,6 +74,12 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         "tokens": constant(tokens),
         "limiter": constant(SubmitLimiter(settings.submit_rate_per_second, settings.submit_burst)),
         "waiters": constant(WaiterCap(settings.max_waiters, settings.max_waiters_per_client)),
+        "throttle": constant(
+            TokenThrottle(
+                FailureBudget(settings.token_client_failures_per_minute),
+                FailureBudget(settings.token_address_failures_per_minute),
+            )
+        ),
     }
     return Litestar(
         route_handlers=[

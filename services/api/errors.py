@@ -51,7 +51,8 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
 
 
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response[dict[str, Any]]:
-    return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
+    oauth = {"error": exc.error} if exc.error else {}
+    return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}, **oauth)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -7,10 +7,12 @@ come from its JWKS, fetched by ``services.api.oidc``).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -62,7 +64,18 @@ class InvalidToken(Exception):
     """The bearer token is missing, malformed, forged, expired or not for us."""
 
 
-def issue(cfg: TokenConfig, principal: Principal, now: float | None = None) -> str:
+def lifetime(cfg: TokenConfig, now: float, not_after: datetime | None) -> int:
+    """Seconds a token issued at ``now`` lives: the configured TTL, cut short so that it never
+    outlives its client (which expires at ``not_after``); 0 or less: the client has expired."""
+    if not_after is None:
+        return cfg.ttl_seconds
+    return min(cfg.ttl_seconds, math.floor(not_after.timestamp() - now))
+
+
+def issue(
+    cfg: TokenConfig, principal: Principal, now: float | None = None, ttl: int | None = None
+) -> str:
+    """A signed token for ``principal``, living ``ttl`` seconds (default: the configured TTL)."""
     now = time.time() if now is None else now
     claims = {
         "iss": cfg.issuer,
@@ -71,7 +84,7 @@ def issue(cfg: TokenConfig, principal: Principal, now: float | None = None) -> s
         "tenant": principal.tenant,
         "scope": " ".join(sorted(principal.scopes)),
         "iat": int(now),
-        "exp": int(now) + cfg.ttl_seconds,
+        "exp": int(now) + (cfg.ttl_seconds if ttl is None else ttl),
         "jti": str(uuid.uuid4()),
         "cv": principal.credential,
     }

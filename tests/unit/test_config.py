@@ -38,6 +38,8 @@ def test_variables_are_parsed_to_their_types() -> None:
         {"JOBQ_JWT_LEEWAY_SECONDS": "-1"},
         {"JOBQ_MAX_LIST_LIMIT": "501"},
         {"JOBQ_SUBMIT_BURST": "10"},
+        {"JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": "-1"},
+        {"JOBQ_TOKEN_ADDRESS_FAILURES_PER_MINUTE": "-1"},
         {"JOBQ_OIDC_ISSUER": "https://idp.example"},
         {
             "JOBQ_OIDC_ISSUER": "jobq",

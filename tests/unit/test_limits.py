@@ -1,10 +1,18 @@
-"""Admission limits: the token bucket's arithmetic and the long-poll cap, on a fake clock."""
+"""Admission limits: the token bucket's arithmetic, the long-poll cap and the token endpoint's
+failure budgets, on a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.api.limits import MAX_BUCKETS, SubmitLimiter, TooManyRequests, WaiterCap
+from services.api.limits import (
+    MAX_BUCKETS,
+    FailureBudget,
+    SubmitLimiter,
+    TokenThrottle,
+    TooManyRequests,
+    WaiterCap,
+)
 
 
 class Clock:
@@ -85,3 +93,114 @@ def test_the_busiest_buckets_are_kept_when_every_client_is_active() -> None:
     limiter.take("new", 1)
     assert len(limiter._buckets) == MAX_BUCKETS // 2 + 1
     assert f"c{MAX_BUCKETS - 1}" in limiter._buckets
+
+
+def throttle(clock: Clock, per_client: int = 10, per_address: int = 30) -> TokenThrottle:
+    return TokenThrottle(FailureBudget(per_client, clock), FailureBudget(per_address, clock))
+
+
+def refused(throttle: TokenThrottle, client: str, address: str = "ip") -> TooManyRequests:
+    with pytest.raises(TooManyRequests) as caught:
+        throttle.attempt(client, address)
+    return caught.value
+
+
+def test_a_failure_budget_allows_its_failures_a_minute_and_refills_one_at_a_time() -> None:
+    clock = Clock()
+    budget = FailureBudget(per_minute=10, clock=clock)
+    for _ in range(10):
+        assert budget.wait("a") == 0
+        budget.spend("a")
+    assert budget.wait("a") == 6.0  # one failure back every 60 / 10 s
+    clock.now = 2.0
+    assert budget.wait("a") == 4.0
+    clock.now = 6.0
+    assert budget.wait("a") == 0
+    budget.spend("a")
+    assert budget.wait("a") == 6.0
+    clock.now = 72.0  # a minute idle: the whole budget is back, not more
+    for _ in range(10):
+        assert budget.wait("a") == 0
+        budget.spend("a")
+    assert budget.wait("a") == 6.0
+
+
+def test_retry_after_is_the_time_until_the_next_attempt_is_allowed() -> None:
+    clock = Clock()
+    guard = throttle(clock)
+    for _ in range(10):
+        guard.attempt("a", "ip")
+    first = refused(guard, "a")
+    assert (first.retry_after, first.error) == (6, "slow_down")
+    clock.now = 5.5
+    assert refused(guard, "a").retry_after == 1  # 0.5 s, rounded up
+    clock.now = 6.0  # refused attempts cost nothing: the budget refilled on time
+    guard.attempt("a", "ip")
+    assert refused(guard, "a").retry_after == 6
+
+
+def test_client_ids_and_addresses_have_separate_budgets() -> None:
+    clock = Clock()
+    guard = throttle(clock, per_client=10, per_address=15)
+    for _ in range(10):
+        guard.attempt("a", "ip")
+    assert refused(guard, "a").retry_after == 6
+    for _ in range(5):  # another client id from the same address, until the address is spent
+        guard.attempt("b", "ip")
+    assert refused(guard, "b").retry_after == 4  # one more every 60 / 15 s
+    assert refused(guard, "a").retry_after == 6  # the longer of the two waits
+    guard.attempt("b", "other-ip")
+    guard.attempt("c", "other-ip")
+
+
+def test_an_attempt_that_does_not_fail_is_refunded_but_one_in_flight_counts() -> None:
+    clock = Clock()
+    guard = throttle(clock)
+    for _ in range(100):
+        guard.attempt("a", "ip")
+        guard.refund("a", "ip")
+    for _ in range(10):  # ten guesses in flight at once, none answered yet
+        guard.attempt("a", "ip")
+    refused(guard, "a")
+    guard.refund("a", "ip")
+    guard.attempt("a", "ip")
+    refused(guard, "a")
+
+
+def test_a_refund_never_raises_a_budget_above_its_size() -> None:
+    clock = Clock()
+    guard = throttle(clock)
+    guard.attempt("a", "ip")
+    clock.now = 100.0  # whole again long ago
+    guard.refund("a", "ip")
+    for _ in range(10):
+        guard.attempt("a", "ip")
+    refused(guard, "a")
+
+
+def test_zero_turns_a_failure_budget_off() -> None:
+    guard = throttle(Clock(), per_client=0, per_address=0)
+    for _ in range(1000):
+        guard.attempt("a", "ip")
+    assert not guard.per_client._whole_at
+
+
+def test_whole_failure_budgets_are_dropped_so_memory_stays_bounded() -> None:
+    clock = Clock()
+    budget = FailureBudget(per_minute=10, clock=clock)
+    for i in range(MAX_BUCKETS):
+        budget.spend(f"c{i}")
+    clock.now = 6.0  # every budget is whole again
+    budget.spend("new")
+    assert len(budget._whole_at) == 1
+
+
+def test_the_most_spent_failure_budgets_are_kept_when_every_key_is_in_debt() -> None:
+    budget = FailureBudget(per_minute=10, clock=Clock())
+    for i in range(MAX_BUCKETS - 1):
+        budget.spend(f"c{i}")
+    for _ in range(10):
+        budget.spend("guessed")
+    budget.spend("new")
+    assert len(budget._whole_at) == MAX_BUCKETS // 2 + 1
+    assert budget.wait("guessed") == 6.0

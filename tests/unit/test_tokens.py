@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -19,6 +20,7 @@ from services.api.tokens import (
     Principal,
     TokenConfig,
     issue,
+    lifetime,
     verify,
     verify_external,
 )
@@ -57,6 +59,17 @@ def sign(payload: dict[str, Any], key: Any = HS.signing, alg: str = "HS256", **h
 
 def test_an_issued_token_verifies_to_its_principal() -> None:
     assert verify(CFG, issue(CFG, ALICE)) == ALICE
+
+
+def test_a_token_lives_its_ttl_but_never_beyond_its_clients_expiry() -> None:
+    now = 1_800_000_000.25
+    assert lifetime(CFG, now, None) == 900
+    assert lifetime(CFG, now, datetime.fromtimestamp(now + 3600, UTC)) == 900
+    expiring = datetime.fromtimestamp(now + 60.5, UTC)
+    assert lifetime(CFG, now, expiring) == 60
+    exp = jwt.decode(issue(CFG, ALICE, now, 60), options={"verify_signature": False})["exp"]
+    assert exp <= expiring.timestamp()
+    assert lifetime(CFG, now, datetime.fromtimestamp(now + 0.5, UTC)) <= 0  # as good as expired
 
 
 @pytest.mark.parametrize(

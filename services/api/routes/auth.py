@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -16,11 +17,18 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.params import Body
 
+from services.api.limits import TokenThrottle
 from services.api.openapi import problems
 from services.api.schemas import TokenOut
-from services.api.tokens import Principal, TokenConfig, issue
-from shared.credentials import credential_digest, secret_matches
+from services.api.tokens import Principal, TokenConfig, issue, lifetime
+from shared.credentials import credential_digest, hash_secret, secret_matches
 from shared.db.store import ClientStore
+
+#: Looked up for a client id that is not a UUID, so that every refusal costs one lookup.
+NO_CLIENT = uuid.UUID(int=0)
+#: The secret hash and expiry checked when no client was found, so that every refusal costs
+#: one hash and comparison: a hash of the real length that no secret is known to have.
+UNKNOWN_CLIENT: tuple[str, datetime | None] = ("0" * len(hash_secret("")), None)
 
 
 class TokenForm(msgspec.Struct):
@@ -53,14 +61,20 @@ def _invalid_client() -> NotAuthorizedException:
     )
 
 
-@post("/v1/auth/token", status_code=200, responses=problems(401, 413, 422, 503))
+@post("/v1/auth/token", status_code=200, responses=problems(401, 413, 422, 429, 503))
 async def token(
     request: Request[Any, Any, Any],
     data: Annotated[TokenForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     clients: NamedDependency[ClientStore],
     tokens: NamedDependency[TokenConfig],
+    throttle: NamedDependency[TokenThrottle],
 ) -> TokenOut:
-    """Exchange client credentials for a short-lived bearer token."""
+    """Exchange client credentials for a short-lived bearer token.
+
+    Every refusal does the same work (one lookup, one hash and comparison), so its timing does
+    not tell a guesser whether the client id exists; failures are throttled per client id and
+    per source address.
+    """
     if data.grant_type != "client_credentials":
         raise ClientException(
             detail="grant_type must be client_credentials",
@@ -69,17 +83,27 @@ async def token(
     creds = _basic_credentials(request.headers.get("authorization", ""))
     client_id, secret = creds or (data.client_id or "", data.client_secret or "")
     try:
-        client = await clients.get(uuid.UUID(client_id))
+        # Parsed, so that spellings of one id (case, braces, urn:uuid:) share its budget.
+        key = uuid.UUID(client_id)
     except ValueError:
-        client = None
-    now = datetime.now(UTC)
-    if (
-        client is None
-        or not secret_matches(secret, client.secret_hash)
-        or client.revoked_at is not None
-        or (client.expires_at is not None and client.expires_at <= now)
-    ):
+        key = NO_CLIENT
+    address = request.client.host if request.client else ""
+    # Before the credentials are checked: a refused guess must learn nothing.
+    throttle.attempt(str(key), address)
+    try:
+        client = await clients.credentials(key)
+    except BaseException:
+        throttle.refund(str(key), address)
+        raise
+    now = time.time()
+    stored_hash, expires_at = (
+        UNKNOWN_CLIENT if client is None else (client.secret_hash, client.expires_at)
+    )
+    matches = secret_matches(secret, stored_hash)
+    ttl = lifetime(tokens, now, expires_at)
+    if client is None or not matches or client.revoked_at is not None or ttl <= 0:
         raise _invalid_client()
+    throttle.refund(str(key), address)
     scopes = frozenset(client.scopes)
     if data.scope:
         asked = frozenset(data.scope.split())
@@ -92,9 +116,9 @@ async def token(
         str(client.id), client.tenant, scopes, credential=credential_digest(client.secret_hash)
     )
     return TokenOut(
-        access_token=issue(tokens, principal),
+        access_token=issue(tokens, principal, now, ttl),
         token_type="Bearer",
-        expires_in=tokens.ttl_seconds,
+        expires_in=ttl,
         scope=" ".join(sorted(scopes)),
     )
 
