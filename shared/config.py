@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,6 +13,9 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigError
 
 QueueType = Literal["quorum", "classic"]
+#: What a queue's (and a job type's) name looks like.
+NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
+QUEUE_NAME = re.compile(NAME_PATTERN)
 #: The most jobs one list page can hold (SPEC §5); ``JOBQ_MAX_LIST_LIMIT`` may lower it.
 MAX_LIST_LIMIT = 500
 #: Asymmetric algorithms an external issuer may sign with (never HS*, never none).
@@ -97,6 +101,10 @@ class Settings:
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 600.0
 
+    #: Queues declared at every service's start (comma-separated), besides ``default``, which
+    #: always exists; admins declare more with ``POST /v1/admin/queues``. Jobs may name only
+    #: declared queues.
+    queues: str = ""
     worker_queues: str = "default"
     worker_concurrency: int = 32
     #: Comma-separated modules whose ``@handler`` functions the worker registers.
@@ -145,6 +153,9 @@ class Settings:
             raise ConfigError(
                 f"JOBQ_JWT_ALGORITHM must be HS256, EdDSA or RS256, not {self.jwt_algorithm!r}"
             )
+        for queue in {*self.declared_queues, *self.consumed_queues}:
+            if not QUEUE_NAME.fullmatch(queue):
+                raise ConfigError(f"queue name {queue!r} must match {QUEUE_NAME.pattern}")
         if not 1 <= self.max_list_limit <= MAX_LIST_LIMIT:
             raise ConfigError(f"JOBQ_MAX_LIST_LIMIT must be between 1 and {MAX_LIST_LIMIT}")
         positive = {
@@ -202,7 +213,11 @@ class Settings:
         return tuple(csv_list(self.oidc_algorithms))
 
     @property
-    def queues(self) -> list[str]:
+    def declared_queues(self) -> list[str]:
+        return ["default", *(q for q in csv_list(self.queues) if q != "default")]
+
+    @property
+    def consumed_queues(self) -> list[str]:
         return csv_list(self.worker_queues)
 
     @property

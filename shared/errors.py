@@ -36,3 +36,15 @@ class DecodeError(JobqError):
 
 class IllegalTransition(JobqError):
     """The job state machine does not allow this move."""
+
+
+class UndeclaredQueue(JobqError):
+    """A job names a queue no operator declared."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} is not declared")
+        self.queue = queue
+
+
+class QueueInUse(JobqError):
+    """A queue still has unfinished jobs or consumers, so it cannot be deleted."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import aiormq
 import msgspec
 from aio_pika.abc import (
     AbstractChannel,
@@ -24,7 +25,7 @@ from aio_pika.abc import (
 )
 from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
-from shared.errors import DecodeError
+from shared.errors import DecodeError, QueueInUse
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -201,6 +202,21 @@ class Broker:
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def delete_queue(self, queue: str) -> None:
+        """Delete a job queue's broker queue, tickets and all; ``QueueInUse`` while a consumer
+        is attached. (Quorum queues refuse ``if-unused``, and RabbitMQ answers that by closing
+        the connection, so the consumers are counted first; a worker attaching in between
+        loses its consumer.)"""
+        try:
+            _, consumers = await self.queue_state(queue)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return  # never declared on the broker, or already deleted
+        if consumers:
+            raise QueueInUse(f"queue {queue!r} has {consumers} consumers; stop its workers first")
+        name = self.topology.queue_name(queue)
+        self._declared.discard(name)
+        await self.channel.queue_delete(name)
 
     def _message(self, ticket: Ticket) -> aio_pika.Message:
         headers: dict[str, Any] = {}

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from shared.db.engine import make_engine
 from shared.db.errors import is_transient
+from shared.db.queues import QueueStore
 from shared.errors import DependencyUnavailable
 from shared.messaging import Broker
 
@@ -78,12 +79,16 @@ async def connect_broker(settings: Settings, name: str, tracer: Tracer | None = 
 async def service_resources(
     settings: Settings, name: str, tracer: Tracer, pool_size: int | None = None
 ) -> AsyncIterator[tuple[AsyncEngine, Broker]]:
-    """The engine and broker a service runs on, checked before use and closed after."""
+    """The engine and broker a service runs on, checked before use and closed after; the
+    queues the settings name (``JOBQ_QUEUES`` and ``default``) are declared."""
     engine = make_engine(settings, name, pool_size)
     try:
         await check_database(engine, settings)
         broker = await connect_broker(settings, f"jobq-{name}", tracer)
         try:
+            await QueueStore(engine).declare(settings.declared_queues)
+            for queue in settings.declared_queues:
+                await broker.ensure_queue(queue)
             yield engine, broker
         finally:
             await broker.close()

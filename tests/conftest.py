@@ -60,11 +60,13 @@ def broker_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"jobqtest{secrets.token_hex(3)}"
     yield prefix
 
-    asyncio.run(delete_broker_objects(amqp_url, prefix, KNOWN_QUEUES))
+    asyncio.run(delete_broker_objects(amqp_url, prefix, (*KNOWN_QUEUES, *DECLARED_BY_TESTS)))
 
 
 #: Job queues tests use (so the session cleanup can delete them).
 KNOWN_QUEUES = ("default", "other", "email", "slow")
+#: Declared by tests (deleted with the session's other broker objects).
+DECLARED_BY_TESTS = ("reports", "watched", "racing", "going", "alpha", "beta")
 
 
 @pytest.fixture(scope="session")
@@ -102,9 +104,13 @@ async def engine(base_settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
-    """Empty tables and queues before a test."""
+    """Empty tables and queues before a test; the queues tests use are declared."""
     async with engine.begin() as conn:
-        await conn.execute(sa.text("TRUNCATE jobs, api_clients"))
+        await conn.execute(sa.text("TRUNCATE jobs, api_clients, queues"))
+        await conn.execute(
+            sa.text("INSERT INTO queues (name) SELECT unnest(CAST(:names AS text[]))"),
+            {"names": list(KNOWN_QUEUES)},
+        )
     conn_ = await aio_pika.connect(amqp_url)
     try:
         ch = await conn_.channel()

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.api import errors
 from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
+from services.api.broker_stats import BrokerStats
 from services.api.keys import load_keyring
 from services.api.limits import FailureBudget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
@@ -29,6 +30,7 @@ from services.api.routes import admin, auth, health, jobs, queues
 from services.api.submission import Dispatcher
 from services.api.tokens import ExternalIssuer, TokenConfig
 from shared.config import Settings
+from shared.db.queues import QueueStore
 from shared.db.store import ClientStore, JobStore
 from shared.runtime import service_resources
 from shared.telemetry import make_tracer_provider
@@ -46,12 +48,19 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             dispatcher = Dispatcher(store, broker)
+            broker_stats = BrokerStats(settings.management_url, settings.amqp_url, broker.topology)
             app.state.update(
-                store=store, clients=ClientStore(engine), broker=broker, dispatcher=dispatcher
+                store=store,
+                clients=ClientStore(engine),
+                queue_store=QueueStore(engine),
+                broker=broker,
+                broker_stats=broker_stats,
+                dispatcher=dispatcher,
             )
             try:
                 yield
             finally:
+                await broker_stats.close()
                 await dispatcher.close()
                 if external:
                     await external.client.aclose()
@@ -69,7 +78,10 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         return Provide(provide, sync_to_thread=False, use_cache=True)
 
     dependencies = {
-        **{name: from_state(name) for name in ("store", "clients", "broker", "dispatcher")},
+        **{
+            name: from_state(name)
+            for name in ("store", "clients", "queue_store", "broker", "broker_stats", "dispatcher")
+        },
         "settings": constant(settings),
         "tokens": constant(tokens),
         "limiter": constant(SubmitLimiter(settings.submit_rate_per_second, settings.submit_burst)),

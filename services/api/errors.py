@@ -11,7 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from services.api.limits import TooManyRequests
 from shared.db.errors import is_transient
-from shared.errors import DependencyUnavailable
+from shared.errors import DependencyUnavailable, QueueInUse, UndeclaredQueue
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -50,6 +50,15 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     return problem(exc.status_code, exc.detail, headers, **oauth)
 
 
+def _undeclared(request: Request[Any, Any, Any], exc: UndeclaredQueue) -> Response[dict[str, Any]]:
+    why = f"{exc}: an admin declares queues (POST /v1/admin/queues, or JOBQ_QUEUES)"
+    return problem(422, why, errors=[{"message": why, "key": "queue", "source": "body"}])
+
+
+def _in_use(request: Request[Any, Any, Any], exc: QueueInUse) -> Response[dict[str, Any]]:
+    return problem(409, str(exc))
+
+
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response[dict[str, Any]]:
     oauth = {"error": exc.error} if exc.error else {}
     return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}, **oauth)
@@ -68,5 +77,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http,
     TooManyRequests: _too_many,
+    UndeclaredQueue: _undeclared,
+    QueueInUse: _in_use,
     Exception: _unexpected,
 }

@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from services.api.broker_stats import BrokerFigures
+from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
-from shared.db.models import ApiClient
+from shared.db.models import ApiClient, Queue
 from shared.db.store import JobRow
 
-NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
+MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
+TimeoutSeconds = Annotated[int, Meta(ge=1, le=7 * 24 * 3600)]
 MAX_DELAY_SECONDS = 366 * 24 * 3600
 #: Litestar 2.25 leaves a bound of 0 out of the OpenAPI document (it tests bounds for truth);
 #: these put it back.
@@ -29,8 +32,9 @@ class JobIn(Struct, forbid_unknown_fields=True):
     payload: Any = None
     queue: Name = "default"
     priority: Annotated[int, Meta(ge=0, le=9)] = 5
-    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
-    timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] = 300
+    #: Left out (or ``null``): the queue's setting (3 and 300 unless an admin changed them).
+    max_attempts: MaxAttempts | None = None
+    timeout_seconds: TimeoutSeconds | None = None
     run_at: datetime | None = None
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
     retry_backoff_seconds: Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)] | None = None
@@ -183,12 +187,51 @@ class Problem(Struct):
     error: str | msgspec.UnsetType = msgspec.UNSET
 
 
+Description = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class QueueIn(Struct, forbid_unknown_fields=True):
+    """A queue to declare; its settings fill what a submit to it leaves out."""
+
+    name: Name
+    max_attempts: MaxAttempts = 3
+    timeout_seconds: TimeoutSeconds = 300
+    description: Description = ""
+
+
+class QueuePatch(Struct, forbid_unknown_fields=True):
+    """Settings to change (those left out stay); jobs already accepted keep theirs."""
+
+    max_attempts: MaxAttempts | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+    description: Description | None = None
+
+
 class QueueOut(Struct):
+    """A declared queue: its settings, jobs by status (the caller's tenant's, or every
+    tenant's under ``/v1/admin``), and RabbitMQ's figures (``admin`` only, else ``null``)."""
+
     name: str
-    ready: int | None
-    unacked: int | None
-    consumers: int | None
+    max_attempts: int
+    timeout_seconds: int
+    description: str
+    created_at: datetime
+    updated_at: datetime
     counts: dict[str, int]
+    broker: BrokerFigures | None
+
+    @classmethod
+    def of(cls, queue: Queue, counts: dict[str, int], broker: BrokerFigures | None) -> QueueOut:
+        return cls(
+            name=queue.name,
+            max_attempts=queue.max_attempts,
+            timeout_seconds=queue.timeout_seconds,
+            description=queue.description,
+            created_at=queue.created_at,
+            updated_at=queue.updated_at,
+            counts=counts,
+            broker=broker,
+        )
 
 
 class QueueList(Struct):

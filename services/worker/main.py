@@ -11,7 +11,9 @@ from services.worker.registry import registry
 from services.worker.runner import Worker
 from services.worker.webhook import WebhookPolicy, webhook_handler
 from shared.config import Settings
+from shared.db.queues import QueueStore
 from shared.db.store import JobStore
+from shared.errors import ConfigError
 from shared.runtime import service_resources, stop_on_signals
 from shared.telemetry import make_tracer_provider
 
@@ -26,6 +28,12 @@ async def serve(settings: Settings) -> None:
     pool = min(settings.worker_concurrency + 4, 40)
     tracer = provider.get_tracer("jobq.worker")
     async with service_resources(settings, "worker", tracer, pool) as (engine, broker):
+        missing = await QueueStore(engine).missing(settings.consumed_queues)
+        if missing:
+            raise ConfigError(
+                f"queue(s) {', '.join(missing)} not declared: declare them first"
+                " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
+            )
         worker = Worker(settings, JobStore(engine), broker, registry, tracer)
         await worker.run(stop_on_signals())
         log.info("worker stopped", extra={"stats": dict(worker.stats)})

@@ -115,7 +115,7 @@ class Worker:
         )
         channel = await self.broker.connection.channel()  # type: ignore[union-attr]
         await channel.set_qos(prefetch_count=self.concurrency)
-        for queue in self.settings.queues:
+        for queue in self.settings.consumed_queues:
             name = await self.broker.ensure_queue(queue)
             # Declared (not just looked up) on this channel: the robust channel re-declares
             # the queues it declared after a reconnect and only then restores their consumers.
@@ -127,7 +127,7 @@ class Worker:
         log.info(
             "worker consuming",
             extra={
-                "queues": self.settings.queues,
+                "queues": self.settings.consumed_queues,
                 "concurrency": self.concurrency,
                 "handlers": self.registry.names(),
             },

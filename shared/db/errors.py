@@ -8,6 +8,14 @@ from sqlalchemy import exc as sa_exc
 #: a read-only server during failover (25006), too many connections (53300), and a deadlock
 #: or serialization failure (40P01, 40001), whose transaction was rolled back whole.
 TRANSIENT_SQLSTATES = ("08", "57P", "25006", "53300", "40P01", "40001")
+#: Raised by ``jobq_undeclared_queue`` (migration 0002) for a job naming an undeclared queue.
+UNDECLARED_QUEUE = "JQ001"
+
+
+def sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a database error, whichever driver raised it."""
+    state = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return state if isinstance(state, str) else None
 
 
 def is_transient(error: BaseException) -> bool:
@@ -19,6 +27,6 @@ def is_transient(error: BaseException) -> bool:
             error, (sa_exc.OperationalError, sa_exc.InterfaceError)
         ):
             return True
-        state = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-        return isinstance(state, str) and state.startswith(TRANSIENT_SQLSTATES)
+        state = sqlstate(error)
+        return state is not None and state.startswith(TRANSIENT_SQLSTATES)
     return False

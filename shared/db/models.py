@@ -79,3 +79,23 @@ class ApiClient(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, default=True)
     expires_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
+
+
+class Queue(SQLModel, table=True):
+    """A queue an operator declared: jobs may name it, and its settings fill what a submit
+    leaves out."""
+
+    __tablename__ = "queues"
+
+    name: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    max_attempts: int = Field(
+        default=3, sa_column=sa.Column(sa.Integer, nullable=False, server_default="3")
+    )
+    timeout_seconds: int = Field(
+        default=300, sa_column=sa.Column(sa.Integer, nullable=False, server_default="300")
+    )
+    description: str = Field(
+        default="", sa_column=sa.Column(sa.Text, nullable=False, server_default="")
+    )
+    created_at: datetime = _ts(nullable=False, default=True)
+    updated_at: datetime = _ts(nullable=False, default=True)

@@ -22,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
 from shared.credentials import hash_secret, new_secret
+from shared.db.errors import UNDECLARED_QUEUE, sqlstate
 from shared.db.models import ApiClient, Job
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
+from shared.errors import UndeclaredQueue
 from shared.messaging import Ticket
 
 
@@ -48,8 +50,9 @@ class NewJob:
     queue: str
     payload_json: str
     priority: int
-    max_attempts: int
-    timeout_seconds: int
+    #: ``None``: the queue's setting.
+    max_attempts: int | None
+    timeout_seconds: int | None
     delay_seconds: float
     run_at: datetime | None
     idempotency_key: str | None
@@ -143,13 +146,21 @@ class JobStore:
                 strict=True,
             )
         )
+        # The queues named are locked FOR KEY SHARE (``QueueStore.delete`` waits for this
+        # statement) and fill the settings a job leaves out; a job naming an undeclared queue
+        # makes the statement fail, so a batch is taken whole or not at all.
         stmt = _sql(f"""
+            WITH q AS (SELECT name, max_attempts, timeout_seconds FROM queues
+                       WHERE name = ANY(CAST(:queues AS text[])) FOR KEY SHARE)
             INSERT INTO jobs (id, tenant, type, queue, payload, priority, status, max_attempts,
                 timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
                 retry_backoff_max_seconds, traceparent, dispatched_at)
-            SELECT v.id, v.tenant, v.type, v.queue, v.payload::jsonb, v.priority,
+            SELECT v.id, v.tenant, v.type,
+                CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
+                v.payload::jsonb, v.priority,
                 CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
-                v.max_attempts, v.timeout_seconds, at, v.idem, v.rb, v.rbm, v.tp,
+                coalesce(v.max_attempts, q.max_attempts),
+                coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp,
                 CASE WHEN at > now() THEN NULL ELSE now() END
             FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS text[]), CAST(:types AS text[]),
                         CAST(:queues AS text[]), CAST(:payloads AS text[]),
@@ -157,9 +168,13 @@ class JobStore:
                         CAST(:timeouts AS int[]), CAST(:delays AS float8[]),
                         CAST(:run_ats AS timestamptz[]), CAST(:idems AS text[]),
                         CAST(:rbs AS float8[]), CAST(:rbms AS float8[]), CAST(:tps AS text[]))
+                WITH ORDINALITY
                 AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-                     delay, run_at, idem, rb, rbm, tp),
+                     delay, run_at, idem, rb, rbm, tp, n)
+            LEFT JOIN q ON q.name = v.queue,
             LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
+            -- In the order given: of two jobs with one idempotency key, the first is inserted.
+            ORDER BY v.n
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {JOB_COLUMNS}
         """)
@@ -180,7 +195,14 @@ class JobStore:
             "tps",
         ]
         async with self._autocommit.connect() as conn:
-            rows = (await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))).all()
+            try:
+                result = await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))
+            except sa.exc.DBAPIError as exc:
+                if sqlstate(exc) == UNDECLARED_QUEUE:
+                    cause = exc.orig.__cause__ if exc.orig else None
+                    raise UndeclaredQueue(getattr(cause, "detail", "")) from None
+                raise
+            rows = result.all()
             created = {row.id: row for row in rows}
             missing = [j for j in jobs if j.id not in created]
             existing: dict[tuple[str, str | None], JobRow] = {}
@@ -583,11 +605,18 @@ class JobStore:
             return JobStatus(job.status), await _get(conn, tenant, job_id)
 
     async def retry(self, tenant: str, job_id: uuid.UUID) -> tuple[JobRow | None, Ticket | None]:
-        """Re-queue a dead or canceled job with a fresh attempt budget."""
+        """Re-queue a dead or canceled job with a fresh attempt budget; ``UndeclaredQueue``
+        if its queue was deleted since."""
         async with self.engine.begin() as conn:
             job = await _get(conn, tenant, job_id, lock=True)
             if job is None or job.status not in RETRYABLE_BY_API:
                 return job, None
+            declared = await conn.execute(
+                _sql("SELECT 1 FROM queues WHERE name = :queue FOR KEY SHARE"),
+                {"queue": job.queue},
+            )
+            if declared.first() is None:
+                raise UndeclaredQueue(job.queue)
             rows = (
                 await conn.execute(
                     _sql(

@@ -61,3 +61,18 @@ def test_init_creates_an_admin_once_and_never_prints_its_secret_again(
     assert again.returncode == 0
     assert "an admin client exists" in again.stdout
     assert "jqs_" not in again.stdout
+
+
+def test_a_worker_for_an_undeclared_queue_is_one_line_and_exit_2(
+    base_settings: Settings, clean: None
+) -> None:
+    env = {"JOBQ_DATABASE_URL": base_settings.database_url, "JOBQ_AMQP_URL": base_settings.amqp_url,
+           "JOBQ_BROKER_PREFIX": base_settings.broker_prefix}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "services", "worker", "--queues", "default,nowhere"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("jobq: queue(s) nowhere not declared"), done.stderr
+    assert "Traceback" not in done.stderr

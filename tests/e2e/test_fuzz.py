@@ -71,11 +71,11 @@ async def until_ready(http: httpx.AsyncClient, proc: Proc, within: float = 30.0)
 
 
 async def drop(database_url: str, amqp_url: str, prefix: str) -> None:
-    """The database, and the exchanges and queues the API declared: one per queue named in a
-    fuzzed job."""
+    """The database, and the exchanges and queues the API declared: one per declared queue
+    (the fuzzer declares some through the admin API)."""
     conn = await asyncpg.connect(dsn(database_url))
     try:
-        queues = [row["queue"] for row in await conn.fetch("SELECT DISTINCT queue FROM jobs")]
+        queues = [row["name"] for row in await conn.fetch("SELECT name FROM queues")]
     finally:
         await conn.close()
     await drop_database(database_url)

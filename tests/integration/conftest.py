@@ -79,7 +79,7 @@ async def start_worker(
         stop = asyncio.Event()
         running = RunningWorker(worker, broker, stop, asyncio.create_task(worker.run(stop)))
         started.append(running)
-        await wait_for(lambda: len(worker._consumers) == len(s.queues))
+        await wait_for(lambda: len(worker._consumers) == len(s.consumed_queues))
         return running
 
     yield start

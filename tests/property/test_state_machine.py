@@ -52,6 +52,7 @@ from services.api.submission import ticket_of
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.engine import make_engine
+from shared.db.queues import QueueStore
 from shared.db.store import Claimed, JobStore, NewJob
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus, decide_failure
 from shared.ids import uuid7
@@ -123,6 +124,7 @@ def pg() -> Iterator[Postgres]:
         run(audit.install(conn))
         engine = make_engine(s, "property", pool_size=2)
         stack.callback(lambda: run(engine.dispose()))
+        run(QueueStore(engine).declare(QUEUES))
         yield Postgres(loop, conn, JobStore(engine), s)
 
 

@@ -20,7 +20,7 @@ def test_variables_are_parsed_to_their_types() -> None:
     s = Settings.from_env(
         {"JOBQ_LEASE_SECONDS": "2.5", "JOBQ_WORKER_CONCURRENCY": "4", "JOBQ_WORKER_QUEUES": "a, b"}
     )
-    assert (s.lease_seconds, s.worker_concurrency, s.queues) == (2.5, 4, ["a", "b"])
+    assert (s.lease_seconds, s.worker_concurrency, s.consumed_queues) == (2.5, 4, ["a", "b"])
 
 
 @pytest.mark.parametrize(

@@ -20,12 +20,13 @@ from services.api.auth import requires_scopes
 from services.api.instants import parse_query
 from services.api.limits import SubmitLimiter, WaiterCap
 from services.api.openapi import problems
-from services.api.schemas import KEY_RULES, NAME_PATTERN, BatchIn, BatchOut, JobIn, JobList, JobOut
+from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
 from services.api.submission import Dispatcher, new_job, submit
 from services.api.tokens import Principal
-from shared.config import MAX_LIST_LIMIT, Settings
+from shared.config import MAX_LIST_LIMIT, NAME_PATTERN, Settings
 from shared.db.store import JobRow, JobStore
 from shared.domain import TERMINAL, JobStatus
+from shared.errors import UndeclaredQueue
 from shared.telemetry import traceparent_of
 
 AuthRequest = Request[Principal, str, Any]
@@ -237,7 +238,10 @@ async def retry_job(
     dispatcher: NamedDependency[Dispatcher],
 ) -> JobOut:
     """Queue a dead or canceled job again with a fresh attempt budget; otherwise 409."""
-    job, ticket = await store.retry(request.user.tenant, job_id)
+    try:
+        job, ticket = await store.retry(request.user.tenant, job_id)
+    except UndeclaredQueue as exc:
+        raise Conflict(detail=f"{exc}: declare it again to retry this job") from None
     if job is None:
         raise NotFoundException(detail=f"no job {job_id}")
     if ticket is None:

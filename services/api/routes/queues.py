@@ -1,46 +1,36 @@
-"""``GET /v1/queues``: per queue, the broker's view and the jobs by status."""
+"""Queues: ``GET /v1/queues`` for every reader, ``/v1/admin/queues`` to declare, change and
+delete them (scope ``admin``).
+
+Queues are resources an operator declares; a job naming any other queue is refused, so no
+client can make the broker grow. A reader sees the declared queues with its own tenant's jobs
+by status; RabbitMQ's figures, which count every tenant's tickets, are for ``admin`` only.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-import httpx
-from litestar import Request, get
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, JSONBody
 
 from services.api.auth import requires_scopes
+from services.api.broker_stats import BrokerStats
 from services.api.openapi import problems
-from services.api.schemas import QueueList, QueueOut
+from services.api.routes.jobs import Conflict
+from services.api.schemas import QueueIn, QueueList, QueueOut, QueuePatch
 from services.api.tokens import Principal
-from shared.config import Settings
+from shared.config import QUEUE_NAME
+from shared.db.models import Queue
+from shared.db.queues import QueueStore
 from shared.db.store import JobStore
 from shared.messaging import Broker
 
 log = logging.getLogger("jobq.api")
-
-
-async def _unacked(settings: Settings, broker: Broker, queues: list[str]) -> dict[str, int]:
-    """Unacked counts from the management API; empty if it is not reachable."""
-    if not settings.management_url:
-        return {}
-    url = urlsplit(settings.management_url)
-    vhost = quote(urlsplit(settings.amqp_url).path.lstrip("/") or "/", safe="")
-    base = f"{url.scheme}://{url.hostname}:{url.port or 15672}"
-    out: dict[str, int] = {}
-    try:
-        async with httpx.AsyncClient(
-            base_url=base, auth=(url.username or "guest", url.password or "guest"), timeout=2.0
-        ) as client:
-            for q in queues:
-                name = quote(broker.topology.queue_name(q), safe="")
-                r = await client.get(f"/api/queues/{vhost}/{name}")
-                if r.status_code == 200:
-                    out[q] = int(r.json().get("messages_unacknowledged", 0))
-    except httpx.HTTPError as exc:
-        log.info("management API unavailable", extra={"error": repr(exc)})
-    return out
+ADMIN = {"scopes": ["admin"]}
+PATH = "/v1/admin/queues/{name:str}"
 
 
 @get(
@@ -52,23 +42,123 @@ async def _unacked(settings: Settings, broker: Broker, queues: list[str]) -> dic
 async def list_queues(
     request: Request[Principal, Any, Any],
     store: NamedDependency[JobStore],
-    broker: NamedDependency[Broker],
-    settings: NamedDependency[Settings],
+    queue_store: NamedDependency[QueueStore],
+    broker_stats: NamedDependency[BrokerStats],
 ) -> QueueList:
-    """Ready and unacked messages and consumers per queue (broker-wide), and the caller's
-    jobs by status (every tenant's for ``admin``)."""
-    tenant = None if "admin" in request.user.scopes else request.user.tenant
-    counts = await store.counts_by_queue(tenant)
-    names = sorted(counts)
-    unacked = await _unacked(settings, broker, names)
-    items = []
-    for name in names:
-        try:
-            ready, consumers = await broker.queue_state(name)
-        except Exception:
-            ready = consumers = None  # type: ignore[assignment]
-        items.append(QueueOut(name, ready, unacked.get(name), consumers, counts[name]))
-    return QueueList(items=items)
+    """The declared queues, the caller's jobs in each by status, and (``admin`` only)
+    RabbitMQ's figures."""
+    counts = await store.counts_by_queue(request.user.tenant)
+    figures = await broker_stats.figures() if "admin" in request.user.scopes else None
+    return QueueList(
+        items=[
+            QueueOut.of(q, counts.get(q.name, {}), None if figures is None else figures.get(q.name))
+            for q in await queue_store.all()
+        ]
+    )
 
 
-ROUTES = [list_queues]
+@post(
+    "/v1/admin/queues",
+    guards=[requires_scopes],
+    opt=ADMIN,
+    status_code=201,
+    responses=problems(401, 403, 409, 413, 415, 422, 503),
+)
+async def declare_queue(
+    data: JSONBody[QueueIn],
+    queue_store: NamedDependency[QueueStore],
+    broker: NamedDependency[Broker],
+) -> Response[QueueOut]:
+    """Declare a queue, here and on RabbitMQ; one of that name exists: ``409``."""
+    created = await queue_store.create(
+        Queue(
+            name=data.name,
+            max_attempts=data.max_attempts,
+            timeout_seconds=data.timeout_seconds,
+            description=data.description,
+        )
+    )
+    if created is None:
+        raise Conflict(detail=f"queue {data.name!r} is already declared")
+    try:
+        await broker.ensure_queue(created.name, redeclare=True)
+    except Exception as exc:  # declared all the same: the broker's queue follows on first use
+        log.warning("broker queue not declared yet", extra={"queue": data.name, "error": repr(exc)})
+    return Response(
+        QueueOut.of(created, {}, None),
+        status_code=201,
+        headers={"Location": f"/v1/admin/queues/{created.name}"},
+    )
+
+
+@get("/v1/admin/queues", guards=[requires_scopes], opt=ADMIN, responses=problems(401, 403, 503))
+async def admin_list_queues(
+    store: NamedDependency[JobStore],
+    queue_store: NamedDependency[QueueStore],
+    broker_stats: NamedDependency[BrokerStats],
+) -> QueueList:
+    """Every declared queue with every tenant's jobs by status and RabbitMQ's figures."""
+    counts = await store.counts_by_queue(None)
+    figures = await broker_stats.figures()
+    return QueueList(
+        items=[
+            QueueOut.of(q, counts.get(q.name, {}), figures.get(q.name))
+            for q in await queue_store.all()
+        ]
+    )
+
+
+async def _declared(queue_store: QueueStore, name: str) -> Queue:
+    queue = await queue_store.get(name) if QUEUE_NAME.fullmatch(name) else None
+    if queue is None:
+        raise NotFoundException(detail=f"no queue {name[:64]!r}")
+    return queue
+
+
+@get(PATH, guards=[requires_scopes], opt=ADMIN, responses=problems(401, 403, 404, 503))
+async def get_queue(
+    name: FromPath[str],
+    store: NamedDependency[JobStore],
+    queue_store: NamedDependency[QueueStore],
+    broker_stats: NamedDependency[BrokerStats],
+) -> QueueOut:
+    """One declared queue, as in the admin listing."""
+    queue = await _declared(queue_store, name)
+    counts = await store.counts_by_queue(None)
+    return QueueOut.of(queue, counts.get(name, {}), (await broker_stats.figures()).get(name))
+
+
+@patch(
+    PATH,
+    guards=[requires_scopes],
+    opt=ADMIN,
+    responses=problems(401, 403, 404, 413, 415, 422, 503),
+)
+async def change_queue(
+    name: FromPath[str], data: JSONBody[QueuePatch], queue_store: NamedDependency[QueueStore]
+) -> QueueOut:
+    """Change a queue's settings; jobs already accepted keep the ones they were given."""
+    await _declared(queue_store, name)
+    changes = {
+        k: v for k, v in ((f, getattr(data, f)) for f in data.__struct_fields__) if v is not None
+    }
+    changed = await queue_store.update(name, changes) if changes else await queue_store.get(name)
+    if changed is None:
+        raise NotFoundException(detail=f"no queue {name!r}")
+    return QueueOut.of(changed, {}, None)
+
+
+@delete(PATH, guards=[requires_scopes], opt=ADMIN, responses=problems(401, 403, 404, 409, 503))
+async def delete_queue(
+    name: FromPath[str], queue_store: NamedDependency[QueueStore], broker: NamedDependency[Broker]
+) -> None:
+    """Delete a queue and its broker queue: ``409`` for ``default``, while any job of the queue
+    is unfinished, or while workers consume it. Its finished jobs stay readable."""
+    if name == "default":
+        raise Conflict(detail="the default queue cannot be deleted")
+    await _declared(queue_store, name)
+    if not await queue_store.delete(name, lambda: broker.delete_queue(name)):
+        raise NotFoundException(detail=f"no queue {name!r}")
+
+
+ROUTES = [list_queues, declare_queue, admin_list_queues, get_queue, change_queue, delete_queue]
