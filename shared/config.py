@@ -67,6 +67,16 @@ class Settings:
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: A connection with no request in progress is closed after this long (a response the client
+    #: has not read by then is dropped). Longer than common clients' idle expiry (httpx: 5 s), so
+    #: a client never sends on a connection the server is closing.
+    http_idle_timeout_seconds: float = 30.0
+    #: A request line and headers must arrive within this long of their first byte (``408``).
+    http_header_timeout_seconds: float = 10.0
+    #: A request body must arrive within this long of its headers (``408``).
+    http_body_timeout_seconds: float = 60.0
+    #: The most bytes a request line and headers may take (``431``); Node's and h11's limit.
+    http_max_header_bytes: int = 16 * 1024
     max_payload_bytes: int = 256 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
     max_batch_jobs: int = 1000
@@ -165,10 +175,14 @@ class Settings:
             "JOBQ_MAX_REQUEST_BYTES": self.max_request_bytes,
             "JOBQ_MAX_WAITERS": self.max_waiters,
             "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,
+            "JOBQ_HTTP_IDLE_TIMEOUT_SECONDS": self.http_idle_timeout_seconds,
+            "JOBQ_HTTP_HEADER_TIMEOUT_SECONDS": self.http_header_timeout_seconds,
+            "JOBQ_HTTP_BODY_TIMEOUT_SECONDS": self.http_body_timeout_seconds,
+            "JOBQ_HTTP_MAX_HEADER_BYTES": self.http_max_header_bytes,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be positive, not {value}")
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive number, not {value}")
         if not 0 <= self.jwt_leeway_seconds <= 300:
             raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
         if not 0 <= self.submit_rate_per_second < float("inf"):

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
+from services.api.server import server_config
 from services.scheduler.loop import Scheduler
 from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
 from services.worker.registry import registry
@@ -26,6 +29,7 @@ from services.worker.runner import Worker
 from shared.config import Settings
 from shared.db.store import JobStore
 from shared.messaging import Broker
+from tests.procs import free_port
 
 
 @pytest.fixture
@@ -125,3 +129,30 @@ async def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def serving(settings: Settings, app: Litestar | None = None) -> AsyncIterator[int]:
+    """The app (by default jobq's) behind the server ``jobq api`` runs (``server_config``), on
+    this event loop and a free port, which it yields."""
+    port = free_port()
+    app = app or create_app(settings)
+    server = uvicorn.Server(server_config(settings, app, "127.0.0.1", port))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, within=10)
+        yield port
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def listening(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind a real HTTP server on this event loop. Litestar's test client runs the
+    app on another thread's loop, one request at a time; this lets requests overlap."""
+    async with (
+        serving(settings) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        yield client

@@ -23,8 +23,7 @@ from shared.db.queues import QueueStore
 from shared.db.store import JobStore
 from shared.runtime import service_resources
 from tests.conftest import Bearer
-from tests.integration.conftest import StartWorker
-from tests.integration.test_security import listening
+from tests.integration.conftest import StartWorker, listening
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration

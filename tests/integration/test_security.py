@@ -19,7 +19,6 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -32,8 +31,7 @@ from shared.config import Settings
 from shared.db.store import JobStore
 from tests.conftest import Bearer
 from tests.forge import b64, hand_signed, pem
-from tests.integration.conftest import wait_for
-from tests.procs import free_port
+from tests.integration.conftest import listening
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
@@ -46,23 +44,6 @@ async def served(
 ) -> AsyncIterator[Client]:
     async with AsyncTestClient(app=create_app(settings, provider)) as client:
         yield client
-
-
-@asynccontextmanager
-async def listening(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app behind a real HTTP server on this event loop. Litestar's test client runs the
-    app on another thread's loop, one request at a time; this lets requests overlap."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started, within=10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def token_for(api: Client, client_id: str, secret: str) -> Any:

@@ -40,6 +40,10 @@ def test_variables_are_parsed_to_their_types() -> None:
         {"JOBQ_SUBMIT_BURST": "10"},
         {"JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": "-1"},
         {"JOBQ_TOKEN_ADDRESS_FAILURES_PER_MINUTE": "-1"},
+        {"JOBQ_HTTP_IDLE_TIMEOUT_SECONDS": "nan"},
+        {"JOBQ_HTTP_HEADER_TIMEOUT_SECONDS": "0"},
+        {"JOBQ_HTTP_BODY_TIMEOUT_SECONDS": "inf"},
+        {"JOBQ_HTTP_MAX_HEADER_BYTES": "-1"},
         {"JOBQ_OIDC_ISSUER": "https://idp.example"},
         {
             "JOBQ_OIDC_ISSUER": "jobq",
