@@ -85,8 +85,13 @@ class Settings:
     submit_rate_per_second: float = 500.0
     #: Jobs one client may submit at once beyond the rate; at least ``max_batch_jobs``.
     submit_burst: int = 2000
-    #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once.
+    #: The same for all the clients of one tenant together.
+    submit_rate_per_tenant: float = 1000.0
+    submit_burst_per_tenant: int = 4000
+    #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once, for one
+    #: tenant's clients together, and for one client.
     max_waiters: int = 200
+    max_waiters_per_tenant: int = 100
     max_waiters_per_client: int = 50
     #: Failed ``POST /v1/auth/token`` attempts per minute, per API process, for one client id
     #: and from one source address (0: no limit); beyond them, ``429`` until the budget refills.
@@ -174,6 +179,7 @@ class Settings:
             "JOBQ_MAX_PAYLOAD_BYTES": self.max_payload_bytes,
             "JOBQ_MAX_REQUEST_BYTES": self.max_request_bytes,
             "JOBQ_MAX_WAITERS": self.max_waiters,
+            "JOBQ_MAX_WAITERS_PER_TENANT": self.max_waiters_per_tenant,
             "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,
             "JOBQ_HTTP_IDLE_TIMEOUT_SECONDS": self.http_idle_timeout_seconds,
             "JOBQ_HTTP_HEADER_TIMEOUT_SECONDS": self.http_header_timeout_seconds,
@@ -185,10 +191,16 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive number, not {value}")
         if not 0 <= self.jwt_leeway_seconds <= 300:
             raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
-        if not 0 <= self.submit_rate_per_second < float("inf"):
-            raise ConfigError("JOBQ_SUBMIT_RATE_PER_SECOND must be a number >= 0 (0: no limit)")
-        if self.submit_rate_per_second > 0 and self.submit_burst < self.max_batch_jobs:
-            raise ConfigError("JOBQ_SUBMIT_BURST must be at least JOBQ_MAX_BATCH_JOBS")
+        for rate, burst, suffix in (
+            (self.submit_rate_per_second, self.submit_burst, "RATE_PER_SECOND"),
+            (self.submit_rate_per_tenant, self.submit_burst_per_tenant, "RATE_PER_TENANT"),
+        ):
+            if not 0 <= rate < float("inf"):
+                raise ConfigError(f"JOBQ_SUBMIT_{suffix} must be a number >= 0 (0: no limit)")
+            if rate > 0 and burst < self.max_batch_jobs:
+                raise ConfigError(
+                    f"the burst of JOBQ_SUBMIT_{suffix} must be at least JOBQ_MAX_BATCH_JOBS"
+                )
         for name, value in {
             "JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": self.token_client_failures_per_minute,
             "JOBQ_TOKEN_ADDRESS_FAILURES_PER_MINUTE": self.token_address_failures_per_minute,

@@ -24,7 +24,7 @@ from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.broker_stats import BrokerStats
 from services.api.keys import load_keyring
-from services.api.limits import FailureBudget, SubmitLimiter, TokenThrottle, WaiterCap
+from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
 from services.api.routes import admin, auth, health, jobs, queues
 from services.api.submission import Dispatcher
@@ -84,12 +84,23 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         },
         "settings": constant(settings),
         "tokens": constant(tokens),
-        "limiter": constant(SubmitLimiter(settings.submit_rate_per_second, settings.submit_burst)),
-        "waiters": constant(WaiterCap(settings.max_waiters, settings.max_waiters_per_client)),
+        "limiter": constant(
+            SubmitLimiter(
+                Budget(settings.submit_rate_per_second, settings.submit_burst),
+                Budget(settings.submit_rate_per_tenant, settings.submit_burst_per_tenant),
+            )
+        ),
+        "waiters": constant(
+            WaiterCap(
+                settings.max_waiters,
+                settings.max_waiters_per_tenant,
+                settings.max_waiters_per_client,
+            )
+        ),
         "throttle": constant(
             TokenThrottle(
-                FailureBudget(settings.token_client_failures_per_minute),
-                FailureBudget(settings.token_address_failures_per_minute),
+                Budget.per_minute(settings.token_client_failures_per_minute),
+                Budget.per_minute(settings.token_address_failures_per_minute),
             )
         ),
     }

@@ -1,8 +1,10 @@
-"""Per-process admission limits: a token bucket per client for submits, a cap on long-polls,
-a budget of failed token requests per client id and per source address.
+"""Per-process admission limits: submits per client and per tenant, long-polls per client and
+per tenant, failed token requests per client id and per source address.
 
-Pure and clock-injected, so their arithmetic is tested without a server. Each API process
-keeps its own; with N replicas a client may submit N times the rate, and guess N times as often.
+Caps apply per tenant as well as per client, so the clients of one tenant together cannot use
+up what the process shares with every other tenant. Pure and clock-injected, so their
+arithmetic is tested without a server. Each API process keeps its own; with N replicas a
+client may submit N times the rate, and guess N times as often.
 """
 
 from __future__ import annotations
@@ -13,14 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-#: Buckets kept at most: memory stays bounded however many clients there are.
+#: Keys a budget remembers at most: memory stays bounded however many clients there are.
 MAX_BUCKETS = 10_000
-#: A failure budget of N allows N failed attempts in any such window.
-FAILURE_WINDOW_SECONDS = 60.0
-
-_Entry = TypeVar("_Entry")
 
 
 class TooManyRequests(Exception):
@@ -34,125 +31,115 @@ class TooManyRequests(Exception):
         self.error = error
 
 
-def _make_room(
-    entries: dict[str, _Entry], idle: Callable[[_Entry], bool], rank: Callable[[_Entry], float]
-) -> dict[str, _Entry]:
-    """``entries`` without the idle ones (as good as new ones); if still ``MAX_BUCKETS`` are
-    left, only the half ranking highest."""
-    kept = {key: entry for key, entry in entries.items() if not idle(entry)}
-    if len(kept) >= MAX_BUCKETS:
-        kept = dict(sorted(kept.items(), key=lambda item: rank(item[1]))[MAX_BUCKETS // 2 :])
-    return kept
-
-
 @dataclass
-class _Bucket:
-    tokens: float
-    at: float
+class Budget:
+    """``rate`` units per second per key, in bursts of up to ``burst``; ``rate`` 0: no limit.
+
+    A token bucket kept as the generic cell rate algorithm: per key, the moment its bucket is
+    full again (one float), so the wait for ``n`` units is exact, not rounded to a refill step.
+    """
+
+    rate: float
+    burst: float
+    clock: Callable[[], float] = time.monotonic
+    _full_at: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def per_minute(cls, n: int, clock: Callable[[], float] = time.monotonic) -> Budget:
+        """``n`` units in any minute, one back every ``60 / n`` seconds."""
+        return cls(n / 60, n, clock)
+
+    def wait(self, key: str, n: float = 1) -> float:
+        """Seconds until ``key`` may spend ``n`` units; 0 if it may now."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        full_at = max(self._full_at.get(key, now), now)
+        return max(0.0, full_at + (n - self.burst) / self.rate - now)
+
+    def spend(self, key: str, n: float = 1) -> None:
+        """Take ``n`` units from ``key`` (whether it may is ``wait``'s say)."""
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        if key not in self._full_at and len(self._full_at) >= MAX_BUCKETS:
+            self._make_room(now)
+        self._full_at[key] = max(self._full_at.get(key, now), now) + n / self.rate
+
+    def refund(self, key: str, n: float = 1) -> None:
+        """Give back ``n`` units spent (a bucket already full again stays so)."""
+        if key in self._full_at:
+            self._full_at[key] -= n / self.rate
+
+    def _make_room(self, now: float) -> None:
+        """Forget full buckets (as good as new ones); if too many keys are in debt even so,
+        keep the half deepest in debt: the keys pressing hardest stay limited."""
+        kept = {key: at for key, at in self._full_at.items() if at > now}
+        if len(kept) >= MAX_BUCKETS:
+            kept = dict(sorted(kept.items(), key=lambda item: item[1])[MAX_BUCKETS // 2 :])
+        self._full_at = kept
+
+
+def _admit(
+    detail: str, spends: list[tuple[Budget, str]], n: float, error: str | None = None
+) -> None:
+    """Spend ``n`` from every ``(budget, key)``, or from none and raise ``TooManyRequests``
+    with the seconds until all of them allow it."""
+    wait = max(budget.wait(key, n) for budget, key in spends)
+    if wait > 0:
+        raise TooManyRequests(detail, max(1, math.ceil(wait)), error)
+    for budget, key in spends:
+        budget.spend(key, n)
 
 
 @dataclass
 class SubmitLimiter:
-    """``rate`` jobs per second per client, with bursts of up to ``burst`` jobs."""
+    """Jobs submitted per client and per tenant (a tenant may have many clients)."""
 
-    rate: float
-    burst: int
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    per_client: Budget
+    per_tenant: Budget
 
-    def take(self, client: str, jobs: int) -> None:
-        """Admit ``jobs`` jobs from ``client``, or raise ``TooManyRequests`` with the wait."""
-        if self.rate <= 0:
-            return
-        now = self.clock()
-        bucket = self._buckets.get(client)
-        if bucket is None:
-            if len(self._buckets) >= MAX_BUCKETS:
-                # Full buckets are forgotten; if too many clients are active even so, the
-                # least recently seen half.
-                refill = self.burst / self.rate
-                self._buckets = _make_room(
-                    self._buckets, lambda b: now - b.at >= refill, lambda b: b.at
-                )
-            bucket = self._buckets[client] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
-        bucket.at = now
-        if bucket.tokens < jobs:
-            wait = math.ceil((jobs - bucket.tokens) / self.rate)
-            raise TooManyRequests(
-                f"submit rate limit: {self.rate:g} jobs/s, bursts of {self.burst}", max(1, wait)
-            )
-        bucket.tokens -= jobs
+    def take(self, client: str, tenant: str, jobs: int) -> None:
+        """Admit ``jobs`` jobs, or raise ``TooManyRequests`` with the wait; a refusal costs
+        nothing."""
+        _admit(
+            "submit rate limit: "
+            f"{self.per_client.rate:g} jobs/s per client (bursts of {self.per_client.burst:g}), "
+            f"{self.per_tenant.rate:g} per tenant (bursts of {self.per_tenant.burst:g})",
+            [(self.per_client, client), (self.per_tenant, tenant)],
+            jobs,
+        )
 
 
 @dataclass
 class WaiterCap:
-    """At most ``limit`` long-polls open at once in this process, ``per_client`` per client,
-    so one client cannot hold every slot."""
+    """At most ``limit`` long-polls open at once in this process, ``per_tenant`` per tenant
+    and ``per_client`` per client, so no tenant, nor one client, can hold every slot."""
 
     limit: int
+    per_tenant: int
     per_client: int
     active: int = 0
-    _by_client: Counter[str] = field(default_factory=Counter)
+    _held: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @contextmanager
-    def slot(self, client: str) -> Iterator[None]:
+    def slot(self, client: str, tenant: str) -> Iterator[None]:
+        owners = [("tenant", tenant, self.per_tenant), ("client", client, self.per_client)]
         if self.active >= self.limit:
             raise TooManyRequests(f"too many long-polls open (limit {self.limit})", 1)
-        if self._by_client[client] >= self.per_client:
-            raise TooManyRequests(
-                f"too many long-polls open for this client ({self.per_client})", 1
-            )
+        for kind, owner, cap in owners:
+            if self._held[kind, owner] >= cap:
+                raise TooManyRequests(f"too many long-polls open for this {kind} ({cap})", 1)
         self.active += 1
-        self._by_client[client] += 1
+        self._held.update((kind, owner) for kind, owner, _ in owners)
         try:
             yield
         finally:
             self.active -= 1
-            self._by_client[client] -= 1
-            if not self._by_client[client]:
-                del self._by_client[client]
-
-
-@dataclass
-class FailureBudget:
-    """At most ``per_minute`` failures per key in any minute, the budget refilling evenly
-    (one failure every ``60 / per_minute`` seconds); 0: no limit.
-
-    Kept per key as the moment the budget is whole again (the generic cell rate algorithm):
-    one float, and the wait is exact, with no rounding of a refill rate.
-    """
-
-    per_minute: int
-    clock: Callable[[], float] = time.monotonic
-    _whole_at: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def _interval(self) -> float:
-        return FAILURE_WINDOW_SECONDS / self.per_minute
-
-    def wait(self, key: str) -> float:
-        """Seconds until ``key`` may fail once more; 0 if it may now."""
-        whole_at = self._whole_at.get(key)
-        if self.per_minute <= 0 or whole_at is None:
-            return 0.0
-        return max(0.0, whole_at + self._interval - FAILURE_WINDOW_SECONDS - self.clock())
-
-    def spend(self, key: str) -> None:
-        """Count one failure of ``key`` (whether its budget allows one is ``wait``'s say)."""
-        if self.per_minute <= 0:
-            return
-        now = self.clock()
-        if key not in self._whole_at and len(self._whole_at) >= MAX_BUCKETS:
-            # Whole budgets are forgotten; if too many keys are in debt even so, those nearest
-            # to whole: the keys being guessed at hardest stay throttled.
-            self._whole_at = _make_room(self._whole_at, lambda at: at <= now, lambda at: at)
-        self._whole_at[key] = max(self._whole_at.get(key, now), now) + self._interval
-
-    def refund(self, key: str) -> None:
-        """Give back one ``spend``: a budget already whole again stays so."""
-        if key in self._whole_at:
-            self._whole_at[key] -= self._interval
+            self._held.subtract((kind, owner) for kind, owner, _ in owners)
+            for kind, owner, _ in owners:
+                if not self._held[kind, owner]:
+                    del self._held[kind, owner]
 
 
 @dataclass
@@ -164,21 +151,18 @@ class TokenThrottle:
     gives that back: concurrent guesses cannot all pass the check before one is counted.
     """
 
-    per_client: FailureBudget
-    per_address: FailureBudget
+    per_client: Budget
+    per_address: Budget
 
     def attempt(self, client: str, address: str) -> None:
         """Count an attempt of ``client`` from ``address``, or raise ``TooManyRequests`` with
         the seconds until either may try again (a refused attempt costs nothing)."""
-        wait = max(self.per_client.wait(client), self.per_address.wait(address))
-        if wait > 0:
-            raise TooManyRequests(
-                "too many failed attempts for this client or from this address",
-                math.ceil(wait),
-                error="slow_down",
-            )
-        self.per_client.spend(client)
-        self.per_address.spend(address)
+        _admit(
+            "too many failed attempts for this client or from this address",
+            [(self.per_client, client), (self.per_address, address)],
+            1,
+            error="slow_down",
+        )
 
     def refund(self, client: str, address: str) -> None:
         """The attempt did not fail (the credentials were right, or the database failed): it

@@ -73,8 +73,9 @@ class JobqStack:
                 "JOBQ_API_PORT": str(self.port),
                 "JOBQ_WORKER_CONCURRENCY": str(config.concurrency),
                 "JOBQ_SHUTDOWN_GRACE_SECONDS": "5",
-                # the bench measures capacity, so the per-client submit limit is off
+                # the bench measures capacity, so the submit limits are off
                 "JOBQ_SUBMIT_RATE_PER_SECOND": "0",
+                "JOBQ_SUBMIT_RATE_PER_TENANT": "0",
             }
         )
         self.procs: list[Proc] = []

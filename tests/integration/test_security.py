@@ -367,6 +367,59 @@ async def test_long_polls_return_at_terminal_or_timeout_and_are_capped(
         assert too_long.status_code == 422
 
 
+async def test_the_clients_of_one_tenant_cannot_hold_every_long_poll(
+    settings: Settings, bearer: Bearer
+) -> None:
+    capped = replace(settings, max_waiters=4, max_waiters_per_tenant=3, max_waiters_per_client=2)
+    async with listening(capped) as api:
+        clients = [await bearer("acme") for _ in range(4)]
+        job = (
+            await api.post(
+                "/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=clients[0]
+            )
+        ).json()
+        wait = f"/v1/jobs/{job['id']}/wait"
+        held = [
+            asyncio.create_task(api.get(wait, params={"timeout": 3}, headers=h))
+            for h in clients[:3]
+        ]
+        await asyncio.sleep(0.3)
+        refused = await api.get(wait, params={"timeout": 0}, headers=clients[3])
+        assert refused.status_code == 429
+        assert "this tenant" in refused.json()["detail"]
+        other = await bearer("globex")
+        theirs = (
+            await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=other)
+        ).json()
+        r = await api.get(f"/v1/jobs/{theirs['id']}/wait", params={"timeout": 0}, headers=other)
+        assert r.status_code == 200
+        await asyncio.gather(*held)
+
+
+async def test_the_clients_of_one_tenant_share_its_submit_budget(
+    settings: Settings, bearer: Bearer, store: JobStore
+) -> None:
+    limited = replace(
+        settings,
+        submit_rate_per_second=1.0,
+        submit_burst=5,
+        submit_rate_per_tenant=1.0,
+        submit_burst_per_tenant=8,
+        max_batch_jobs=5,
+    )
+    async with served(limited) as api:
+        first, second, other = await bearer("acme"), await bearer("acme"), await bearer("globex")
+        assert (
+            await api.post("/v1/jobs/batch", json={"jobs": [{"type": "noop"}] * 5}, headers=first)
+        ).status_code == 202
+        batch = {"jobs": [{"type": "noop"}] * 4}
+        r = await api.post("/v1/jobs/batch", json=batch, headers=second)
+        assert r.status_code == 429, "the tenant has 3 jobs of its burst left"
+        assert int(r.headers["retry-after"]) == 1
+        assert (await api.post("/v1/jobs/batch", json=batch, headers=other)).status_code == 202
+    assert len(await store.list("acme", limit=50)) == 5
+
+
 async def test_a_client_may_not_hold_every_long_poll_and_hanging_up_frees_its_slots(
     settings: Settings, bearer: Bearer
 ) -> None:

@@ -64,7 +64,7 @@ async def submit_job(
     the original job."""
     tp = traceparent_of(trace.get_current_span())
     job = new_job(data, request.user, settings, idempotency_key, tp)
-    limiter.take(request.user.client_id, 1)
+    limiter.take(request.user.client_id, request.user.tenant, 1)
     [(stored, created)] = await submit(store, dispatcher, [job])
     return _job_response(stored, 202 if created else 200)
 
@@ -94,7 +94,7 @@ async def submit_batch(
         raise ValidationException(detail="idempotency_key repeats within the batch")
     tp = traceparent_of(trace.get_current_span())
     jobs = [new_job(j, request.user, settings, j.idempotency_key, tp) for j in data.jobs]
-    limiter.take(request.user.client_id, len(jobs))
+    limiter.take(request.user.client_id, request.user.tenant, len(jobs))
     results = await submit(store, dispatcher, jobs)
     return BatchOut(items=[JobOut.of(job) for job, _ in results])
 
@@ -134,11 +134,12 @@ async def wait_job(
 ) -> JobOut:
     """Long-poll: the job once it is terminal, or as it is after ``timeout`` seconds.
 
-    Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open, and
-    ``JOBQ_MAX_WAITERS_PER_CLIENT`` per client; beyond that, ``429``. A poll whose client
+    Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open,
+    ``JOBQ_MAX_WAITERS_PER_TENANT`` per tenant and ``JOBQ_MAX_WAITERS_PER_CLIENT`` per client;
+    beyond that, ``429``. A poll whose client
     hangs up ends at once, freeing its slot.
     """
-    with waiters.slot(request.user.client_id):
+    with waiters.slot(request.user.client_id, request.user.tenant):
         gone = asyncio.ensure_future(_disconnect(request))
         try:
             deadline = time.monotonic() + wait
