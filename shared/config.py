@@ -81,6 +81,9 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     max_batch_jobs: int = 1000
     max_list_limit: int = 500
+    #: A list page ends early (with a cursor) once its jobs' JSON passes this; one job per
+    #: page at least.
+    max_page_bytes: int = 4 * 1024 * 1024
     #: Jobs per second one client may submit, per API process (a token bucket; 0: no limit).
     submit_rate_per_second: float = 500.0
     #: Jobs one client may submit at once beyond the rate; at least ``max_batch_jobs``.
@@ -178,6 +181,7 @@ class Settings:
             "JOBQ_MAX_BATCH_JOBS": self.max_batch_jobs,
             "JOBQ_MAX_PAYLOAD_BYTES": self.max_payload_bytes,
             "JOBQ_MAX_REQUEST_BYTES": self.max_request_bytes,
+            "JOBQ_MAX_PAGE_BYTES": self.max_page_bytes,
             "JOBQ_MAX_WAITERS": self.max_waiters,
             "JOBQ_MAX_WAITERS_PER_TENANT": self.max_waiters_per_tenant,
             "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,

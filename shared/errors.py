@@ -48,3 +48,11 @@ class UndeclaredQueue(JobqError):
 
 class QueueInUse(JobqError):
     """A queue still has unfinished jobs or consumers, so it cannot be deleted."""
+
+
+class IdempotencyKeyReused(JobqError):
+    """An idempotency key already named a job made by a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("this Idempotency-Key was used with a different request")
+        self.key = key

@@ -24,7 +24,7 @@ from services.api.tokens import Principal, issue
 from shared.config import Settings
 from shared.credentials import credential_digest
 from shared.db.engine import make_engine
-from shared.db.store import ClientStore, JobStore
+from shared.db.store import ClientStore, JobRow, JobStore
 from shared.messaging import Broker
 from tests.services import (
     broker_server,
@@ -148,6 +148,12 @@ async def client_bearer(
         str(client.id), tenant, frozenset(scopes), credential=credential_digest(client.secret_hash)
     )
     return {"Authorization": f"Bearer {issue(token_config(settings), principal)}"}
+
+
+async def jobs_of(store: JobStore, tenant: str) -> list[JobRow]:
+    """The tenant's newest jobs (a page of 500 at most)."""
+    page, _ = await store.list(tenant, limit=500, max_bytes=2**40)
+    return page
 
 
 class Bearer(Protocol):

@@ -11,7 +11,12 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from services.api.limits import TooManyRequests
 from shared.db.errors import is_transient
-from shared.errors import DependencyUnavailable, QueueInUse, UndeclaredQueue
+from shared.errors import (
+    DependencyUnavailable,
+    IdempotencyKeyReused,
+    QueueInUse,
+    UndeclaredQueue,
+)
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -55,6 +60,16 @@ def _undeclared(request: Request[Any, Any, Any], exc: UndeclaredQueue) -> Respon
     return problem(422, why, errors=[{"message": why, "key": "queue", "source": "body"}])
 
 
+def _key_reused(
+    request: Request[Any, Any, Any], exc: IdempotencyKeyReused
+) -> Response[dict[str, Any]]:
+    return problem(
+        422,
+        f"{exc}: use a new key for a new request",
+        errors=[{"message": str(exc), "key": "Idempotency-Key", "source": "header"}],
+    )
+
+
 def _in_use(request: Request[Any, Any, Any], exc: QueueInUse) -> Response[dict[str, Any]]:
     return problem(409, str(exc))
 
@@ -79,5 +94,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     TooManyRequests: _too_many,
     UndeclaredQueue: _undeclared,
     QueueInUse: _in_use,
+    IdempotencyKeyReused: _key_reused,
     Exception: _unexpected,
 }

@@ -9,9 +9,11 @@ the job again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
 from litestar.exceptions import HTTPException, ValidationException
 
 from services.api.schemas import JobIn, encoded_size
@@ -82,6 +84,17 @@ def ticket_of(job: JobRow) -> Ticket:
     return Ticket(job.id, job.type, job.attempts, job.queue, job.priority, job.traceparent)
 
 
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def request_digest(data: JobIn) -> str:
+    """What a job request asks for, whatever its key order or spacing: the digest an
+    idempotency key is stored with, so that reusing the key for another request is refused."""
+    fields = msgspec.structs.asdict(data)
+    fields.pop("idempotency_key", None)  # a batch job carries its key in the body
+    return hashlib.sha256(_canonical.encode(fields)).hexdigest()
+
+
 def new_job(
     data: JobIn,
     principal: Principal,
@@ -106,6 +119,7 @@ def new_job(
     ):
         raise ValidationException(detail="retry_backoff_max_seconds is below retry_backoff_seconds")
     return NewJob(
+        request_digest=request_digest(data) if idempotency_key else None,
         id=uuid7(),
         tenant=principal.tenant,
         type=data.type,

@@ -49,6 +49,8 @@ class Job(SQLModel, table=True):
         default=None, sa_column=sa.Column(JSONB, nullable=False, server_default="[]")
     )
     idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: What the request under ``idempotency_key`` asked for: a reuse must ask the same.
+    request_digest: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     #: Fencing token of the current claim; every write by a worker names it.
     lease_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
     lease_expires_at: datetime | None = _ts()

@@ -25,7 +25,7 @@ from shared.credentials import hash_secret, new_secret
 from shared.db.errors import UNDECLARED_QUEUE, sqlstate
 from shared.db.models import ApiClient, Job
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
-from shared.errors import UndeclaredQueue
+from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 from shared.messaging import Ticket
 
 
@@ -59,6 +59,8 @@ class NewJob:
     retry_backoff_seconds: float | None
     retry_backoff_max_seconds: float | None
     traceparent: str | None
+    #: A digest of the request, kept with an idempotency key to recognise its reuse.
+    request_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,11 @@ class JobStore:
 
     async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRow, bool]]:
         """Insert jobs in one statement; returns each job with ``True`` if it was created,
-        ``False`` if its idempotency key already named a job (which is returned instead)."""
+        ``False`` if its idempotency key already named a job (which is returned instead).
+
+        Raises ``UndeclaredQueue``, or ``IdempotencyKeyReused`` if a key names a job another
+        request made; either way no job of the call is inserted.
+        """
         cols = list(
             zip(
                 *(
@@ -140,6 +146,7 @@ class JobStore:
                         j.retry_backoff_seconds,
                         j.retry_backoff_max_seconds,
                         j.traceparent,
+                        j.request_digest,
                     )
                     for j in jobs
                 ),
@@ -154,23 +161,25 @@ class JobStore:
                        WHERE name = ANY(CAST(:queues AS text[])) FOR KEY SHARE)
             INSERT INTO jobs (id, tenant, type, queue, payload, priority, status, max_attempts,
                 timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
-                retry_backoff_max_seconds, traceparent, dispatched_at)
+                retry_backoff_max_seconds, traceparent, request_digest, dispatched_at)
             SELECT v.id, v.tenant, v.type,
                 CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
                 v.payload::jsonb, v.priority,
                 CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
                 coalesce(v.max_attempts, q.max_attempts),
                 coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp,
+                v.digest,
                 CASE WHEN at > now() THEN NULL ELSE now() END
             FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS text[]), CAST(:types AS text[]),
                         CAST(:queues AS text[]), CAST(:payloads AS text[]),
                         CAST(:priorities AS smallint[]), CAST(:max_attempts AS int[]),
                         CAST(:timeouts AS int[]), CAST(:delays AS float8[]),
                         CAST(:run_ats AS timestamptz[]), CAST(:idems AS text[]),
-                        CAST(:rbs AS float8[]), CAST(:rbms AS float8[]), CAST(:tps AS text[]))
+                        CAST(:rbs AS float8[]), CAST(:rbms AS float8[]), CAST(:tps AS text[]),
+                        CAST(:digests AS text[]))
                 WITH ORDINALITY
                 AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-                     delay, run_at, idem, rb, rbm, tp, n)
+                     delay, run_at, idem, rb, rbm, tp, digest, n)
             LEFT JOIN q ON q.name = v.queue,
             LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
             -- In the order given: of two jobs with one idempotency key, the first is inserted.
@@ -193,8 +202,12 @@ class JobStore:
             "rbs",
             "rbms",
             "tps",
+            "digests",
         ]
-        async with self._autocommit.connect() as conn:
+        # A batch with idempotency keys runs in a transaction: a key reused with another
+        # request refuses it whole. A single job needs none: its one row conflicted.
+        atomic = len(jobs) > 1 and any(j.idempotency_key for j in jobs)
+        async with self.engine.begin() if atomic else self._autocommit.connect() as conn:
             try:
                 result = await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))
             except sa.exc.DBAPIError as exc:
@@ -202,8 +215,7 @@ class JobStore:
                     cause = exc.orig.__cause__ if exc.orig else None
                     raise UndeclaredQueue(getattr(cause, "detail", "")) from None
                 raise
-            rows = result.all()
-            created = {row.id: row for row in rows}
+            created = {row.id: row for row in result.all()}
             missing = [j for j in jobs if j.id not in created]
             existing: dict[tuple[str, str | None], JobRow] = {}
             if missing:
@@ -215,12 +227,15 @@ class JobStore:
                     )
                 )
                 existing = {(j.tenant, j.idempotency_key): j for j in found}
-        out: list[tuple[JobRow, bool]] = []
-        for j in jobs:
-            if j.id in created:
-                out.append((created[j.id], True))
-            else:
-                out.append((existing[(j.tenant, j.idempotency_key)], False))
+            out: list[tuple[JobRow, bool]] = []
+            for j in jobs:
+                if j.id in created:
+                    out.append((created[j.id], True))
+                    continue
+                original = existing[(j.tenant, j.idempotency_key)]
+                if original.request_digest not in (None, j.request_digest):
+                    raise IdempotencyKeyReused(j.idempotency_key or "")
+                out.append((original, False))
         return out
 
     async def mark_published(self, tickets: Sequence[Ticket]) -> None:
@@ -558,14 +573,21 @@ class JobStore:
         tenant: str,
         *,
         limit: int,
+        max_bytes: int,
         before: uuid.UUID | None = None,
         status: JobStatus | None = None,
         type: str | None = None,
         queue: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
-    ) -> list[JobRow]:
-        """Newest first, keyset-paginated on the time-ordered id."""
+    ) -> tuple[list[JobRow], bool]:
+        """Newest first, keyset-paginated on the time-ordered id; returns the page and whether
+        more may follow.
+
+        A page holds at most ``limit`` jobs and, beyond its first job, at most ``max_bytes``
+        of their JSON (payload, result, errors): 500 jobs with 256 KiB payloads would be a
+        page of 128 MiB. The database sizes the candidates and sends only the jobs kept.
+        """
         q = select(Job).where(col(Job.tenant) == tenant)
         for column, value in ((Job.status, status), (Job.type, type), (Job.queue, queue)):
             if value is not None:
@@ -576,9 +598,26 @@ class JobStore:
             q = q.where(col(Job.created_at) < created_before)
         if before is not None:
             q = q.where(col(Job.id) < before)
-        q = q.order_by(col(Job.id).desc()).limit(limit)
+        candidates = q.order_by(col(Job.id).desc()).limit(limit).subquery()
+        payload, *rest = (
+            sa.func.coalesce(sa.func.octet_length(sa.cast(candidates.c[name], sa.Text)), 0)
+            for name in ("payload", "result", "errors", "last_error")
+        )
+        size = sum(rest, start=payload)
+        sized = sa.select(
+            candidates,
+            (sa.func.sum(size).over(order_by=candidates.c.id.desc()) - size).label("before"),
+            sa.func.count().over().label("candidates"),
+        ).subquery()
+        page = (
+            sa.select(*(sized.c[c.name] for c in candidates.c), sized.c.candidates)
+            .where(sized.c.before < sa.literal(max_bytes, sa.BigInteger))
+            .order_by(sized.c.id.desc())
+        )
         async with self._autocommit.connect() as conn:
-            return list(await conn.execute(q))
+            rows: list[JobRow] = list(await conn.execute(page))
+        more = bool(rows) and (len(rows) == limit or len(rows) < int(rows[0].candidates))
+        return rows, more
 
     async def cancel(
         self, tenant: str, job_id: uuid.UUID

@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from shared.db.store import JobStore
-from tests.conftest import Bearer
+from tests.conftest import Bearer, jobs_of
 from tests.integration.conftest import StartWorker, ticking, wait_for
 
 Client = AsyncTestClient[Litestar]
@@ -91,7 +93,50 @@ async def test_the_same_idempotency_key_returns_the_original_job(
     )
     assert (first.status_code, again.status_code, other_tenant.status_code) == (202, 200, 202)
     assert first.json()["id"] == again.json()["id"] != other_tenant.json()["id"]
-    assert len(await store.list("acme", limit=10)) == 1
+    assert len(await jobs_of(store, "acme")) == 1
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_422_and_writes_nothing(
+    bearer: Bearer, api: Client, store: JobStore, engine: AsyncEngine
+) -> None:
+    h = {**await bearer(), "Idempotency-Key": "order-7", "Content-Type": "application/json"}
+    body = b'{"type": "echo", "payload": {"to": "a@example.com", "n": 1}, "priority": 3}'
+    first = await api.post("/v1/jobs", content=body, headers=h)
+    assert first.status_code == 202
+    # The same request spelled differently (key order, spacing, a default made explicit).
+    same = b'{"priority":3,"queue":"default","payload":{"n":1,"to":"a@example.com"},"type":"echo"}'
+    again = await api.post("/v1/jobs", content=same, headers=h)
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+    for other in (
+        b'{"type": "echo", "payload": {"to": "b@example.com", "n": 1}, "priority": 3}',
+        b'{"type": "echo", "payload": {"to": "a@example.com", "n": 1}, "priority": 4}',
+        b'{"type": "noop"}',
+    ):
+        r = await api.post("/v1/jobs", content=other, headers=h)
+        assert r.status_code == 422, r.text
+        assert "Idempotency-Key was used with a different request" in r.json()["detail"]
+    batch: dict[str, list[dict[str, Any]]] = {
+        "jobs": [
+            {"type": "noop"},
+            {"type": "echo", "payload": {"to": "a@example.com", "n": 1}, "priority": 3,
+             "idempotency_key": "order-7"},
+            {"type": "noop", "idempotency_key": "order-8"},
+        ]
+    }  # fmt: skip
+    replay = await api.post("/v1/jobs/batch", json=batch, headers=h)
+    assert replay.status_code == 202
+    assert replay.json()["items"][1]["id"] == first.json()["id"]
+    assert len(await jobs_of(store, "acme")) == 3
+    batch["jobs"][2]["payload"] = "changed"
+    batch["jobs"].append({"type": "noop"})
+    spoiled = await api.post("/v1/jobs/batch", json=batch, headers=h)
+    assert spoiled.status_code == 422, "order-8 named another request: the batch is refused whole"
+    assert len(await jobs_of(store, "acme")) == 3
+    # Jobs made before digests were kept answer a reused key as before.
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE jobs SET request_digest = NULL"))
+    legacy = await api.post("/v1/jobs", json={"type": "noop"}, headers=h)
+    assert (legacy.status_code, legacy.json()["id"]) == (200, first.json()["id"])
 
 
 async def test_a_delayed_job_does_not_run_before_its_time(
@@ -221,7 +266,7 @@ async def test_bad_bodies_get_a_clear_4xx_and_write_nothing(
     assert r.headers["content-type"].startswith("application/problem+json")
     if field:
         assert field in json.dumps(r.json())
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 async def test_an_oversized_payload_is_413(
@@ -234,7 +279,7 @@ async def test_an_oversized_payload_is_413(
     huge = b'{"type": "noop", "payload": "' + b"y" * settings.max_request_bytes + b'"}'
     r = await api.post("/v1/jobs", content=huge, headers={**h, "Content-Type": "application/json"})
     assert r.status_code == 413
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 async def test_a_batch_is_one_transaction(
@@ -249,7 +294,7 @@ async def test_a_batch_is_one_transaction(
     assert (await api.post("/v1/jobs/batch", json={"jobs": bad}, headers=h)).status_code == 422
     too_many = [{"type": "noop"}] * (settings.max_batch_jobs + 1)
     assert (await api.post("/v1/jobs/batch", json={"jobs": too_many}, headers=h)).status_code == 422
-    assert len(await store.list("acme", limit=10)) == 3
+    assert len(await jobs_of(store, "acme")) == 3
 
 
 async def test_listing_filters_and_pages_with_a_cursor(

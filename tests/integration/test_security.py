@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from shared.config import Settings
 from shared.db.store import JobStore
-from tests.conftest import Bearer
+from tests.conftest import Bearer, jobs_of
 from tests.forge import b64, hand_signed, pem
 from tests.integration.conftest import listening
 
@@ -334,7 +334,7 @@ async def test_submits_beyond_the_rate_limit_are_429_with_retry_after_and_write_
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) >= 3
         assert (await api.post("/v1/jobs", json={"type": "noop"}, headers=other)).status_code == 202
-    assert len(await store.list("acme", limit=50)) == 5
+    assert len(await jobs_of(store, "acme")) == 5
 
 
 async def test_long_polls_return_at_terminal_or_timeout_and_are_capped(
@@ -417,7 +417,7 @@ async def test_the_clients_of_one_tenant_share_its_submit_budget(
         assert r.status_code == 429, "the tenant has 3 jobs of its burst left"
         assert int(r.headers["retry-after"]) == 1
         assert (await api.post("/v1/jobs/batch", json=batch, headers=other)).status_code == 202
-    assert len(await store.list("acme", limit=50)) == 5
+    assert len(await jobs_of(store, "acme")) == 5
 
 
 async def test_a_client_may_not_hold_every_long_poll_and_hanging_up_frees_its_slots(
@@ -461,6 +461,36 @@ async def test_a_bad_query_is_422_and_its_query_string_is_not_echoed(
         assert r.status_code == 422, bad
 
 
+async def test_a_list_page_is_bounded_in_bytes_and_its_cursor_reaches_every_job(
+    settings: Settings, bearer: Bearer
+) -> None:
+    budget = 1024 * 1024
+    async with served(replace(settings, max_page_bytes=budget)) as api:
+        h = await bearer()
+        big = {"type": "noop", "payload": "x" * 250_000, "delay_seconds": 60}
+        batch = await api.post("/v1/jobs/batch", json={"jobs": [big] * 10}, headers=h)
+        assert batch.status_code == 202
+        seen: list[str] = []
+        sizes, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+            r = await api.get("/v1/jobs", params=params, headers=h)
+            assert r.status_code == 200
+            sizes.append((len(r.json()["items"]), len(r.content)))
+            seen += [job["id"] for job in r.json()["items"]]
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(job["id"] for job in batch.json()["items"])
+        assert len(set(seen)) == 10
+        assert [n for n, _ in sizes] == [5, 5]  # the 6th job would start past 1 MiB
+        assert all(size < budget + 300_000 for _, size in sizes)
+    async with served(replace(settings, max_page_bytes=1000)) as api:
+        one = await api.get("/v1/jobs", params={"limit": 500}, headers=h)
+        assert len(one.json()["items"]) == 1, "a job larger than the budget has a page of its own"
+        assert one.json()["next_cursor"]
+
+
 async def test_a_list_limit_beyond_the_maximum_is_422(settings: Settings, bearer: Bearer) -> None:
     async with served(replace(settings, max_list_limit=20)) as api:
         h = await bearer()
@@ -499,7 +529,7 @@ async def test_hostile_bodies_are_4xx_and_write_nothing(
     assert r.headers["content-type"].startswith("application/problem+json")
     batch = await api.post("/v1/jobs/batch", content=b'{"jobs": [' + body + b"]}", headers=h)
     assert 400 <= batch.status_code < 500, (name, batch.status_code)
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 @pytest.mark.parametrize(
@@ -520,7 +550,7 @@ async def test_a_body_that_is_not_declared_json_is_415_and_writes_nothing(
         r = await api.post(path, content=text, headers=headers)
         assert r.status_code == 415, (media, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
     assert len((await api.get("/v1/admin/clients", headers=h)).json()["items"]) == 1
     ok = {**h, "Content-Type": "application/json; charset=utf-8"}
     assert (await api.post(path, content=text, headers=ok)).status_code in (201, 202)
@@ -543,7 +573,7 @@ async def test_duplicate_keys_anywhere_are_400_and_write_nothing(
     assert "duplicate key" in r.json()["detail"]
     batch = await api.post("/v1/jobs/batch", content=b'{"jobs": [' + body + b"]}", headers=h)
     assert batch.status_code == 400
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 @pytest.mark.parametrize(
@@ -570,7 +600,7 @@ async def test_a_value_of_the_wrong_json_type_is_422_naming_the_field(
     )
     assert batch.status_code == 422
     assert [e["key"] for e in batch.json()["errors"]] == [f"jobs[0].{field}"]
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 async def test_oversized_batches_are_refused_whole(
@@ -582,7 +612,7 @@ async def test_oversized_batches_are_refused_whole(
     assert (await api.post("/v1/jobs/batch", json=heavy, headers=h)).status_code == 413
     too_many = {"jobs": [{"type": "noop"}] * (settings.max_batch_jobs + 1)}
     assert (await api.post("/v1/jobs/batch", json=too_many, headers=h)).status_code == 422
-    assert await store.list("acme", limit=1) == []
+    assert await jobs_of(store, "acme") == []
 
 
 # -- secrets hygiene ----------------------------------------------------------------------

@@ -185,12 +185,16 @@ async def list_jobs(
     created_after: Annotated[str | None, QueryParameter(format="date-time")] = None,
     created_before: Annotated[str | None, QueryParameter(format="date-time")] = None,
 ) -> JobList:
-    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
+    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more.
+
+    A page ends early, with a cursor, once its jobs' JSON passes ``JOBQ_MAX_PAGE_BYTES``.
+    """
     if limit > settings.max_list_limit:
         raise ValidationException(detail=f"limit is at most {settings.max_list_limit}")
-    jobs = await store.list(
+    jobs, more = await store.list(
         request.user.tenant,
         limit=limit,
+        max_bytes=settings.max_page_bytes,
         before=_parse_cursor(cursor) if cursor else None,
         status=status,
         type=type,
@@ -198,7 +202,7 @@ async def list_jobs(
         created_after=parse_query("created_after", created_after),
         created_before=parse_query("created_before", created_before),
     )
-    next_cursor = _cursor(jobs[-1].id) if len(jobs) == limit else None
+    next_cursor = _cursor(jobs[-1].id) if more else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
