@@ -16,7 +16,7 @@ QueueType = Literal["quorum", "classic"]
 #: What a queue's (and a job type's) name looks like.
 NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
 QUEUE_NAME = re.compile(NAME_PATTERN)
-#: The most jobs one list page can hold (SPEC §5); ``JOBQ_MAX_LIST_LIMIT`` may lower it.
+#: The most jobs one list page can hold (docs/design.md §5); ``JOBQ_MAX_LIST_LIMIT`` may lower it.
 MAX_LIST_LIMIT = 500
 #: Asymmetric algorithms an external issuer may sign with (never HS*, never none).
 OIDC_ALGORITHMS = frozenset(

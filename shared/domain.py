@@ -30,7 +30,7 @@ TERMINAL: Final = frozenset({S.SUCCEEDED, S.DEAD, S.CANCELED})
 CANCELABLE: Final = frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_API: Final = frozenset({S.DEAD, S.CANCELED})
 
-#: status -> statuses it may move to (SPEC §2). Running -> canceled is a cancel request honoured
+#: status -> statuses it may move to (docs/design.md §2). Running -> canceled is a cancel request honoured
 #: at the next heartbeat; queued -> dead is the scheduler killing a job no worker can decode.
 LEGAL: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELED}),

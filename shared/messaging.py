@@ -1,4 +1,4 @@
-"""RabbitMQ: topology (SPEC §4), the ticket codec, and publishing with confirms.
+"""RabbitMQ: topology (docs/design.md §4), the ticket codec, and publishing with confirms.
 
 A message is a ticket saying "job X may run now"; the job itself lives in PostgreSQL. Losing
 or duplicating a ticket costs latency, never a job: the worker's claim decides, and the

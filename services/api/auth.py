@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from services.api.oidc import JwksCache
     from shared.db.store import ClientStore
 
-#: Paths served without a token (SPEC §5).
+#: Paths served without a token (docs/design.md §5.1).
 PUBLIC_PATHS = [
     "^/health$",
     "^/health/ready$",

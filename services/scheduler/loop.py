@@ -1,4 +1,4 @@
-"""One loop that keeps time for every job (SPEC §3.1, §3.4).
+"""One loop that keeps time for every job (docs/design.md §3.1, §3.4).
 
 Each tick, in batches taken with ``FOR UPDATE SKIP LOCKED`` so that any number of schedulers
 can run side by side without taking the same job twice:

@@ -2,7 +2,7 @@
 
 Deliveries wait in a priority-ordered buffer (bounded by the prefetch) until a slot is free;
 free slots are filled by one claim UPDATE for all the deliveries at hand, and each delivery is
-acked once that claim commits (SPEC §3.3). From then on the lease in PostgreSQL, renewed by one
+acked once that claim commits (docs/design.md §3.3). From then on the lease in PostgreSQL, renewed by one
 heartbeat UPDATE for all running jobs, is what recovers the job if this process dies.
 Successes are group-committed; failures are recorded one by one.
 """
@@ -107,7 +107,7 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then drain (SPEC §3.6)."""
+        """Consume until ``stop`` is set, then drain (docs/design.md §3.6)."""
         # Sync handlers run in threads: one per slot, so none waits for a thread while its
         # timeout runs.
         asyncio.get_running_loop().set_default_executor(

@@ -1,5 +1,5 @@
 """``python -m tests.bench``: jobq's end-to-end throughput and submit latency, measured against
-Celery on the same RabbitMQ in the same run (SPEC §7). A benchmark that prints a table, not a test.
+Celery on the same RabbitMQ in the same run (docs/design.md §7). A benchmark that prints a table, not a test.
 
 Modules: ``jobq_side`` (api + workers, batch and single submits), ``celery_side`` and
 ``celery_app`` (the baseline), ``report`` (the table), ``__main__`` (arguments and the

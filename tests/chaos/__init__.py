@@ -1,5 +1,5 @@
 """The fault-injection suite: real api, worker and scheduler processes against the real
-PostgreSQL and RabbitMQ, a load client, faults, and a checker of the guarantees (SPEC §3).
+PostgreSQL and RabbitMQ, a load client, faults, and a checker of the guarantees (docs/design.md §3).
 
 Modules: ``handlers`` (the job the workers run, loaded with ``JOBQ_HANDLERS``), ``cluster``
 (the processes), ``faults`` (what breaks RabbitMQ and PostgreSQL, always restored),

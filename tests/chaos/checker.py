@@ -1,4 +1,4 @@
-"""The invariants of SPEC §3, computed from the database after the system went quiet.
+"""The invariants of docs/design.md §3, computed from the database after the system went quiet.
 
 What the checker reads was written by observers the product does not control: the audit
 trigger (``tests.audit``: every status and lease change), the handler's append-only

@@ -1,5 +1,5 @@
 """Each test breaks something real while the system works, waits for it to go quiet, and
-asserts the guarantees of SPEC §3 with ``tests.chaos.checker`` (figures in the summary)."""
+asserts the guarantees of docs/design.md §3 with ``tests.chaos.checker`` (figures in the summary)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from shared.errors import IllegalTransition
 
 S = JobStatus
 
-#: SPEC §2, written out independently of ``LEGAL``.
+#: docs/design.md §2, written out independently of ``LEGAL``.
 EXPECTED_MOVES = {
     (S.SCHEDULED, S.QUEUED), (S.SCHEDULED, S.CANCELED),
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELED), (S.QUEUED, S.DEAD),
