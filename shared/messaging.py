@@ -25,7 +25,7 @@ from aio_pika.abc import (
 )
 from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
-from shared.errors import DecodeError, QueueInUse
+from shared.errors import DecodeError, DependencyUnavailable, QueueInUse
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -205,18 +205,24 @@ class Broker:
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a job queue's broker queue, tickets and all; ``QueueInUse`` while a consumer
-        is attached. (Quorum queues refuse ``if-unused``, and RabbitMQ answers that by closing
-        the connection, so the consumers are counted first; a worker attaching in between
-        loses its consumer.)"""
-        try:
-            _, consumers = await self.queue_state(queue)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return  # never declared on the broker, or already deleted
-        if consumers:
-            raise QueueInUse(f"queue {queue!r} has {consumers} consumers; stop its workers first")
+        is attached, ``DependencyUnavailable`` if RabbitMQ does not answer in time. (Quorum
+        queues refuse ``if-unused``, and RabbitMQ answers that by closing the connection, so
+        the consumers are counted first; a worker attaching in between loses its consumer.)"""
         name = self.topology.queue_name(queue)
-        self._declared.discard(name)
-        await self.channel.queue_delete(name)
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_seconds):
+                try:
+                    _, consumers = await self.queue_state(queue)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return  # never declared on the broker, or already deleted
+                if consumers:
+                    raise QueueInUse(
+                        f"queue {queue!r} has {consumers} consumers; stop its workers first"
+                    )
+                self._declared.discard(name)
+                await self.channel.queue_delete(name)
+        except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as exc:
+            raise DependencyUnavailable(f"RabbitMQ did not delete {name}: {exc!r}") from None
 
     def _message(self, ticket: Ticket) -> aio_pika.Message:
         headers: dict[str, Any] = {}

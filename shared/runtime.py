@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from shared.db.engine import make_engine
 from shared.db.errors import is_transient
+from shared.db.migrate import behind
 from shared.db.queues import QueueStore
 from shared.errors import DependencyUnavailable
 from shared.messaging import Broker
@@ -36,10 +37,12 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def check_database(engine: AsyncEngine, settings: Settings) -> None:
-    """Fail with one clear line if PostgreSQL cannot be reached or is not migrated."""
+    """Fail with one clear line if PostgreSQL cannot be reached or lacks migrations."""
     try:
         async with engine.connect() as conn:
-            migrated = await conn.scalar(sa.text("SELECT to_regclass('jobs') IS NOT NULL"))
+            revision = None
+            if await conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")):
+                revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
         if not is_transient(exc) and not isinstance(exc, sa.exc.DBAPIError):
             raise
@@ -47,8 +50,13 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
             f"PostgreSQL at {_redact(settings.database_url)} is unreachable ({type(exc).__name__}); "
             "start it (pg_ctlcluster <version> main start) or set JOBQ_DATABASE_URL"
         ) from None
-    if not migrated:
+    if revision is None:
         raise DependencyUnavailable("the jobq database has no tables yet: run `jobq migrate`")
+    if behind(revision):
+        raise DependencyUnavailable(
+            f"the jobq database is at migration {revision}, older than this jobq: run"
+            " `jobq migrate`"
+        )
 
 
 async def connect_broker(settings: Settings, name: str, tracer: Tracer | None = None) -> Broker:

@@ -81,12 +81,13 @@ async def _on_server(url: str, sql: str) -> None:
         await conn.close()
 
 
-async def create_database(server_url: str, prefix: str) -> str:
-    """A new database ``<prefix>_<random>`` on the server, migrated; returns its URL."""
+async def create_database(server_url: str, prefix: str, revision: str = "head") -> str:
+    """A new database ``<prefix>_<random>`` on the server, migrated to ``revision``; returns
+    its URL."""
     name = f"{prefix}_{secrets.token_hex(4)}"
     await _on_server(server_url, f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    await upgrade(Settings(database_url=url))
+    await upgrade(Settings(database_url=url), revision)
     return url
 
 

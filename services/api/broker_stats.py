@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import msgspec
@@ -64,7 +64,7 @@ class BrokerStats:
                 auth=(url.username or "guest", url.password or "guest"),
                 timeout=2.0,
             )
-        self._vhost = quote(urlsplit(amqp_url).path.lstrip("/") or "/", safe="")
+        self._vhost = quote(unquote(urlsplit(amqp_url).path.lstrip("/")) or "/", safe="")
         self._figures: dict[str, BrokerFigures] = {}
         self._at = -float("inf")
         self._lock = asyncio.Lock()

@@ -9,10 +9,12 @@ checked here, after applying its offset.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+import msgspec.inspect as mi
 from litestar.exceptions import ValidationException
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -48,16 +50,35 @@ def parse_query(name: str, value: str | None) -> datetime | None:
 
 
 def check_body(value: Any, where: str = "") -> None:
-    """Bound every instant in a decoded body: the fields of its structs, and of lists of
-    structs (a batch); free-form JSON (payloads) holds no instants, so it is not walked."""
-    if isinstance(value, datetime):
-        bounded(where, value)
-    elif isinstance(value, msgspec.Struct):
-        for field in value.__struct_fields__:
-            check_body(getattr(value, field), f"{where}.{field}" if where else field)
-    elif isinstance(value, list) and value and isinstance(value[0], msgspec.Struct):
-        for i, item in enumerate(value):
-            check_body(item, f"{where}[{i}]")
+    """Bound every instant of a decoded body and store it in UTC (so one instant is one value,
+    whatever offset spelled it): the instant fields of its structs, and of the structs in
+    their lists (a batch). Which fields those are is worked out once per type."""
+    if not isinstance(value, msgspec.Struct):
+        return
+    instants, nested = _fields(type(value))
+    for name in instants:
+        instant = getattr(value, name)
+        if instant is not None:
+            setattr(value, name, bounded(f"{where}{name}", instant))
+    for name in nested:
+        for i, item in enumerate(getattr(value, name) or ()):
+            check_body(item, f"{where}{name}[{i}].")
+
+
+@functools.cache
+def _fields(cls: type[msgspec.Struct]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A struct type's fields holding instants, and those holding lists of structs."""
+    instants, nested = [], []
+    for field in cast(mi.StructType, mi.type_info(cls)).fields:
+        kinds = field.type.types if isinstance(field.type, mi.UnionType) else (field.type,)
+        if any(isinstance(kind, mi.DateTimeType) for kind in kinds):
+            instants.append(field.name)
+        elif any(
+            isinstance(kind, mi.ListType) and isinstance(kind.item_type, mi.StructType)
+            for kind in kinds
+        ):
+            nested.append(field.name)
+    return tuple(instants), tuple(nested)
 
 
 def _invalid(name: str, why: str, source: str) -> ValidationException:

@@ -46,7 +46,8 @@ class Budget:
 
     @classmethod
     def per_minute(cls, n: int, clock: Callable[[], float] = time.monotonic) -> Budget:
-        """``n`` units in any minute, one back every ``60 / n`` seconds."""
+        """``n`` units at once, then one more every ``60 / n`` seconds (so a full budget and a
+        minute's refill allow ``2n - 1`` in the first minute, ``n`` a minute after that)."""
         return cls(n / 60, n, clock)
 
     def wait(self, key: str, n: float = 1) -> float:

@@ -46,6 +46,10 @@ class HttpLimits:
         )
 
 
+#: How soon a deadline that passed while uvicorn was not reading is looked at again.
+PAUSED_GRACE_SECONDS = 1.0
+
+
 class Phase(enum.Enum):
     """Where a connection is in its current request."""
 
@@ -69,7 +73,8 @@ class GuardedProtocol(HttpToolsProtocol):
     uvicorn's own keep-alive timer is replaced by the ``IDLE`` deadline, which bytes that start
     no request (blank lines, the rest of a body already answered) do not put off. A deadline that
     passes while uvicorn has stopped reading (a pipelined request waits its turn, or the app has
-    not taken the body received so far) starts again: that delay is not the client's.
+    not taken the body received so far) is looked at again a second later, until reading goes
+    on: that delay is not the client's.
     """
 
     limits: ClassVar[HttpLimits]
@@ -157,7 +162,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def _expire(self) -> None:
         self._deadline = None
         if self.flow.read_paused:
-            self._enter(self._phase)
+            # Not the client's delay: look again shortly. A fresh full deadline instead would
+            # let a client that keeps the buffer full at each deadline stretch it for ever.
+            self._deadline = self.loop.call_later(PAUSED_GRACE_SECONDS, self._expire)
         elif self._phase is Phase.IDLE:
             self._close()
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -85,6 +86,9 @@ def ticket_of(job: JobRow) -> Ticket:
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
+#: A NUL character in JSON text (PostgreSQL's jsonb cannot hold one): ``\u0000`` after an even
+#: number of backslashes, so an escaped backslash followed by ``u0000`` is not one.
+ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def request_digest(data: JobIn) -> str:
@@ -110,7 +114,7 @@ def new_job(
         raise PayloadTooLarge(
             detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
         )
-    if "\\u0000" in payload_json:
+    if ESCAPED_NUL.search(payload_json):
         raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
     if (
         data.retry_backoff_seconds

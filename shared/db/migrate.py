@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from shared.db.engine import make_engine
 
@@ -17,11 +18,21 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 
-def alembic_config(connection: Connection) -> Config:
+def alembic_config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", "shared.db:migrations")
     cfg.attributes["connection"] = connection
     return cfg
+
+
+def behind(revision: str | None) -> bool:
+    """Whether a database at ``revision`` (``None``: never migrated) lacks migrations this
+    code needs. A revision this code does not know is newer code's: not behind."""
+    script = ScriptDirectory.from_config(alembic_config())
+    if revision is None:
+        return True
+    known = {r.revision for r in script.walk_revisions()}
+    return revision in known and revision != script.get_current_head()
 
 
 async def ensure_database(settings: Settings) -> bool:

@@ -22,6 +22,8 @@ from shared.domain import TERMINAL, JobStatus
 from shared.errors import QueueInUse
 
 UNFINISHED = sorted(set(JobStatus) - TERMINAL)
+#: A refused delete counts the queue's unfinished jobs up to this many (while it holds a lock).
+MOST_COUNTED = 1000
 
 
 class QueueStore:
@@ -90,14 +92,15 @@ class QueueStore:
                 return False
             unfinished = await conn.scalar(
                 sa.text(
-                    "SELECT count(*) FROM jobs WHERE queue = :name"
-                    " AND status = ANY(CAST(:unfinished AS text[]))"
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE queue = :name"
+                    " AND status = ANY(CAST(:unfinished AS text[])) LIMIT :most) AS j"
                 ),
-                {"name": name, "unfinished": UNFINISHED},
+                {"name": name, "unfinished": UNFINISHED, "most": MOST_COUNTED},
             )
             if unfinished:
+                many = f"{unfinished}{'+' if unfinished == MOST_COUNTED else ''}"
                 raise QueueInUse(
-                    f"queue {name!r} has {unfinished} unfinished jobs; cancel them or let them"
+                    f"queue {name!r} has {many} unfinished jobs; cancel them or let them"
                     " finish first"
                 )
             await conn.execute(sa.delete(Queue).where(col(Queue.name) == name))

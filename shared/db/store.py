@@ -182,8 +182,9 @@ class JobStore:
                      delay, run_at, idem, rb, rbm, tp, digest, n)
             LEFT JOIN q ON q.name = v.queue,
             LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
-            -- In the order given: of two jobs with one idempotency key, the first is inserted.
-            ORDER BY v.n
+            -- By key, so concurrent statements take key conflicts in one order (no deadlock
+            -- between keyed batches); of two jobs with one key, the first given is inserted.
+            ORDER BY v.idem, v.n
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {JOB_COLUMNS}
         """)
@@ -584,9 +585,10 @@ class JobStore:
         """Newest first, keyset-paginated on the time-ordered id; returns the page and whether
         more may follow.
 
-        A page holds at most ``limit`` jobs and, beyond its first job, at most ``max_bytes``
-        of their JSON (payload, result, errors): 500 jobs with 256 KiB payloads would be a
-        page of 128 MiB. The database sizes the candidates and sends only the jobs kept.
+        A page holds at most ``limit`` jobs, and ends with the job that takes their JSON
+        (payload, result, errors) to ``max_bytes`` or past it: 500 jobs with 256 KiB payloads
+        would be a page of 128 MiB. The database sizes the candidates and sends only the jobs
+        kept.
         """
         q = select(Job).where(col(Job.tenant) == tenant)
         for column, value in ((Job.status, status), (Job.type, type), (Job.queue, queue)):
@@ -672,13 +674,17 @@ class JobStore:
             ).all()
             return await _get(conn, tenant, job_id), _ticket(rows[0])
 
-    async def counts_by_queue(self, tenant: str | None) -> dict[str, dict[str, int]]:
-        """``{queue: {status: count}}``, for one tenant or (admin) all."""
+    async def counts_by_queue(
+        self, tenant: str | None, queue: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """``{queue: {status: count}}``, for one tenant or (admin) all, of every queue or one."""
         q = select(col(Job.queue), col(Job.status), sa.func.count()).group_by(
             col(Job.queue), col(Job.status)
         )
         if tenant is not None:
             q = q.where(col(Job.tenant) == tenant)
+        if queue is not None:
+            q = q.where(col(Job.queue) == queue)
         out: dict[str, dict[str, int]] = {}
         async with self._autocommit.connect() as conn:
             for queue, status, n in (await conn.execute(q)).all():
@@ -729,6 +735,8 @@ class ClientStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Lookups on every request run in autocommit: one round trip, no BEGIN and ROLLBACK.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def create(self, client: ApiClient) -> ApiClient:
         async with self.engine.begin() as conn:
@@ -772,7 +780,7 @@ class ClientStore:
             col(ApiClient.expires_at),
             col(ApiClient.revoked_at),
         ).where(col(ApiClient.id) == client_id)
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             return (await conn.execute(q)).first()
 
     async def list(self) -> list[ApiClient]:
@@ -799,7 +807,7 @@ class ClientStore:
         q = sa.select(
             col(ApiClient.secret_hash), col(ApiClient.tenant), col(ApiClient.scopes)
         ).where(*_active_client(client_id))
-        async with self.engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             row = (await conn.execute(q)).first()
         return None if row is None else ClientGrant(row[0], row[1], frozenset(row[2]))
 

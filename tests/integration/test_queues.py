@@ -19,11 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from services.api.broker_stats import BrokerStats
 from shared.config import Settings
+from shared.db.engine import make_engine
+from shared.db.migrate import upgrade
 from shared.db.queues import QueueStore
 from shared.db.store import JobStore
-from shared.runtime import service_resources
+from shared.errors import DependencyUnavailable
+from shared.runtime import check_database, service_resources
 from tests.conftest import Bearer, jobs_of
 from tests.integration.conftest import StartWorker, listening
+from tests.services import create_database, drop_database
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
@@ -253,3 +257,35 @@ async def test_services_declare_the_configured_queues_at_start(
         names = set(await QueueStore(engine).missing(["alpha", "beta", "default", "gamma"]))
     assert names == {"gamma"}
     assert await broker_has(settings, "alpha")
+
+
+async def test_an_upgrade_declares_the_queues_unfinished_jobs_wait_in_and_no_others(
+    base_settings: Settings,
+) -> None:
+    url = await create_database(base_settings.database_url, "jobq_upgrade", revision="0001")
+    old = replace(base_settings, database_url=url)
+    engine = make_engine(old, "upgrade-test", pool_size=1)
+    try:
+        with pytest.raises(DependencyUnavailable, match=r"at migration 0001.*jobq migrate"):
+            await check_database(engine, old)
+        async with engine.begin() as conn:
+            for tenant, queue, status in [
+                ("a", "waiting", "queued"), ("b", "later", "scheduled"),
+                ("a", "done", "succeeded"), ("b", "default", "dead"),
+            ]:  # fmt: skip
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, tenant, type, queue, payload, priority, status,"
+                        " max_attempts, timeout_seconds) VALUES (gen_random_uuid(), :tenant,"
+                        " 'noop', :queue, 'null', 5, :status, 3, 300)"
+                    ),
+                    {"tenant": tenant, "queue": queue, "status": status},
+                )
+        await upgrade(old)
+        await check_database(engine, old)
+        declared = {q.name: q.description for q in await QueueStore(engine).all()}
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+    assert set(declared) == {"default", "waiting", "later"}
+    assert "review" in declared["waiting"]

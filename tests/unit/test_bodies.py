@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from litestar.exceptions import ClientException, ValidationException
 
 from services.api.bodies import JSON_MEDIA, decode_strict, reject_duplicate_keys
 from services.api.schemas import BatchIn, JobIn
+from services.api.submission import ESCAPED_NUL
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
@@ -112,3 +114,16 @@ def test_an_integer_is_a_valid_float() -> None:
 )
 def test_json_media_types(media: str, json_: bool) -> None:
     assert bool(JSON_MEDIA.match(media)) is json_
+
+
+@given(st.text())
+def test_a_nul_is_found_in_json_text_exactly_when_a_string_holds_one(text: str) -> None:
+    """PostgreSQL's jsonb holds no NUL; an escaped backslash before ``u0000`` is not one."""
+    encoded = msgspec.json.encode({text: [text]}).decode()
+    assert bool(ESCAPED_NUL.search(encoded)) == ("\x00" in text)
+
+
+@pytest.mark.parametrize("text", ["C:\\u0000dir", "\\\\u0000", "\\\x00", "a\x00"])
+def test_backslashes_before_u0000(text: str) -> None:
+    encoded = msgspec.json.encode(text).decode()
+    assert bool(ESCAPED_NUL.search(encoded)) == ("\x00" in text)

@@ -108,10 +108,15 @@ async def admin_list_queues(
     )
 
 
+def _no_queue(name: str) -> NotFoundException:
+    return NotFoundException(detail=f"no queue {name[:64]!r}")
+
+
 async def _declared(queue_store: QueueStore, name: str) -> Queue:
+    """The queue ``name`` names; a name no queue can have never reaches the database."""
     queue = await queue_store.get(name) if QUEUE_NAME.fullmatch(name) else None
     if queue is None:
-        raise NotFoundException(detail=f"no queue {name[:64]!r}")
+        raise _no_queue(name)
     return queue
 
 
@@ -124,7 +129,7 @@ async def get_queue(
 ) -> QueueOut:
     """One declared queue, as in the admin listing."""
     queue = await _declared(queue_store, name)
-    counts = await store.counts_by_queue(None)
+    counts = await store.counts_by_queue(None, name)
     return QueueOut.of(queue, counts.get(name, {}), (await broker_stats.figures()).get(name))
 
 
@@ -138,13 +143,14 @@ async def change_queue(
     name: FromPath[str], data: JSONBody[QueuePatch], queue_store: NamedDependency[QueueStore]
 ) -> QueueOut:
     """Change a queue's settings; jobs already accepted keep the ones they were given."""
-    await _declared(queue_store, name)
+    if not QUEUE_NAME.fullmatch(name):
+        raise _no_queue(name)
     changes = {
         k: v for k, v in ((f, getattr(data, f)) for f in data.__struct_fields__) if v is not None
     }
     changed = await queue_store.update(name, changes) if changes else await queue_store.get(name)
     if changed is None:
-        raise NotFoundException(detail=f"no queue {name!r}")
+        raise _no_queue(name)
     return QueueOut.of(changed, {}, None)
 
 
@@ -156,9 +162,10 @@ async def delete_queue(
     is unfinished, or while workers consume it. Its finished jobs stay readable."""
     if name == "default":
         raise Conflict(detail="the default queue cannot be deleted")
-    await _declared(queue_store, name)
-    if not await queue_store.delete(name, lambda: broker.delete_queue(name)):
-        raise NotFoundException(detail=f"no queue {name!r}")
+    if not QUEUE_NAME.fullmatch(name) or not await queue_store.delete(
+        name, lambda: broker.delete_queue(name)
+    ):
+        raise _no_queue(name)
 
 
 ROUTES = [list_queues, declare_queue, admin_list_queues, get_queue, change_queue, delete_queue]

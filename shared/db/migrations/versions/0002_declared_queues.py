@@ -1,7 +1,10 @@
 """Declared queues: a job may only name a queue an operator declared.
 
-Every queue jobs already name is declared, with ``default``, so an upgrade refuses nothing
-that worked before. ``jobq_undeclared_queue`` raises the error the submit statement reports
+Besides ``default``, the queues unfinished jobs name are declared, so that no job waiting in
+one is stranded by the upgrade; their description says so, for an operator to review (until
+now any client could name a queue, so these names may come from any tenant). Queues whose jobs
+are all finished are not declared: those jobs stay readable. ``jobq_undeclared_queue`` raises
+the error the submit statement reports
 (SQLSTATE ``JQ001``, the queue's name as its detail): it is called only for a job whose
 queue is missing, so the check costs nothing on the way that succeeds.
 
@@ -46,9 +49,12 @@ def upgrade() -> None:
             "timeout_seconds BETWEEN 1 AND 604800", name="queues_timeout_seconds_range"
         ),
     )
+    op.execute("INSERT INTO queues (name) VALUES ('default')")
     op.execute(
-        "INSERT INTO queues (name) SELECT 'default' UNION SELECT DISTINCT queue FROM jobs"
-        " ON CONFLICT DO NOTHING"
+        "INSERT INTO queues (name, description)"
+        " SELECT DISTINCT queue, 'declared by the upgrade to declared queues: unfinished jobs"
+        " named it; review it' FROM jobs"
+        " WHERE status IN ('scheduled', 'queued', 'running', 'retrying') AND queue <> 'default'"
     )
     op.execute("""
         CREATE FUNCTION jobq_undeclared_queue(queue text) RETURNS text LANGUAGE plpgsql AS $$
