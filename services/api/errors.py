@@ -26,6 +26,12 @@ log = logging.getLogger("jobq.api")
 PROBLEM = "application/problem+json"
 
 
+class Conflict(HTTPException):
+    """The object's state does not allow this request."""
+
+    status_code = 409
+
+
 def problem(
     status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response[dict[str, Any]]:

@@ -687,8 +687,8 @@ class JobStore:
             q = q.where(col(Job.queue) == queue)
         out: dict[str, dict[str, int]] = {}
         async with self._autocommit.connect() as conn:
-            for queue, status, n in (await conn.execute(q)).all():
-                out.setdefault(queue, {})[status] = n
+            for name, status, n in (await conn.execute(q)).all():
+                out.setdefault(name, {})[status] = n
         return out
 
     async def ping(self) -> None:

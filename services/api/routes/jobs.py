@@ -11,12 +11,13 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotFoundException, ValidationException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
+from services.api.errors import Conflict
 from services.api.instants import parse_query
 from services.api.limits import SubmitLimiter, WaiterCap
 from services.api.openapi import problems
@@ -136,8 +137,7 @@ async def wait_job(
 
     Each process holds at most ``JOBQ_MAX_WAITERS`` long-polls open,
     ``JOBQ_MAX_WAITERS_PER_TENANT`` per tenant and ``JOBQ_MAX_WAITERS_PER_CLIENT`` per client;
-    beyond that, ``429``. A poll whose client
-    hangs up ends at once, freeing its slot.
+    beyond that, ``429``. A poll whose client hangs up ends at once, freeing its slot.
     """
     with waiters.slot(request.user.client_id, request.user.tenant):
         gone = asyncio.ensure_future(_disconnect(request))
@@ -204,10 +204,6 @@ async def list_jobs(
     )
     next_cursor = _cursor(jobs[-1].id) if more else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
-
-
-class Conflict(ClientException):
-    status_code = 409
 
 
 @post(

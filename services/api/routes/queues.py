@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
@@ -18,8 +19,8 @@ from litestar.params import FromPath, JSONBody
 
 from services.api.auth import requires_scopes
 from services.api.broker_stats import BrokerStats
+from services.api.errors import Conflict
 from services.api.openapi import problems
-from services.api.routes.jobs import Conflict
 from services.api.schemas import QueueIn, QueueList, QueueOut, QueuePatch
 from services.api.tokens import Principal
 from shared.config import QUEUE_NAME
@@ -145,9 +146,7 @@ async def change_queue(
     """Change a queue's settings; jobs already accepted keep the ones they were given."""
     if not QUEUE_NAME.fullmatch(name):
         raise _no_queue(name)
-    changes = {
-        k: v for k, v in ((f, getattr(data, f)) for f in data.__struct_fields__) if v is not None
-    }
+    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
     changed = await queue_store.update(name, changes) if changes else await queue_store.get(name)
     if changed is None:
         raise _no_queue(name)
