@@ -29,6 +29,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["worker_queues"] = args.queues
     if getattr(args, "concurrency", None):
         overrides["worker_concurrency"] = args.concurrency
+    if getattr(args, "processes", None):
+        overrides["api_processes"] = args.processes
     return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
@@ -41,11 +43,14 @@ def _setup_logging(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     from services.api.keys import load_keyring
     from services.api.main import main as serve
+    from services.api.main import main_processes
 
     settings = _settings(args)
     _setup_logging(settings)
     load_keyring(settings)  # a bad key setting fails before the port is bound
-    serve(settings, args.host, args.port)
+    if settings.api_processes > 1 and not args.shared_port:
+        return main_processes(settings, settings.api_processes, args.host, args.port)
+    serve(settings, args.host, args.port, shared=args.shared_port)
     return 0
 
 
@@ -75,14 +80,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     load_keyring(settings)
     url = f"http://{settings.api_host}:{settings.api_port}"
     print(
-        f"jobq up: api on {url} (OpenAPI: {url}/schema), scheduler, {args.workers} worker(s).\n"
+        f"jobq up: api on {url} ({settings.api_processes} process(es); OpenAPI: {url}/schema),"
+        f" scheduler, {args.workers} worker(s).\n"
         f"  token:  .venv/bin/jobq token --credentials .jobq/admin.json   (written by jobq init)\n"
         f"  broker: http://127.0.0.1:15672 (RabbitMQ management, guest/guest)\n"
         f"  Ctrl-C stops everything.",
         flush=True,
     )
     worker_args = ["--queues", settings.worker_queues]
-    return up(args.workers, settings.shutdown_grace_seconds, worker_args)
+    api_args = ["--processes", str(settings.api_processes)]
+    return up(args.workers, settings.shutdown_grace_seconds, worker_args, api_args)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -334,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--processes", type=int, help="API processes on the port (JOBQ_API_PROCESSES)")
+    # One of ``--processes`` N's children: bind the port shared (SO_REUSEPORT).
+    api.add_argument("--shared-port", action="store_true", help=argparse.SUPPRESS)
     api.set_defaults(func=cmd_api)
 
     for name, func, help_ in (
@@ -346,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         if name == "up":
             sp.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+            sp.add_argument(
+                "--api-processes", dest="processes", type=int, help="(JOBQ_API_PROCESSES)"
+            )
 
     sub.add_parser("scheduler", help="run the scheduler").set_defaults(func=cmd_scheduler)
     sub.add_parser("migrate", help="create the database if missing and migrate it").set_defaults(

@@ -95,8 +95,11 @@ def service_argv(service: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "services", service, *args]
 
 
-def up(workers: int, grace_seconds: float, worker_args: list[str]) -> int:
-    children = [Child("api", service_argv("api")), Child("scheduler", service_argv("scheduler"))]
+def up(workers: int, grace_seconds: float, worker_args: list[str], api_args: list[str]) -> int:
+    children = [
+        Child("api", service_argv("api", *api_args)),
+        Child("scheduler", service_argv("scheduler")),
+    ]
     children += [
         Child(f"worker-{i + 1}", service_argv("worker", *worker_args)) for i in range(workers)
     ]

@@ -67,6 +67,9 @@ class Settings:
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: API processes sharing the port (``jobq api``, ``jobq up``); each has its own pools,
+    #: submit path and limits (docs/design.md §7 on sizing them).
+    api_processes: int = 1
     #: A connection with no request in progress is closed after this long (a response the client
     #: has not read by then is dropped). Longer than common clients' idle expiry (httpx: 5 s), so
     #: a client never sends on a connection the server is closing.
@@ -91,6 +94,14 @@ class Settings:
     #: The same for all the clients of one tenant together.
     submit_rate_per_tenant: float = 1000.0
     submit_burst_per_tenant: int = 4000
+    #: Single submits arriving while earlier ones are being written are gathered into one
+    #: INSERT and one publish (docs/design.md §7): at most this many a statement, ...
+    submit_gather_max: int = 500
+    #: ... with at most this many statements under way at once, per API process.
+    submit_statements: int = 3
+    #: Single submits waiting for a statement, per API process, beyond which a submit is
+    #: refused at once with ``503`` and ``Retry-After`` (load shedding).
+    submit_backlog: int = 1000
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once, for one
     #: tenant's clients together, and for one client.
     max_waiters: int = 200
@@ -183,6 +194,10 @@ class Settings:
             "JOBQ_MAX_REQUEST_BYTES": self.max_request_bytes,
             "JOBQ_MAX_PAGE_BYTES": self.max_page_bytes,
             "JOBQ_MAX_WAITERS": self.max_waiters,
+            "JOBQ_API_PROCESSES": self.api_processes,
+            "JOBQ_SUBMIT_GATHER_MAX": self.submit_gather_max,
+            "JOBQ_SUBMIT_STATEMENTS": self.submit_statements,
+            "JOBQ_SUBMIT_BACKLOG": self.submit_backlog,
             "JOBQ_MAX_WAITERS_PER_TENANT": self.max_waiters_per_tenant,
             "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,
             "JOBQ_HTTP_IDLE_TIMEOUT_SECONDS": self.http_idle_timeout_seconds,

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -30,7 +32,7 @@ def make_tracer_provider(service: str, env: Mapping[str, str] = os.environ) -> T
     """
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", f"jobq-{service}")})
     exporter: SpanExporter | None = None
-    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    if _otlp(env):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
@@ -41,6 +43,33 @@ def make_tracer_provider(service: str, env: Mapping[str, str] = os.environ) -> T
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def _otlp(env: Mapping[str, str]) -> bool:
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def exporting(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``make_tracer_provider`` would export spans."""
+    return _otlp(env) or env.get("OTEL_TRACES_EXPORTER") == "console"
+
+
+def job_traceparent(span: Span, header: str | None) -> str:
+    """The ``traceparent`` a new job carries: that of ``span`` (the request's, when requests
+    are traced); else a span id of its own in the trace the caller's ``traceparent`` header
+    names, or in a new trace. Every job so has a trace id, even when no span is made."""
+    own = traceparent_of(span)
+    if own is not None:
+        return own
+    caller = trace.get_current_span(context_from(header)).get_span_context()
+    trace_id = caller.trace_id if caller.is_valid else _ids.generate_trace_id()
+    flags = int(caller.trace_flags) if caller.is_valid else 0
+    return f"00-{trace_id:032x}-{_ids.generate_span_id():016x}-{flags:02x}"
+
+
+_ids = RandomIdGenerator()
 
 
 def traceparent_of(span: Span) -> str | None:

@@ -25,6 +25,7 @@ from shared.config import Settings
 from shared.credentials import credential_digest
 from shared.db.engine import make_engine
 from shared.db.store import ClientStore, JobRow, JobStore
+from shared.db.submits import SubmitStore
 from shared.messaging import Broker
 from tests.services import (
     broker_server,
@@ -126,6 +127,11 @@ async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
 @pytest.fixture
 async def store(engine: AsyncEngine, clean: None) -> JobStore:
     return JobStore(engine)
+
+
+@pytest.fixture
+async def submits(engine: AsyncEngine, clean: None) -> SubmitStore:
+    return SubmitStore(engine)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
@@ -17,8 +17,8 @@ from services.api.tokens import (
     InvalidToken,
     Principal,
     TokenConfig,
+    VerifiedTokens,
     peek,
-    verify,
     verify_external,
 )
 from shared.credentials import credential_digest
@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp
 
     from services.api.oidc import JwksCache
-    from shared.db.store import ClientStore
+    from shared.db.store import ClientGrant
+
+    #: The active client's grant for an id, ``None`` if unknown, revoked or expired
+    #: (``ClientStore.grants``, one lookup for the requests of one moment).
+    GrantLookup = Callable[[uuid.UUID], Awaitable[ClientGrant | None]]
 
 #: Paths served without a token (docs/design.md §5.1).
 PUBLIC_PATHS = [
@@ -41,7 +45,6 @@ PUBLIC_PATHS = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
 class Authenticator:
     """Turns a bearer token into a principal, or raises ``InvalidToken``.
 
@@ -50,21 +53,23 @@ class Authenticator:
     and a token naming another tenant or more scopes than its client holds is refused.
     """
 
-    tokens: TokenConfig
-    external: JwksCache | None = None
+    def __init__(self, tokens: TokenConfig, external: JwksCache | None = None) -> None:
+        self.tokens = tokens
+        self.external = external
+        self.verified = VerifiedTokens(tokens)
 
-    async def authenticate(self, token: str, clients: ClientStore) -> Principal:
+    async def authenticate(self, token: str, grants: GrantLookup) -> Principal:
         if self.external:
             issuer, kid = peek(token)
             if issuer == self.external.idp.issuer:
                 keys = await self.external.keys(kid if isinstance(kid, str) else None)
                 return verify_external(self.external.idp, keys, token, self.tokens.leeway_seconds)
-        principal = verify(self.tokens, token)
+        principal = self.verified.verify(token)
         try:
             client_id = uuid.UUID(principal.client_id)
         except ValueError:
             raise InvalidToken("unknown client") from None
-        grant = await clients.grant(client_id)
+        grant = await grants(client_id)
         if grant is None or not hmac.compare_digest(
             credential_digest(grant.secret_hash), principal.credential or ""
         ):
@@ -93,7 +98,7 @@ class BearerAuth(AbstractAuthenticationMiddleware):
             )
         try:
             principal = await self.authenticator.authenticate(
-                token.strip(), connection.app.state["clients"]
+                token.strip(), connection.app.state["grants"]
             )
         except InvalidToken:
             raise NotAuthorizedException(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -14,6 +14,7 @@ from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
 from shared.db.models import ApiClient, Queue
 from shared.db.store import JobRow
+from shared.db.submits import SubmittedJob
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
@@ -81,7 +82,7 @@ class JobOut(Struct):
     trace_id: str | None
 
     @classmethod
-    def of(cls, job: JobRow) -> JobOut:
+    def of(cls, job: JobRow | SubmittedJob) -> JobOut:
         return cls(
             id=job.id,
             type=job.type,
@@ -99,7 +100,8 @@ class JobOut(Struct):
             finished_at=job.finished_at,
             result=job.result,
             last_error=job.last_error,
-            errors=job.errors or [],
+            # JSON text (``msgspec.Raw``) of the list, from a submit
+            errors=cast("list[Any]", job.errors),
             idempotency_key=job.idempotency_key,
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,

@@ -3,7 +3,8 @@
 The row is committed first (a 2xx means the job exists); the ticket is published after, with
 confirms in flight together for a batch; confirms are recorded a little later, off the request
 path, by one UPDATE (``Dispatcher``). If the process dies in between, the scheduler publishes
-the job again.
+the job again. Single submits in flight at the same moment share one INSERT and one publish
+(``Intake``, docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from typing import TYPE_CHECKING
 import msgspec
 from litestar.exceptions import HTTPException, ValidationException
 
-from services.api.schemas import JobIn, encoded_size
-from shared.db.store import NewJob
+from services.api.schemas import BatchJobIn, JobIn, encoded_size
+from shared.coalesce import Coalescer
+from shared.db.submits import NewJob
 from shared.domain import JobStatus
 from shared.ids import uuid7
 from shared.messaging import Ticket
 
 if TYPE_CHECKING:
+    from services.api.limits import SubmitLimiter
     from services.api.tokens import Principal
     from shared.config import Settings
     from shared.db.store import JobRow, JobStore
+    from shared.db.submits import Outcome, SubmitStore, SubmittedJob
     from shared.messaging import Broker
 
 log = logging.getLogger("jobq.api")
@@ -81,7 +85,7 @@ class Dispatcher:
         await self._flush()
 
 
-def ticket_of(job: JobRow) -> Ticket:
+def ticket_of(job: JobRow | SubmittedJob) -> Ticket:
     return Ticket(job.id, job.type, job.attempts, job.queue, job.priority, job.traceparent)
 
 
@@ -141,12 +145,76 @@ def new_job(
     )
 
 
-async def submit(
-    store: JobStore, dispatcher: Dispatcher, jobs: list[NewJob]
-) -> list[tuple[JobRow, bool]]:
-    """Insert in one transaction, then publish the new jobs that are due now."""
-    results = await store.insert(jobs)
-    await dispatcher.dispatch(
-        [ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED]
-    )
-    return results
+class Intake:
+    """The submit path: checks, rate limits, the INSERT, the publish.
+
+    A batch request's jobs go in one INSERT. Single requests made at the same moment are
+    gathered into one INSERT too, each job standing alone (one request's bad queue or reused
+    key refuses that request only). Tickets of new due jobs are published before the answers
+    go out. Past ``JOBQ_SUBMIT_BACKLOG`` single submits waiting, a submit is refused at once
+    (``Overloaded``: ``503`` with ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        submits: SubmitStore,
+        dispatcher: Dispatcher,
+        limiter: SubmitLimiter,
+        settings: Settings,
+    ) -> None:
+        self.submits = submits
+        self.dispatcher = dispatcher
+        self.limiter = limiter
+        self.settings = settings
+        self._singles: Coalescer[NewJob, tuple[SubmittedJob, bool]] = Coalescer(
+            self._insert_each,
+            max_items=settings.submit_gather_max,
+            concurrency=settings.submit_statements,
+            max_waiting=settings.submit_backlog,
+        )
+
+    async def one(
+        self,
+        data: JobIn,
+        principal: Principal,
+        idempotency_key: str | None,
+        traceparent: str | None,
+    ) -> tuple[SubmittedJob, bool]:
+        """One job: with ``False`` if its idempotency key named a job already (returned)."""
+        job = new_job(data, principal, self.settings, idempotency_key, traceparent)
+        self.limiter.take(principal.client_id, principal.tenant, 1)
+        return await self._singles(job)
+
+    async def many(
+        self, data: list[BatchJobIn], principal: Principal, traceparent: str | None
+    ) -> list[tuple[SubmittedJob, bool]]:
+        """One batch request's jobs, all or none."""
+        if len(data) > self.settings.max_batch_jobs:
+            raise ValidationException(
+                detail=f"a batch holds at most {self.settings.max_batch_jobs} jobs, not {len(data)}"
+            )
+        keys = [j.idempotency_key for j in data if j.idempotency_key]
+        if len(keys) != len(set(keys)):
+            raise ValidationException(detail="idempotency_key repeats within the batch")
+        jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in data]
+        self.limiter.take(principal.client_id, principal.tenant, len(jobs))
+        results = await self.submits.insert(jobs)
+        await self._publish(results)
+        return results
+
+    async def _insert_each(self, jobs: list[NewJob]) -> list[Outcome]:
+        outcomes = await self.submits.insert_each(jobs)
+        await self._publish([o for o in outcomes if isinstance(o, tuple)])
+        return outcomes
+
+    async def _publish(self, results: list[tuple[SubmittedJob, bool]]) -> None:
+        await self.dispatcher.dispatch(
+            [
+                ticket_of(job)
+                for job, created in results
+                if created and job.status == JobStatus.QUEUED
+            ]
+        )
+
+    async def close(self) -> None:
+        await self._singles.close()

@@ -103,13 +103,46 @@ def peek(token: str) -> tuple[Any, Any]:
 
 def verify(cfg: TokenConfig, token: str) -> Principal:
     """The principal a jobq token names; ``InvalidToken`` for anything else."""
+    return _verify(cfg, token)[0]
+
+
+def _verify(cfg: TokenConfig, token: str) -> tuple[Principal, float]:
+    """``verify``, with the instant the token expires."""
     claims = _decode(
         token, cfg.keys.verifying, cfg.issuer, cfg.audience, cfg.leeway_seconds, REQUIRED
     )
     scope, tenant, sub, cv = claims["scope"], claims["tenant"], claims["sub"], claims["cv"]
     if not all(isinstance(v, str) and v for v in (tenant, sub, cv)) or not isinstance(scope, str):
         raise InvalidToken("malformed claims")
-    return Principal(sub, tenant, frozenset(scope.split()), credential=cv)
+    return Principal(sub, tenant, frozenset(scope.split()), credential=cv), float(claims["exp"])
+
+
+class VerifiedTokens:
+    """``verify`` with a memory: a token already verified skips the signature and claim
+    checks (about 150 µs of CPU, the largest cost of a small request) until it expires.
+
+    Only tokens that passed ``verify`` enter, keyed by their whole text, so nothing forged,
+    altered or foreign is ever taken from here; an entry is used only while ``now`` is before
+    its ``exp`` (plus the leeway), exactly what ``verify`` would check again. Whether the
+    client may still act is not cached: that is the client row's check, on every request.
+    """
+
+    def __init__(self, cfg: TokenConfig, size: int = 10_000) -> None:
+        self.cfg = cfg
+        self.size = size
+        self._seen: dict[str, tuple[Principal, float]] = {}
+
+    def verify(self, token: str) -> Principal:
+        hit = self._seen.get(token)
+        if hit is not None:
+            if time.time() < hit[1] + self.cfg.leeway_seconds:
+                return hit[0]
+            del self._seen[token]
+        principal, expires = _verify(self.cfg, token)
+        if len(self._seen) >= self.size:
+            del self._seen[next(iter(self._seen))]  # the oldest entry
+        self._seen[token] = (principal, expires)
+        return principal
 
 
 def verify_external(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 #: SQLSTATEs a retry may cure: lost connections (08), server shutdown or restart (57P01..03),
@@ -22,6 +23,8 @@ def is_transient(error: BaseException) -> bool:
     """True for errors a retry may cure: connection loss, restart, timeouts, pool exhaustion."""
     if isinstance(error, (OSError, TimeoutError, sa_exc.TimeoutError)):
         return True
+    if isinstance(error, asyncpg.PostgresError):  # raised by a statement run on asyncpg itself
+        return error.sqlstate is not None and error.sqlstate.startswith(TRANSIENT_SQLSTATES)
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated or isinstance(
             error, (sa_exc.OperationalError, sa_exc.InterfaceError)

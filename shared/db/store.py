@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
 from shared.credentials import hash_secret, new_secret
-from shared.db.errors import UNDECLARED_QUEUE, sqlstate
+from shared.db import raw
 from shared.db.models import ApiClient, Job
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
-from shared.errors import IdempotencyKeyReused, UndeclaredQueue
+from shared.errors import UndeclaredQueue
 from shared.messaging import Ticket
 
 
@@ -38,29 +38,6 @@ def _sql(text: str, *json_columns: str) -> sa.TextClause | sa.TextualSelect:
 
 
 JOB_COLUMNS = ", ".join(c.name for c in Job.metadata.tables["jobs"].columns)
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A validated submission, ready to insert."""
-
-    id: uuid.UUID
-    tenant: str
-    type: str
-    queue: str
-    payload_json: str
-    priority: int
-    #: ``None``: the queue's setting.
-    max_attempts: int | None
-    timeout_seconds: int | None
-    delay_seconds: float
-    run_at: datetime | None
-    idempotency_key: str | None
-    retry_backoff_seconds: float | None
-    retry_backoff_max_seconds: float | None
-    traceparent: str | None
-    #: A digest of the request, kept with an idempotency key to recognise its reuse.
-    request_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,125 +96,7 @@ class JobStore:
         # Single statements run in autocommit: no BEGIN and COMMIT round trips per batch.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    # -- submit -------------------------------------------------------------------------
-
-    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRow, bool]]:
-        """Insert jobs in one statement; returns each job with ``True`` if it was created,
-        ``False`` if its idempotency key already named a job (which is returned instead).
-
-        Raises ``UndeclaredQueue``, or ``IdempotencyKeyReused`` if a key names a job another
-        request made; either way no job of the call is inserted.
-        """
-        cols = list(
-            zip(
-                *(
-                    (
-                        j.id,
-                        j.tenant,
-                        j.type,
-                        j.queue,
-                        j.payload_json,
-                        j.priority,
-                        j.max_attempts,
-                        j.timeout_seconds,
-                        j.delay_seconds,
-                        j.run_at,
-                        j.idempotency_key,
-                        j.retry_backoff_seconds,
-                        j.retry_backoff_max_seconds,
-                        j.traceparent,
-                        j.request_digest,
-                    )
-                    for j in jobs
-                ),
-                strict=True,
-            )
-        )
-        # The queues named are locked FOR KEY SHARE (``QueueStore.delete`` waits for this
-        # statement) and fill the settings a job leaves out; a job naming an undeclared queue
-        # makes the statement fail, so a batch is taken whole or not at all.
-        stmt = _sql(f"""
-            WITH q AS (SELECT name, max_attempts, timeout_seconds FROM queues
-                       WHERE name = ANY(CAST(:queues AS text[])) FOR KEY SHARE)
-            INSERT INTO jobs (id, tenant, type, queue, payload, priority, status, max_attempts,
-                timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
-                retry_backoff_max_seconds, traceparent, request_digest, dispatched_at)
-            SELECT v.id, v.tenant, v.type,
-                CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
-                v.payload::jsonb, v.priority,
-                CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
-                coalesce(v.max_attempts, q.max_attempts),
-                coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp,
-                v.digest,
-                CASE WHEN at > now() THEN NULL ELSE now() END
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS text[]), CAST(:types AS text[]),
-                        CAST(:queues AS text[]), CAST(:payloads AS text[]),
-                        CAST(:priorities AS smallint[]), CAST(:max_attempts AS int[]),
-                        CAST(:timeouts AS int[]), CAST(:delays AS float8[]),
-                        CAST(:run_ats AS timestamptz[]), CAST(:idems AS text[]),
-                        CAST(:rbs AS float8[]), CAST(:rbms AS float8[]), CAST(:tps AS text[]),
-                        CAST(:digests AS text[]))
-                WITH ORDINALITY
-                AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-                     delay, run_at, idem, rb, rbm, tp, digest, n)
-            LEFT JOIN q ON q.name = v.queue,
-            LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
-            -- By key, so concurrent statements take key conflicts in one order (no deadlock
-            -- between keyed batches); of two jobs with one key, the first given is inserted.
-            ORDER BY v.idem, v.n
-            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING {JOB_COLUMNS}
-        """)
-        names = [
-            "ids",
-            "tenants",
-            "types",
-            "queues",
-            "payloads",
-            "priorities",
-            "max_attempts",
-            "timeouts",
-            "delays",
-            "run_ats",
-            "idems",
-            "rbs",
-            "rbms",
-            "tps",
-            "digests",
-        ]
-        # A batch with idempotency keys runs in a transaction: a key reused with another
-        # request refuses it whole. A single job needs none: its one row conflicted.
-        atomic = len(jobs) > 1 and any(j.idempotency_key for j in jobs)
-        async with self.engine.begin() if atomic else self._autocommit.connect() as conn:
-            try:
-                result = await conn.execute(stmt, dict(zip(names, map(list, cols), strict=True)))
-            except sa.exc.DBAPIError as exc:
-                if sqlstate(exc) == UNDECLARED_QUEUE:
-                    cause = exc.orig.__cause__ if exc.orig else None
-                    raise UndeclaredQueue(getattr(cause, "detail", "")) from None
-                raise
-            created = {row.id: row for row in result.all()}
-            missing = [j for j in jobs if j.id not in created]
-            existing: dict[tuple[str, str | None], JobRow] = {}
-            if missing:
-                found = await conn.execute(
-                    select(Job).where(
-                        sa.tuple_(col(Job.tenant), col(Job.idempotency_key)).in_(
-                            [(j.tenant, j.idempotency_key) for j in missing]
-                        )
-                    )
-                )
-                existing = {(j.tenant, j.idempotency_key): j for j in found}
-            out: list[tuple[JobRow, bool]] = []
-            for j in jobs:
-                if j.id in created:
-                    out.append((created[j.id], True))
-                    continue
-                original = existing[(j.tenant, j.idempotency_key)]
-                if original.request_digest not in (None, j.request_digest):
-                    raise IdempotencyKeyReused(j.idempotency_key or "")
-                out.append((original, False))
-        return out
+    # -- outbox -------------------------------------------------------------------------
 
     async def mark_published(self, tickets: Sequence[Ticket]) -> None:
         """Record confirmed publishes, in one statement for the batch.
@@ -797,19 +656,25 @@ class ClientStore:
             )
             return bool(result.rowcount)
 
-    async def grant(self, client_id: uuid.UUID) -> ClientGrant | None:
-        """What an active (not revoked, not expired) client may do, with its secret's hash.
+    async def grants(self, client_ids: Sequence[uuid.UUID]) -> Sequence[ClientGrant | None]:
+        """What each active (not revoked, not expired) client may do, with its secret's hash;
+        ``None`` for an unknown, revoked or expired one.
 
-        Called on every authenticated request (a primary-key lookup), so revocation and
-        rotation take effect at once on every API replica, and a token can claim no tenant
-        or scope beyond its client's row.
+        Checked on every authenticated request (the API gathers the requests of one moment
+        into one lookup), so revocation and rotation take effect at once on every API
+        replica, and a token can claim no tenant or scope beyond its client's row.
         """
-        q = sa.select(
-            col(ApiClient.secret_hash), col(ApiClient.tenant), col(ApiClient.scopes)
-        ).where(*_active_client(client_id))
-        async with self._autocommit.connect() as conn:
-            row = (await conn.execute(q)).first()
-        return None if row is None else ClientGrant(row[0], row[1], frozenset(row[2]))
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(
+                """
+                SELECT id, secret_hash, tenant, scopes FROM api_clients
+                WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL
+                  AND (expires_at IS NULL OR expires_at > now())
+                """,
+                list(set(client_ids)),
+            )
+        found = {row[0]: ClientGrant(row[1], row[2], frozenset(row[3])) for row in rows}
+        return [found.get(i) for i in client_ids]
 
     async def rotate(self, client_id: uuid.UUID) -> tuple[ApiClient, str] | None:
         """Give an active client a fresh secret: the row and the secret, to be shown once;

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,20 @@ class System:
     def workers(self) -> list[int]:
         return [p for p in children(self.proc.pid) if " worker" in cmdline(p)]
 
+    def apis(self) -> list[int]:
+        """The processes serving the API (under ``jobq api --processes N``, its children)."""
+        [api] = [p for p in children(self.proc.pid) if " api" in cmdline(p)]
+        return children(api) or [api]
+
 
 @pytest.fixture
 def system(base_settings: Settings, clean: None, tmp_path: Path) -> Iterator[System]:
+    with running(base_settings, tmp_path) as system:
+        yield system
+
+
+@contextmanager
+def running(base_settings: Settings, tmp_path: Path, **env_: str) -> Iterator[System]:
     port = free_port()
     env = {
         **os.environ,
@@ -88,6 +100,7 @@ def system(base_settings: Settings, clean: None, tmp_path: Path) -> Iterator[Sys
         "JOBQ_SHUTDOWN_GRACE_SECONDS": "2",
         "JOBQ_WORKER_CONCURRENCY": "4",
         "JOBQ_API_URL": f"http://127.0.0.1:{port}",
+        **env_,
     }
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
@@ -165,3 +178,21 @@ def test_a_job_survives_its_worker_being_killed_mid_run(system: System) -> None:
     assert job["attempts"] == 2
     assert job["errors"][0]["type"] == "LeaseExpired"
     until(lambda: len(system.workers()) == 2 and not set(system.workers()) & set(before))
+
+
+def test_api_processes_share_the_port_and_one_killed_is_replaced_while_the_other_serves(
+    base_settings: Settings, clean: None, tmp_path: Path
+) -> None:
+    with running(base_settings, tmp_path, JOBQ_API_PROCESSES="2") as system:
+        headers = token(system)
+        apis = until(lambda: len(system.apis()) == 2 and system.apis())
+        os.kill(apis[0], signal.SIGKILL)
+        ids = []
+        for i in range(20):  # fresh connections: the kernel hands them to a live process
+            r = httpx.post(f"{system.url}/v1/jobs", json={"type": "echo", "payload": i},
+                           headers=headers)  # fmt: skip
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        until(lambda: len(system.apis()) == 2 and apis[0] not in system.apis())
+        for job_id in ids:
+            wait_job(system, headers, job_id, "succeeded")

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.store import JobStore
+from shared.db.submits import SubmitStore
 from shared.domain import JobStatus
 from shared.messaging import Broker
 from tests.integration.conftest import StartWorker, wait_for
@@ -29,13 +30,14 @@ async def ready(broker: Broker, queue: str = "default") -> int:
 
 async def test_a_job_whose_publish_was_never_confirmed_is_published_again(
     store: JobStore,
+    submits: SubmitStore,
     broker: Broker,
     scheduler: Scheduler,
     start_worker: StartWorker,
     settings: Settings,
 ) -> None:
     # Given a committed job whose API died before publishing it
-    [(row, _)] = await store.insert([new_job()])
+    [(row, _)] = await submits.insert([new_job()])
     assert (await scheduler.tick())["republished"] == 0  # not yet: the API may still publish it
     await asyncio.sleep(settings.republish_after_seconds + 0.2)
     # When the scheduler ticks, then it publishes it once, and a worker runs it
@@ -95,10 +97,11 @@ async def test_two_schedulers_never_publish_a_due_job_twice(
     engine: AsyncEngine,
     settings: Settings,
     store: JobStore,
+    submits: SubmitStore,
     broker: Broker,
     tracer_provider: TracerProvider,
 ) -> None:
-    rows = await store.insert([new_job(delay_seconds=0.3) for _ in range(300)])
+    rows = await submits.insert([new_job(delay_seconds=0.3) for _ in range(300)])
     assert {r.status for r, _ in rows} == {JobStatus.SCHEDULED}
     brokers = [Broker(settings, f"jobq-test-scheduler-{i}") for i in range(2)]
     for b in brokers:

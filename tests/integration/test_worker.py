@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
-from shared.db.store import JobRow, JobStore, NewJob
+from shared.db.store import JobRow, JobStore
+from shared.db.submits import NewJob, SubmitStore, SubmittedJob
 from shared.domain import JobStatus
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
@@ -35,14 +36,14 @@ def new_job(type: str = "noop", payload: object = None, **kw: object) -> NewJob:
     return NewJob(**fields)  # type: ignore[arg-type]
 
 
-async def submit(store: JobStore, broker: Broker, job: NewJob) -> JobRow:
-    [(row, _)] = await store.insert([job])
+async def submit(store: JobStore, broker: Broker, job: NewJob) -> SubmittedJob:
+    [(row, _)] = await SubmitStore(store.engine).insert([job])
     await broker.publish(ticket(row))
     await store.mark_published([ticket(row)])
     return row
 
 
-def ticket(row: JobRow) -> Ticket:
+def ticket(row: JobRow | SubmittedJob) -> Ticket:
     return Ticket(row.id, row.type, row.attempts, row.queue, row.priority)
 
 
@@ -118,9 +119,9 @@ async def test_duplicate_deliveries_complete_once(
 
 
 async def test_a_stale_worker_cannot_complete_fail_or_extend_a_reclaimed_job(
-    store: JobStore, settings: Settings, scheduler: Scheduler
+    store: JobStore, submits: SubmitStore, settings: Settings, scheduler: Scheduler
 ) -> None:
-    [(row, _)] = await store.insert([new_job()])
+    [(row, _)] = await submits.insert([new_job()])
     [stale], _ = await store.claim([row.id], lease_seconds=60)
     async with store.engine.begin() as conn:  # the lease runs out (worker paused)
         await conn.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s'"))
@@ -142,9 +143,9 @@ async def test_a_stale_worker_cannot_complete_fail_or_extend_a_reclaimed_job(
 
 
 async def test_an_expired_lease_with_no_attempts_left_is_dead(
-    store: JobStore, broker: Broker, scheduler: Scheduler
+    store: JobStore, submits: SubmitStore, broker: Broker, scheduler: Scheduler
 ) -> None:
-    [(row, _)] = await store.insert([new_job(max_attempts=1)])
+    [(row, _)] = await submits.insert([new_job(max_attempts=1)])
     await store.claim([row.id], lease_seconds=0.1)
     await asyncio.sleep(0.3)
     assert (await scheduler.tick())["expired"] == 1
@@ -200,7 +201,7 @@ async def test_graceful_shutdown_releases_unfinished_jobs_without_spending_an_at
     assert (await final(store, slow.id, JobStatus.SUCCEEDED)).attempts == 1
 
 
-async def started_order(store: JobStore, rows: list[JobRow]) -> list[int]:
+async def started_order(store: JobStore, rows: list[SubmittedJob]) -> list[int]:
     done = [await final(store, r.id, JobStatus.SUCCEEDED) for r in rows]
     return [j.priority for j in sorted(done, key=lambda j: j.started_at or j.created_at)]
 
@@ -241,10 +242,10 @@ async def test_classic_queues_let_the_broker_order_by_priority(
 
 
 async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbeat(
-    store: JobStore, scheduler: Scheduler
+    store: JobStore, submits: SubmitStore, scheduler: Scheduler
 ) -> None:
     # Given two running jobs whose cancel was requested
-    rows = [row for row, _ in await store.insert([new_job(), new_job()])]
+    rows = [row for row, _ in await submits.insert([new_job(), new_job()])]
     crashed, failed = (await store.claim([r.id for r in rows], lease_seconds=0.2))[0]
     for job in (crashed, failed):
         before, _ = await store.cancel("acme", job.id)
@@ -263,8 +264,9 @@ async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbea
 
 async def test_a_retried_claim_whose_reply_was_lost_does_not_spend_another_attempt(
     store: JobStore,
+    submits: SubmitStore,
 ) -> None:
-    [(row, _)] = await store.insert([new_job()])
+    [(row, _)] = await submits.insert([new_job()])
     lease = uuid.uuid4()
     [first], _ = await store.claim([row.id], 30, [lease])
     # The reply was lost; the worker retries with a fresh lease id, naming the one it tried
@@ -279,8 +281,9 @@ async def test_a_retried_claim_whose_reply_was_lost_does_not_spend_another_attem
 
 async def test_a_retried_claim_never_reuses_a_lease_id_for_a_new_attempt(
     store: JobStore,
+    submits: SubmitStore,
 ) -> None:
-    [(row, _)] = await store.insert([new_job()])
+    [(row, _)] = await submits.insert([new_job()])
     lease = uuid.uuid4()
     await store.claim([row.id], 0.1, [lease])  # committed, reply lost
     await asyncio.sleep(0.3)

@@ -53,7 +53,8 @@ from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.engine import make_engine
 from shared.db.queues import QueueStore
-from shared.db.store import Claimed, JobStore, NewJob
+from shared.db.store import Claimed, JobStore
+from shared.db.submits import NewJob, SubmitStore
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus, decide_failure
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
@@ -93,6 +94,7 @@ class Postgres:
     loop: asyncio.AbstractEventLoop
     conn: Any  # asyncpg.Connection
     store: JobStore
+    submits: SubmitStore
     settings: Settings
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -125,7 +127,7 @@ def pg() -> Iterator[Postgres]:
         engine = make_engine(s, "property", pool_size=2)
         stack.callback(lambda: run(engine.dispose()))
         run(QueueStore(engine).declare(QUEUES))
-        yield Postgres(loop, conn, JobStore(engine), s)
+        yield Postgres(loop, conn, JobStore(engine), SubmitStore(engine), s)
 
 
 class MemoryBroker(Broker):
@@ -314,7 +316,7 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     def insert(self, data: st.DataObject, specs: list[Spec]) -> None:
         """Insert a batch, then publish the tickets of the jobs due now."""
-        results = self.pg.run(self.store.insert([s.new_job() for s in specs]))
+        results = self.pg.run(self.pg.submits.insert([s.new_job() for s in specs]))
         for spec, (row, created) in zip(specs, results, strict=True):
             known = self.keys.get((spec.tenant, spec.key)) if spec.key else None
             if known is not None:

@@ -19,6 +19,7 @@ from services.api.tokens import (
     InvalidToken,
     Principal,
     TokenConfig,
+    VerifiedTokens,
     issue,
     lifetime,
     verify,
@@ -288,3 +289,32 @@ def test_jwks_keys_of_a_disallowed_algorithm_or_without_kid_are_ignored() -> Non
     assert set(keys_of(jwks, ("RS256",))) == {"a"}
     assert keys_of(jwks, ("EdDSA",)) == {}
     assert keys_of("not a jwks", ("RS256",)) == {}
+
+
+def test_a_remembered_token_is_refused_once_it_expires_and_a_forged_one_never_enters() -> None:
+    tokens = VerifiedTokens(CFG, size=2)
+    # Expires (with the leeway) within a second
+    expires = int(time.time()) + 1 - CFG.leeway_seconds
+    token = sign(claims(exp=expires, iat=expires - 60))
+    principal = tokens.verify(token)
+    assert tokens.verify(token) == principal  # remembered
+    time.sleep(max(0.0, expires + CFG.leeway_seconds - time.time()) + 0.05)
+    with pytest.raises(InvalidToken):
+        tokens.verify(token)
+    assert token not in tokens._seen
+    # Its signature changed: another text, verified afresh, and refused
+    token = issue(CFG, ALICE)
+    tokens.verify(token)
+    head, body, signature = token.split(".")
+    forged = f"{head}.{body}.{signature[::-1]}"
+    with pytest.raises(InvalidToken):
+        tokens.verify(forged)
+    assert forged not in tokens._seen
+
+
+def test_the_memory_is_bounded_oldest_first() -> None:
+    tokens = VerifiedTokens(CFG, size=2)
+    issued = [issue(CFG, ALICE) for _ in range(3)]
+    for token in issued:
+        tokens.verify(token)
+    assert list(tokens._seen) == issued[1:]

@@ -19,16 +19,16 @@ from opentelemetry import trace
 from services.api.auth import requires_scopes
 from services.api.errors import Conflict
 from services.api.instants import parse_query
-from services.api.limits import SubmitLimiter, WaiterCap
+from services.api.limits import WaiterCap
 from services.api.openapi import problems
 from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
-from services.api.submission import Dispatcher, new_job, submit
+from services.api.submission import Dispatcher, Intake
 from services.api.tokens import Principal
 from shared.config import MAX_LIST_LIMIT, NAME_PATTERN, Settings
 from shared.db.store import JobRow, JobStore
 from shared.domain import TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
-from shared.telemetry import traceparent_of
+from shared.telemetry import job_traceparent
 
 AuthRequest = Request[Principal, str, Any]
 READ = {"scopes": ["jobs:read"]}
@@ -53,20 +53,15 @@ def _job_response(job: Any, status: int) -> Response[JobOut]:
 async def submit_job(
     request: AuthRequest,
     data: JSONBody[JobIn],
-    store: NamedDependency[JobStore],
-    dispatcher: NamedDependency[Dispatcher],
-    settings: NamedDependency[Settings],
-    limiter: NamedDependency[SubmitLimiter],
+    intake: NamedDependency[Intake],
     idempotency_key: Annotated[
         str | None, HeaderParameter(name="Idempotency-Key", **KEY_RULES)
     ] = None,
 ) -> Response[JobOut]:
     """Submit a job: ``202`` with the job; the same ``Idempotency-Key`` again: ``200`` with
     the original job."""
-    tp = traceparent_of(trace.get_current_span())
-    job = new_job(data, request.user, settings, idempotency_key, tp)
-    limiter.take(request.user.client_id, request.user.tenant, 1)
-    [(stored, created)] = await submit(store, dispatcher, [job])
+    tp = job_traceparent(trace.get_current_span(), request.headers.get("traceparent"))
+    stored, created = await intake.one(data, request.user, idempotency_key, tp)
     return _job_response(stored, 202 if created else 200)
 
 
@@ -80,23 +75,11 @@ async def submit_job(
 async def submit_batch(
     request: AuthRequest,
     data: JSONBody[BatchIn],
-    store: NamedDependency[JobStore],
-    dispatcher: NamedDependency[Dispatcher],
-    settings: NamedDependency[Settings],
-    limiter: NamedDependency[SubmitLimiter],
+    intake: NamedDependency[Intake],
 ) -> BatchOut:
     """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction."""
-    if len(data.jobs) > settings.max_batch_jobs:
-        raise ValidationException(
-            detail=f"a batch holds at most {settings.max_batch_jobs} jobs, not {len(data.jobs)}"
-        )
-    keys = [j.idempotency_key for j in data.jobs if j.idempotency_key]
-    if len(keys) != len(set(keys)):
-        raise ValidationException(detail="idempotency_key repeats within the batch")
-    tp = traceparent_of(trace.get_current_span())
-    jobs = [new_job(j, request.user, settings, j.idempotency_key, tp) for j in data.jobs]
-    limiter.take(request.user.client_id, request.user.tenant, len(jobs))
-    results = await submit(store, dispatcher, jobs)
+    tp = job_traceparent(trace.get_current_span(), request.headers.get("traceparent"))
+    results = await intake.many(data.jobs, request.user, tp)
     return BatchOut(items=[JobOut.of(job) for job, _ in results])
 
 

@@ -1,0 +1,217 @@
+"""Submitting jobs: the INSERT every accepted job goes through, on asyncpg (``shared.db.raw``).
+
+One statement inserts any number of jobs, from one batch request or from many single requests
+gathered by the API (docs/design.md §7). It locks the queue rows it names ``FOR KEY SHARE``
+(``QueueStore.delete`` waits for it) and takes their settings for what a job leaves out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+from shared.db import raw
+from shared.db.errors import UNDECLARED_QUEUE
+from shared.errors import IdempotencyKeyReused, UndeclaredQueue
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert."""
+
+    id: uuid.UUID
+    tenant: str
+    type: str
+    queue: str
+    payload_json: str
+    priority: int
+    #: ``None``: the queue's setting.
+    max_attempts: int | None
+    timeout_seconds: int | None
+    delay_seconds: float
+    run_at: datetime | None
+    idempotency_key: str | None
+    retry_backoff_seconds: float | None
+    retry_backoff_max_seconds: float | None
+    traceparent: str | None
+    #: A digest of the request, kept with an idempotency key to recognise its reuse.
+    request_digest: str | None = None
+
+
+class SubmittedJob(msgspec.Struct, frozen=True):
+    """A job as its submitter sees it right after the INSERT. JSON columns stay JSON text
+    (``msgspec.Raw``): the API writes them into its answer without decoding them."""
+
+    id: uuid.UUID
+    tenant: str
+    type: str
+    queue: str
+    status: str
+    payload: msgspec.Raw
+    priority: int
+    attempts: int
+    max_attempts: int
+    timeout_seconds: int
+    run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: msgspec.Raw | None
+    last_error: msgspec.Raw | None
+    errors: msgspec.Raw
+    idempotency_key: str | None
+    cancel_requested: bool
+    traceparent: str | None
+    request_digest: str | None
+
+    @classmethod
+    def of(cls, record: Any) -> SubmittedJob:
+        """From a row of ``RETURNED``."""
+        values = list(record)
+        for i in JSON_FIELDS:
+            if values[i] is not None:
+                values[i] = msgspec.Raw(values[i].encode())
+        return cls(*values)
+
+
+#: Where ``SubmittedJob`` holds JSON: payload, result, last_error and errors.
+JSON_FIELDS = (5, 15, 16, 17)
+#: ``SubmittedJob``'s fields, JSON as text.
+RETURNED = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, j.priority, j.attempts,
+    j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at, j.started_at,
+    j.finished_at, j.result::text, j.last_error::text, j.errors::text, j.idempotency_key,
+    j.cancel_requested, j.traceparent, j.request_digest"""
+
+# By key, so concurrent statements take key conflicts in one order (no deadlock between keyed
+# batches); of two jobs with one key, the first given is inserted. ``$16`` (strict): a job
+# naming an undeclared queue fails the statement (a batch request is taken whole or not at
+# all); otherwise that job alone is left out (single requests gathered into one statement).
+INSERT = f"""
+    WITH q AS (SELECT name, max_attempts, timeout_seconds FROM queues
+               WHERE name = ANY($4::text[]) FOR KEY SHARE)
+    INSERT INTO jobs AS j (id, tenant, type, queue, payload, priority, status, max_attempts,
+        timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
+        retry_backoff_max_seconds, traceparent, request_digest, dispatched_at)
+    SELECT v.id, v.tenant, v.type,
+        CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
+        v.payload::jsonb, v.priority,
+        CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
+        coalesce(v.max_attempts, q.max_attempts),
+        coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp,
+        v.digest,
+        CASE WHEN at > now() THEN NULL ELSE now() END
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+                $7::int[], $8::int[], $9::float8[], $10::timestamptz[], $11::text[],
+                $12::float8[], $13::float8[], $14::text[], $15::text[])
+        WITH ORDINALITY
+        AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
+             delay, run_at, idem, rb, rbm, tp, digest, n)
+    LEFT JOIN q ON q.name = v.queue,
+    LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
+    WHERE q.name IS NOT NULL OR $16
+    ORDER BY v.idem, v.n
+    ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING {RETURNED}
+"""
+
+EXISTING = f"""
+    SELECT {RETURNED} FROM jobs j
+    JOIN unnest($1::text[], $2::text[]) AS k(tenant, idem)
+      ON j.tenant = k.tenant AND j.idempotency_key = k.idem
+"""
+
+#: Per job: the job and whether this call created it, or why it was refused.
+Outcome = tuple[SubmittedJob, bool] | UndeclaredQueue | IdempotencyKeyReused
+
+
+class SubmitStore:
+    """Inserts submitted jobs; the API's only write on the submit path."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[SubmittedJob, bool]]:
+        """Insert the jobs of one request, all or none: each job with ``True`` if created,
+        ``False`` if its idempotency key already named a job (returned instead).
+
+        Raises ``UndeclaredQueue``, or ``IdempotencyKeyReused`` if a key names a job another
+        request made; either way no job of the call is inserted.
+        """
+        # A batch with idempotency keys runs in a transaction: a key reused with another
+        # request refuses it whole. A single job needs none: its one row conflicted.
+        atomic = len(jobs) > 1 and any(j.idempotency_key for j in jobs)
+        async with (
+            raw.connection(self.engine) as conn,
+            conn.transaction() if atomic else contextlib.nullcontext(),
+        ):
+            outcomes = await _insert(conn, jobs, strict=True)
+            refused = next((o for o in outcomes if isinstance(o, Exception)), None)
+            if refused is not None:
+                raise refused
+        return [o for o in outcomes if not isinstance(o, Exception)]
+
+    async def insert_each(self, jobs: Sequence[NewJob]) -> list[Outcome]:
+        """Insert jobs of separate requests in one statement, each standing alone: one job's
+        undeclared queue or reused key refuses that job only."""
+        async with raw.connection(self.engine) as conn:
+            return await _insert(conn, jobs, strict=False)
+
+
+def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
+    return [
+        [j.id for j in jobs],
+        [j.tenant for j in jobs],
+        [j.type for j in jobs],
+        [j.queue for j in jobs],
+        [j.payload_json for j in jobs],
+        [j.priority for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.timeout_seconds for j in jobs],
+        [j.delay_seconds for j in jobs],
+        [j.run_at for j in jobs],
+        [j.idempotency_key for j in jobs],
+        [j.retry_backoff_seconds for j in jobs],
+        [j.retry_backoff_max_seconds for j in jobs],
+        [j.traceparent for j in jobs],
+        [j.request_digest for j in jobs],
+    ]
+
+
+async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Outcome]:
+    try:
+        rows = await conn.fetch(INSERT, *_columns(jobs), strict)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == UNDECLARED_QUEUE:
+            raise UndeclaredQueue(getattr(exc, "detail", None) or "") from None
+        raise
+    created = {row[0]: SubmittedJob.of(row) for row in rows}
+    keyed = [j for j in jobs if j.id not in created and j.idempotency_key is not None]
+    existing: dict[tuple[str, str | None], SubmittedJob] = {}
+    if keyed:
+        found = await conn.fetch(
+            EXISTING, [j.tenant for j in keyed], [j.idempotency_key for j in keyed]
+        )
+        existing = {(job.tenant, job.idempotency_key): job for job in map(SubmittedJob.of, found)}
+    outcomes: list[Outcome] = []
+    for j in jobs:
+        if j.id in created:
+            outcomes.append((created[j.id], True))
+        elif (original := existing.get((j.tenant, j.idempotency_key))) is None:
+            # Left out for its queue (only when not strict): undeclared, or deleted meanwhile.
+            outcomes.append(UndeclaredQueue(j.queue))
+        elif original.request_digest not in (None, j.request_digest):
+            outcomes.append(IdempotencyKeyReused(j.idempotency_key or ""))
+        else:
+            outcomes.append((original, False))
+    return outcomes
