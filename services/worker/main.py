@@ -15,7 +15,7 @@ from shared.db.queues import QueueStore
 from shared.db.store import JobStore
 from shared.errors import ConfigError
 from shared.runtime import service_resources, stop_on_signals
-from shared.telemetry import make_tracer_provider
+from shared.telemetry import exporting, make_tracer_provider
 
 log = logging.getLogger("jobq.worker")
 
@@ -27,6 +27,8 @@ async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("worker")
     pool = min(settings.worker_concurrency + 4, 40)
     tracer = provider.get_tracer("jobq.worker")
+    # Spans cost ~25 µs a job even unsampled: make them only when something exports them.
+    job_tracer = tracer if exporting() else None
     async with service_resources(settings, "worker", tracer, pool) as (engine, broker):
         missing = await QueueStore(engine).missing(settings.consumed_queues)
         if missing:
@@ -34,7 +36,7 @@ async def serve(settings: Settings) -> None:
                 f"queue(s) {', '.join(missing)} not declared: declare them first"
                 " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
             )
-        worker = Worker(settings, JobStore(engine), broker, registry, tracer)
+        worker = Worker(settings, JobStore(engine), broker, registry, job_tracer)
         await worker.run(stop_on_signals())
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
     provider.shutdown()

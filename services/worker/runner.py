@@ -37,7 +37,7 @@ from shared.telemetry import context_from
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
 
     from shared.config import Settings
     from shared.db.store import Claimed, JobStore
@@ -84,7 +84,7 @@ class Worker:
         store: JobStore,
         broker: Broker,
         registry: Registry,
-        tracer: Tracer,
+        tracer: Tracer | None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -290,40 +290,44 @@ class Worker:
     async def _run_job(self, job: Claimed) -> None:
         token = current_job_id.set(str(job.id))
         try:
-            await self._run_traced(job)
+            if self.tracer is None:  # nothing exports spans: make none (docs/design.md §7)
+                await self._attempt(job, None)
+                return
+            with self.tracer.start_as_current_span(
+                f"jobq.run {job.type}",
+                context=context_from(job.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "jobq.job_id": str(job.id),
+                    "jobq.attempt": job.attempts,
+                    "jobq.queue": job.queue,
+                },
+            ) as span:
+                await self._attempt(job, span)
         finally:
             current_job_id.reset(token)
 
-    async def _run_traced(self, job: Claimed) -> None:
+    async def _attempt(self, job: Claimed, span: Span | None) -> None:
         ctx = JobContext(job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id)
-        with self.tracer.start_as_current_span(
-            f"jobq.run {job.type}",
-            context=context_from(job.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "jobq.job_id": str(job.id),
-                "jobq.attempt": job.attempts,
-                "jobq.queue": job.queue,
-            },
-        ) as span:
-            outcome: Callable[[], Awaitable[None]]
-            try:
-                async with asyncio.timeout(job.timeout_seconds):
-                    result = await self.registry.get(job.type)(job.payload, ctx)
-            except asyncio.CancelledError:
-                await self._stopped(job)
-                return
-            except Exception as exc:
+        outcome: Callable[[], Awaitable[None]]
+        try:
+            async with asyncio.timeout(job.timeout_seconds):
+                result = await self.registry.get(job.type)(job.payload, ctx)
+        except asyncio.CancelledError:
+            await self._stopped(job)
+            return
+        except Exception as exc:
+            if span is not None:
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-                if isinstance(exc, TimeoutError):
-                    exc = TimeoutError(f"attempt exceeded timeout_seconds={job.timeout_seconds}")
-                outcome = functools.partial(self._fail, job, exc)
-            else:
-                outcome = functools.partial(self._succeed, job, result)
-            # The handler is done and its outcome is being written: neither a heartbeat (which
-            # may see the row leave 'running' first) nor a shutdown may cancel that.
-            self._running[job.lease_id].finishing = True
-            await outcome()
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"attempt exceeded timeout_seconds={job.timeout_seconds}")
+            outcome = functools.partial(self._fail, job, exc)
+        else:
+            outcome = functools.partial(self._succeed, job, result)
+        # The handler is done and its outcome is being written: neither a heartbeat (which
+        # may see the row leave 'running' first) nor a shutdown may cancel that.
+        self._running[job.lease_id].finishing = True
+        await outcome()
 
     async def _succeed(self, job: Claimed, result: Any) -> None:
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
+from shared.errors import DependencyUnavailable
+
 #: SQLSTATEs a retry may cure: lost connections (08), server shutdown or restart (57P01..03),
 #: a read-only server during failover (25006), too many connections (53300), and a deadlock
 #: or serialization failure (40P01, 40001), whose transaction was rolled back whole.
@@ -21,7 +23,7 @@ def sqlstate(error: sa_exc.DBAPIError) -> str | None:
 
 def is_transient(error: BaseException) -> bool:
     """True for errors a retry may cure: connection loss, restart, timeouts, pool exhaustion."""
-    if isinstance(error, (OSError, TimeoutError, sa_exc.TimeoutError)):
+    if isinstance(error, (OSError, TimeoutError, sa_exc.TimeoutError, DependencyUnavailable)):
         return True
     if isinstance(error, asyncpg.PostgresError):  # raised by a statement run on asyncpg itself
         return error.sqlstate is not None and error.sqlstate.startswith(TRANSIENT_SQLSTATES)

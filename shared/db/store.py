@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
@@ -88,6 +89,36 @@ def _ticket(row: sa.Row[Any]) -> Ticket:
 TICKET_COLUMNS = "id, type, attempts, queue, priority, traceparent, status, last_error, tenant"
 
 
+#: Moves queued jobs to running; see ``JobStore.claim``. ``$1`` ids, ``$2`` lease ids,
+#: ``$3`` lease ids of earlier tries, ``$4`` lease seconds.
+CLAIM = """
+    UPDATE jobs j SET status = 'running',
+        attempts = CASE WHEN j.status = 'queued' THEN j.attempts + 1 ELSE j.attempts END,
+        started_at = CASE WHEN j.status = 'queued' THEN now() ELSE j.started_at END,
+        lease_id = CASE WHEN j.status = 'queued' THEN v.lease ELSE j.lease_id END,
+        lease_expires_at = now() + make_interval(secs => $4::float8),
+        updated_at = now(), published_at = coalesce(j.published_at, now())
+    FROM unnest($1::uuid[], $2::uuid[]) AS v(id, lease)
+    WHERE j.id = v.id
+      AND j.id IN (SELECT id FROM jobs
+                   WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
+                   ORDER BY id FOR UPDATE)
+      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
+    RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
+        j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
+        j.traceparent, j.tenant
+"""
+
+
+def _claimed(row: Any) -> Claimed:
+    values = list(row)
+    values[4] = _json.decode(values[4])  # the payload
+    return Claimed(*values)
+
+
+_json = msgspec.json.Decoder()
+
+
 class JobStore:
     """The jobs table's writes and reads, on an async engine."""
 
@@ -141,54 +172,15 @@ class JobStore:
         tickets are duplicates or stale. Ids in neither set name no job at all.
         """
         leases = list(lease_ids) if lease_ids is not None else [uuid.uuid4() for _ in ids]
-        async with self._autocommit.connect() as conn:
-            rows = (
-                await conn.execute(
-                    _sql(
-                        """
-                    UPDATE jobs j SET status = 'running',
-                        attempts = CASE WHEN j.status = 'queued' THEN j.attempts + 1
-                                        ELSE j.attempts END,
-                        started_at = CASE WHEN j.status = 'queued' THEN now()
-                                          ELSE j.started_at END,
-                        lease_id = CASE WHEN j.status = 'queued' THEN v.lease ELSE j.lease_id END,
-                        lease_expires_at = now() + make_interval(secs => :lease),
-                        updated_at = now(), published_at = coalesce(j.published_at, now())
-                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
-                    WHERE j.id = v.id
-                      AND j.id IN (SELECT id FROM jobs
-                                   WHERE id = ANY(CAST(:ids AS uuid[]))
-                                     AND status IN ('queued', 'running')
-                                   ORDER BY id FOR UPDATE)
-                      AND (j.status = 'queued' OR (j.status = 'running'
-                                                   AND j.lease_id = ANY(CAST(:tried AS uuid[]))))
-                    RETURNING j.id, j.type, j.queue, j.priority, j.payload, j.attempts,
-                        j.max_attempts, j.timeout_seconds, j.lease_id, j.retry_backoff_seconds,
-                        j.retry_backoff_max_seconds, j.traceparent, j.tenant
-                """,
-                        "payload",
-                    ),
-                    {
-                        "ids": list(ids),
-                        "leases": leases,
-                        "tried": list(tried),
-                        "lease": lease_seconds,
-                    },
-                )
-            ).all()
-            claimed = [Claimed(**row._mapping) for row in rows]
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(CLAIM, list(ids), leases, list(tried), lease_seconds)
+            claimed = [_claimed(row) for row in rows]
             others: set[uuid.UUID] = set()
             if len(claimed) < len(ids):
                 got = {c.id for c in claimed}
                 rest = [i for i in ids if i not in got]
-                others = set(
-                    (
-                        await conn.execute(
-                            _sql("SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
-                            {"ids": rest},
-                        )
-                    ).scalars()
-                )
+                found = await conn.fetch("SELECT id FROM jobs WHERE id = ANY($1::uuid[])", rest)
+                others = {row[0] for row in found}
         return claimed, others
 
     async def heartbeat(
@@ -224,28 +216,22 @@ class JobStore:
 
         Returns, per item, whether it was written: ``False`` means the lease was stale.
         """
-        async with self._autocommit.connect() as conn:
-            done = set(
-                (
-                    await conn.execute(
-                        _sql("""
-                    UPDATE jobs j SET status = 'succeeded', result = v.result::jsonb,
-                        finished_at = now(), updated_at = now(),
-                        lease_id = NULL, lease_expires_at = NULL
-                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[]),
-                                CAST(:results AS text[])) AS v(id, lease, result)
-                    WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
-                      AND j.lease_expires_at > now()
-                    RETURNING j.id
-                """),
-                        {
-                            "ids": [i[0] for i in items],
-                            "leases": [i[1] for i in items],
-                            "results": [i[2] for i in items],
-                        },
-                    )
-                ).scalars()
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(
+                """
+                UPDATE jobs j SET status = 'succeeded', result = v.result::jsonb,
+                    finished_at = now(), updated_at = now(),
+                    lease_id = NULL, lease_expires_at = NULL
+                FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS v(id, lease, result)
+                WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                  AND j.lease_expires_at > now()
+                RETURNING j.id
+                """,
+                [i[0] for i in items],
+                [i[1] for i in items],
+                [i[2] for i in items],
             )
+        done = {row[0] for row in rows}
         return [item[0] in done for item in items]
 
     async def fail(
