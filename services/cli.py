@@ -122,8 +122,8 @@ async def _create_client(
     settings: Settings, name: str, tenant: str, scopes: list[str]
 ) -> dict[str, Any]:
     from shared.credentials import SCOPES, TENANT
+    from shared.db.clients import ClientStore
     from shared.db.engine import make_engine
-    from shared.db.store import ClientStore
 
     if not TENANT.fullmatch(tenant):
         raise ConfigError(f"tenant {tenant!r} must match {TENANT.pattern}")
@@ -145,8 +145,8 @@ async def _create_client(
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
+    from shared.db.clients import ClientStore
     from shared.db.engine import make_engine
-    from shared.db.store import ClientStore
 
     settings = _settings(args)
     if args.action == "create":
@@ -190,9 +190,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     """Everything ``make run`` needs once: signing secret, database, migrations, an admin."""
     import secrets
 
+    from shared.db.clients import ClientStore
     from shared.db.engine import make_engine
     from shared.db.migrate import ensure_database, upgrade
-    from shared.db.store import ClientStore
 
     secret_file = Path(args.secret_file)
     if not os.environ.get("JOBQ_JWT_SECRET") and not secret_file.exists():

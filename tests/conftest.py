@@ -23,8 +23,11 @@ from services.api.app import token_config
 from services.api.tokens import Principal, issue
 from shared.config import Settings
 from shared.credentials import credential_digest
+from shared.db.clients import ClientStore
 from shared.db.engine import make_engine
-from shared.db.store import ClientStore, JobRow, JobStore
+from shared.db.jobs import JobStore
+from shared.db.leases import LeaseStore
+from shared.db.sql import JobRow
 from shared.db.submits import SubmitStore
 from shared.messaging import Broker
 from tests.services import (
@@ -135,6 +138,11 @@ async def submits(engine: AsyncEngine, clean: None) -> SubmitStore:
 
 
 @pytest.fixture
+async def leases(engine: AsyncEngine, clean: None) -> LeaseStore:
+    return LeaseStore(engine)
+
+
+@pytest.fixture
 async def broker(settings: Settings) -> AsyncIterator[Broker]:
     b = Broker(settings, "jobq-tests")
     await b.connect()
@@ -159,7 +167,7 @@ async def client_bearer(
 async def jobs_of(store: JobStore, tenant: str) -> list[JobRow]:
     """The tenant's newest jobs (a page of 500 at most)."""
     page, _ = await store.list(tenant, limit=500, max_bytes=2**40)
-    return page
+    return list(page)
 
 
 class Bearer(Protocol):

@@ -1,6 +1,6 @@
 """Composition root of the API: ``create_app(settings)`` wires routes, auth, errors, telemetry.
 
-Resources (engine, broker, dispatcher) are owned by the lifespan; handlers receive them by name.
+Resources (engine, broker, stores, outbox) are owned by the lifespan; handlers receive them by name.
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ from services.api.keys import load_keyring
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
 from services.api.routes import admin, auth, health, jobs, queues
-from services.api.submission import Dispatcher, Intake
+from services.api.submission import Intake
 from services.api.tokens import ExternalIssuer, TokenConfig
 from shared.coalesce import Coalescer
 from shared.config import Settings
+from shared.db.clients import ClientGrant, ClientStore
+from shared.db.jobs import JobStore
 from shared.db.queues import QueueStore
-from shared.db.store import ClientGrant, ClientStore, JobStore
 from shared.db.submits import SubmitStore
+from shared.db.tickets import TicketStore
+from shared.outbox import Outbox
 from shared.runtime import service_resources
 from shared.telemetry import exporting, make_tracer_provider
 
@@ -58,8 +61,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             clients = ClientStore(engine)
-            dispatcher = Dispatcher(store, broker)
-            intake = Intake(SubmitStore(engine), dispatcher, limiter, settings)
+            outbox = Outbox(TicketStore(engine), broker)
+            intake = Intake(SubmitStore(engine), outbox, limiter, settings)
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
                 clients.grants, max_items=1000, concurrency=2
             )
@@ -72,7 +75,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 queue_store=QueueStore(engine),
                 broker=broker,
                 broker_stats=broker_stats,
-                dispatcher=dispatcher,
+                outbox=outbox,
             )
             try:
                 yield
@@ -80,7 +83,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 await broker_stats.close()
                 await intake.close()
                 await grants.close()
-                await dispatcher.close()
+                await outbox.close()
                 if external:
                     await external.client.aclose()
 
@@ -106,7 +109,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 "queue_store",
                 "broker",
                 "broker_stats",
-                "dispatcher",
+                "outbox",
             )
         },
         "settings": constant(settings),

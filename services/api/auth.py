@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp
 
     from services.api.oidc import JwksCache
-    from shared.db.store import ClientGrant
+    from shared.db.clients import ClientGrant
 
     #: The active client's grant for an id, ``None`` if unknown, revoked or expired
     #: (``ClientStore.grants``, one lookup for the requests of one moment).

@@ -13,7 +13,7 @@ from services.api.broker_stats import BrokerFigures
 from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
 from shared.db.models import ApiClient, Queue
-from shared.db.store import JobRow
+from shared.db.sql import JobRow
 from shared.db.submits import SubmittedJob
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]

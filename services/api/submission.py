@@ -2,14 +2,13 @@
 
 The row is committed first (a 2xx means the job exists); the ticket is published after, with
 confirms in flight together for a batch; confirms are recorded a little later, off the request
-path, by one UPDATE (``Dispatcher``). If the process dies in between, the scheduler publishes
-the job again. Single submits in flight at the same moment share one INSERT and one publish
+path (``shared.outbox``). If the process dies in between, the scheduler publishes the job
+again. Single submits in flight at the same moment share one INSERT and one publish
 (``Intake``, docs/design.md §7).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -21,72 +20,22 @@ from litestar.exceptions import HTTPException, ValidationException
 from services.api.schemas import BatchJobIn, JobIn, encoded_size
 from shared.coalesce import Coalescer
 from shared.db.submits import NewJob
+from shared.db.tickets import ticket_of
 from shared.domain import JobStatus
 from shared.ids import uuid7
-from shared.messaging import Ticket
 
 if TYPE_CHECKING:
     from services.api.limits import SubmitLimiter
     from services.api.tokens import Principal
     from shared.config import Settings
-    from shared.db.store import JobRow, JobStore
     from shared.db.submits import Outcome, SubmitStore, SubmittedJob
-    from shared.messaging import Broker
+    from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.api")
 
 
 class PayloadTooLarge(HTTPException):
     status_code = 413
-
-
-class Dispatcher:
-    """Publishes tickets after commit and records their confirms a little later.
-
-    Confirms are recorded ``mark_delay`` seconds after the first of a batch arrives, in one
-    UPDATE for all: by then most jobs have been claimed (the claim records the publish itself),
-    so the UPDATE writes only the rows of a backlog, and never waits on a worker's lock.
-    A mark that is lost (the process dies first) costs one duplicate ticket, later.
-    """
-
-    def __init__(self, store: JobStore, broker: Broker, mark_delay: float = 0.5) -> None:
-        self.store = store
-        self.broker = broker
-        self.mark_delay = mark_delay
-        self._confirmed: list[Ticket] = []
-        self._marker: asyncio.Task[None] | None = None
-
-    async def dispatch(self, tickets: list[Ticket]) -> None:
-        if not tickets:
-            return
-        confirmed = await self.broker.publish_many(tickets)
-        self._confirmed.extend(confirmed)
-        if self._confirmed and (self._marker is None or self._marker.done()):
-            self._marker = asyncio.create_task(self._mark_later())
-
-    async def _mark_later(self) -> None:
-        while self._confirmed:
-            await asyncio.sleep(self.mark_delay)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        tickets, self._confirmed = self._confirmed, []
-        try:
-            await self.store.mark_published(tickets)
-        except Exception as exc:
-            log.warning(
-                "could not record confirms", extra={"jobs": len(tickets), "error": repr(exc)}
-            )
-
-    async def close(self) -> None:
-        if self._marker is not None:
-            self._marker.cancel()
-            await asyncio.gather(self._marker, return_exceptions=True)
-        await self._flush()
-
-
-def ticket_of(job: JobRow | SubmittedJob) -> Ticket:
-    return Ticket(job.id, job.type, job.attempts, job.queue, job.priority, job.traceparent)
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -158,12 +107,12 @@ class Intake:
     def __init__(
         self,
         submits: SubmitStore,
-        dispatcher: Dispatcher,
+        outbox: Outbox,
         limiter: SubmitLimiter,
         settings: Settings,
     ) -> None:
         self.submits = submits
-        self.dispatcher = dispatcher
+        self.outbox = outbox
         self.limiter = limiter
         self.settings = settings
         self._singles: Coalescer[NewJob, tuple[SubmittedJob, bool]] = Coalescer(
@@ -208,7 +157,7 @@ class Intake:
         return outcomes
 
     async def _publish(self, results: list[tuple[SubmittedJob, bool]]) -> None:
-        await self.dispatcher.dispatch(
+        await self.outbox.send(
             [
                 ticket_of(job)
                 for job, created in results

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from shared.config import Settings
-    from shared.db.store import JobStore
+    from shared.db.sweeps import SweepStore
     from shared.messaging import Broker, Ticket
+    from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.scheduler")
 
@@ -37,9 +38,17 @@ MAX_BATCHES = 20
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, store: JobStore, broker: Broker, tracer: Tracer):
+    def __init__(
+        self,
+        settings: Settings,
+        sweeps: SweepStore,
+        outbox: Outbox,
+        broker: Broker,
+        tracer: Tracer,
+    ):
         self.settings = settings
-        self.store = store
+        self.sweeps = sweeps
+        self.outbox = outbox
         self.broker = broker
         self.tracer = tracer
         self.stats: Counter[str] = Counter()
@@ -64,16 +73,16 @@ class Scheduler:
         s, limit = self.settings, self.settings.scheduler_batch_size
         moved: Counter[str] = Counter()
         with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
-            moved["promoted"] = await self._step(lambda: self.store.promote_due(limit))
-            moved["expired"] = await self._step(lambda: self.store.expire_leases(limit))
+            moved["promoted"] = await self._step(lambda: self.sweeps.promote_due(limit))
+            moved["expired"] = await self._step(lambda: self.sweeps.expire_leases(limit))
             moved["republished"] = await self._step(
-                lambda: self.store.take_unpublished(s.republish_after_seconds, limit)
+                lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit)
             )
-            for queue in await self.store.queues_with_stale_tickets(s.lost_ticket_after_seconds):
+            for queue in await self.sweeps.queues_with_stale_tickets(s.lost_ticket_after_seconds):
                 if await self._queue_looks_empty(queue):
                     moved["lost"] += await self._step(
                         functools.partial(
-                            self.store.take_lost, queue, s.lost_ticket_after_seconds, limit
+                            self.sweeps.take_lost, queue, s.lost_ticket_after_seconds, limit
                         )
                     )
             for key, n in moved.items():
@@ -87,9 +96,7 @@ class Scheduler:
         total = 0
         for _ in range(MAX_BATCHES):
             tickets = await take()
-            if tickets:
-                confirmed = await self.broker.publish_many(tickets)
-                await self.store.mark_published(confirmed)
+            await self.outbox.send(tickets)
             total += len(tickets)
             if len(tickets) < self.settings.scheduler_batch_size:
                 break

@@ -8,7 +8,9 @@ import uvloop
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
-from shared.db.store import JobStore
+from shared.db.sweeps import SweepStore
+from shared.db.tickets import TicketStore
+from shared.outbox import Outbox
 from shared.runtime import service_resources, stop_on_signals
 from shared.telemetry import make_tracer_provider
 
@@ -19,7 +21,9 @@ async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("scheduler")
     tracer = provider.get_tracer("jobq.scheduler")
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
-        scheduler = Scheduler(settings, JobStore(engine), broker, tracer)
+        # Confirms recorded at once: the next sweep must not take the same jobs again.
+        outbox = Outbox(TicketStore(engine), broker, mark_delay=0)
+        scheduler = Scheduler(settings, SweepStore(engine), outbox, broker, tracer)
         await scheduler.run(stop_on_signals())
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
     provider.shutdown()

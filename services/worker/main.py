@@ -11,9 +11,11 @@ from services.worker.registry import registry
 from services.worker.runner import Worker
 from services.worker.webhook import WebhookPolicy, webhook_handler
 from shared.config import Settings
+from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
-from shared.db.store import JobStore
+from shared.db.tickets import TicketStore
 from shared.errors import ConfigError
+from shared.outbox import Outbox
 from shared.runtime import service_resources, stop_on_signals
 from shared.telemetry import exporting, make_tracer_provider
 
@@ -36,8 +38,10 @@ async def serve(settings: Settings) -> None:
                 f"queue(s) {', '.join(missing)} not declared: declare them first"
                 " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
             )
-        worker = Worker(settings, JobStore(engine), broker, registry, job_tracer)
+        outbox = Outbox(TicketStore(engine), broker)
+        worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
         await worker.run(stop_on_signals())
+        await outbox.close()
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
     provider.shutdown()
 

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from shared.config import Settings
-    from shared.db.store import Claimed, JobStore
+    from shared.db.leases import Claimed, LeaseStore
     from shared.messaging import Broker, TicketBody
+    from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.worker")
 
@@ -81,13 +82,15 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        leases: LeaseStore,
+        outbox: Outbox,
         broker: Broker,
         registry: Registry,
         tracer: Tracer | None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.leases = leases
+        self.outbox = outbox
         self.broker = broker
         self.registry = registry
         self.tracer = tracer
@@ -101,7 +104,9 @@ class Worker:
         #: writing its (refused) outcome when its re-queued ticket is claimed here again.
         self._running: dict[uuid.UUID, Running] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(store.complete)
+        self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(
+            leases.complete
+        )
         self._db_ok = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -253,7 +258,7 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
 
     async def _claim(self, batch: list[Delivery]) -> None:
-        claimed, others = await self.store.claim(
+        claimed, others = await self.leases.claim(
             [d.ticket.job_id for d in batch],
             self.settings.lease_seconds,
             [d.lease for d in batch],
@@ -356,7 +361,7 @@ class Worker:
         )
         error = {"type": type(exc).__name__, "message": str(exc)[:2000].replace("\x00", "")}
         dead = await self._persist(
-            lambda: self.store.fail(job, decision.status, decision.delay_seconds, error)
+            lambda: self.leases.fail(job, decision.status, decision.delay_seconds, error)
         )
         self.stats[f"failed_{decision.status}"] += 1
         log.info("attempt failed", extra={"error": error, "next": str(decision.status)})
@@ -368,19 +373,17 @@ class Worker:
         running = self._running.get(job.lease_id)
         reason = running.stop_reason if running else "shutdown"
         if reason == "canceled":
-            await self._persist(lambda: self.store.cancel_running(job))
+            await self._persist(lambda: self.leases.cancel_running(job))
             self.stats["canceled"] += 1
         elif reason == "shutdown":
-            ticket = await self._persist(lambda: self.store.release(job))
+            ticket = await self._persist(lambda: self.leases.release(job))
             self.stats["released"] += 1
             if ticket is not None:
                 await self._publish(ticket)
 
     async def _publish(self, ticket: Ticket) -> None:
         """Publish after the commit; unconfirmed tickets are left to the scheduler."""
-        confirmed = await self.broker.publish_many([ticket])
-        if confirmed:
-            await self._persist(lambda: self.store.mark_published(confirmed))
+        await self.outbox.send([ticket])
 
     async def _persist(self, write: Any) -> Any:
         """Run a database write, retrying while PostgreSQL is unreachable. The write's own
@@ -419,7 +422,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         # Finishing jobs too: an outcome retried through a database outage needs its lease.
         running = [r for r in self._running.values() if r.stop_reason is None]
-        held = await self.store.heartbeat(
+        held = await self.leases.heartbeat(
             [(r.job.id, r.job.lease_id) for r in running], self.settings.lease_seconds
         )
         for r in running:

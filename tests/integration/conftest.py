@@ -27,8 +27,11 @@ from services.worker import builtin  # noqa: F401  (registers the built-in handl
 from services.worker.registry import registry
 from services.worker.runner import Worker
 from shared.config import Settings
-from shared.db.store import JobStore
+from shared.db.leases import LeaseStore
+from shared.db.sweeps import SweepStore
+from shared.db.tickets import TicketStore
 from shared.messaging import Broker
+from shared.outbox import Outbox
 from tests.procs import free_port
 
 
@@ -79,7 +82,10 @@ async def start_worker(
         s = replace(settings, **overrides)
         broker = Broker(s, "jobq-test-worker")
         await broker.connect()
-        worker = Worker(s, JobStore(engine), broker, registry, tracer_provider.get_tracer("w"))
+        outbox = Outbox(TicketStore(engine), broker)
+        worker = Worker(
+            s, LeaseStore(engine), outbox, broker, registry, tracer_provider.get_tracer("w")
+        )
         stop = asyncio.Event()
         running = RunningWorker(worker, broker, stop, asyncio.create_task(worker.run(stop)))
         started.append(running)
@@ -99,7 +105,8 @@ async def scheduler(
     """A scheduler to tick by hand."""
     broker = Broker(settings, "jobq-test-scheduler")
     await broker.connect()
-    yield Scheduler(settings, JobStore(engine), broker, tracer_provider.get_tracer("s"))
+    outbox = Outbox(TicketStore(engine), broker, mark_delay=0)
+    yield Scheduler(settings, SweepStore(engine), outbox, broker, tracer_provider.get_tracer("s"))
     await broker.close()
 
 

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
-from shared.db.store import JobStore
+from shared.db.jobs import JobStore
 from tests.conftest import Bearer, jobs_of
 from tests.integration.conftest import StartWorker, ticking, wait_for
 

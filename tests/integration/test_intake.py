@@ -12,13 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.limits import Budget, SubmitLimiter
 from services.api.schemas import JobIn
-from services.api.submission import Dispatcher, Intake
+from services.api.submission import Intake
 from services.api.tokens import Principal
 from shared.config import Settings
-from shared.db.store import JobStore
 from shared.db.submits import NewJob, Outcome, SubmitStore
+from shared.db.tickets import TicketStore
 from shared.errors import IdempotencyKeyReused, Overloaded, UndeclaredQueue
 from shared.messaging import Broker
+from shared.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ class Recording(SubmitStore):
 
 def make_intake(settings: Settings, engine: AsyncEngine, broker: Broker) -> Intake:
     unlimited = SubmitLimiter(Budget(0, 0), Budget(0, 0))
-    return Intake(Recording(engine), Dispatcher(JobStore(engine), broker), unlimited, settings)
+    return Intake(Recording(engine), Outbox(TicketStore(engine), broker), unlimited, settings)
 
 
 async def test_requests_gathered_into_one_statement_each_get_their_own_outcome(
@@ -99,7 +100,7 @@ async def test_requests_gathered_into_one_statement_each_get_their_own_outcome(
         count = await conn.scalar(sa.text("SELECT count(*) FROM jobs"))
     assert count == 1 + 1 + 10 + 1 + 1  # earlier, first, plain, k-new, globex's k-new
     await intake.close()
-    await intake.dispatcher.close()
+    await intake.outbox.close()
     # Every new job's ticket was published
     ready, _ = await broker.queue_state("default")
     assert ready == count
@@ -121,4 +122,4 @@ async def test_past_the_backlog_a_submit_is_refused_at_once_and_nothing_is_lost(
         ids = set(await conn.scalars(sa.text("SELECT id FROM jobs")))
     assert ids == {job.id for job, _ in accepted}
     await intake.close()
-    await intake.dispatcher.close()
+    await intake.outbox.close()

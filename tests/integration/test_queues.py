@@ -20,9 +20,9 @@ from services.api.app import create_app
 from services.api.broker_stats import BrokerStats
 from shared.config import Settings
 from shared.db.engine import make_engine
+from shared.db.jobs import JobStore
 from shared.db.migrate import upgrade
 from shared.db.queues import QueueStore
-from shared.db.store import JobStore
 from shared.errors import DependencyUnavailable
 from shared.runtime import check_database, service_resources
 from tests.conftest import Bearer, jobs_of

@@ -12,10 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
-from shared.db.store import JobStore
+from shared.db.jobs import JobStore
 from shared.db.submits import SubmitStore
+from shared.db.sweeps import SweepStore
+from shared.db.tickets import TicketStore
 from shared.domain import JobStatus
 from shared.messaging import Broker
+from shared.outbox import Outbox
 from tests.integration.conftest import StartWorker, wait_for
 from tests.integration.test_worker import final, new_job, submit
 
@@ -108,7 +111,14 @@ async def test_two_schedulers_never_publish_a_due_job_twice(
         await b.connect()
     small = replace(settings, scheduler_batch_size=50)
     schedulers = [
-        Scheduler(small, JobStore(engine), b, tracer_provider.get_tracer("s")) for b in brokers
+        Scheduler(
+            small,
+            SweepStore(engine),
+            Outbox(TicketStore(engine), b, mark_delay=0),
+            b,
+            tracer_provider.get_tracer("s"),
+        )
+        for b in brokers
     ]
     await asyncio.sleep(0.4)
     try:

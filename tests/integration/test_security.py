@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
 from shared.config import Settings
-from shared.db.store import JobStore
+from shared.db.jobs import JobStore
 from tests.conftest import Bearer, jobs_of
 from tests.forge import b64, hand_signed, pem
 from tests.integration.conftest import listening

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import shared.credentials
 from services.api.routes import auth
 from shared.config import Settings
-from shared.db.store import ClientStore
+from shared.db.clients import ClientStore
 from tests.integration.conftest import wait_for
 from tests.integration.test_security import Client, served, token_for
 

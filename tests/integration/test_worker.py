@@ -14,8 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
-from shared.db.store import JobRow, JobStore
+from shared.db.jobs import JobStore
+from shared.db.leases import LeaseStore
+from shared.db.sql import JobRow
 from shared.db.submits import NewJob, SubmitStore, SubmittedJob
+from shared.db.sweeps import SweepStore
+from shared.db.tickets import TicketStore
 from shared.domain import JobStatus
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
@@ -39,7 +43,7 @@ def new_job(type: str = "noop", payload: object = None, **kw: object) -> NewJob:
 async def submit(store: JobStore, broker: Broker, job: NewJob) -> SubmittedJob:
     [(row, _)] = await SubmitStore(store.engine).insert([job])
     await broker.publish(ticket(row))
-    await store.mark_published([ticket(row)])
+    await TicketStore(store.engine).mark_published([ticket(row)])
     return row
 
 
@@ -119,23 +123,27 @@ async def test_duplicate_deliveries_complete_once(
 
 
 async def test_a_stale_worker_cannot_complete_fail_or_extend_a_reclaimed_job(
-    store: JobStore, submits: SubmitStore, settings: Settings, scheduler: Scheduler
+    store: JobStore,
+    leases: LeaseStore,
+    submits: SubmitStore,
+    settings: Settings,
+    scheduler: Scheduler,
 ) -> None:
     [(row, _)] = await submits.insert([new_job()])
-    [stale], _ = await store.claim([row.id], lease_seconds=60)
+    [stale], _ = await leases.claim([row.id], lease_seconds=60)
     async with store.engine.begin() as conn:  # the lease runs out (worker paused)
         await conn.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s'"))
-    assert await store.complete([(stale.id, stale.lease_id, '"late"')]) == [False]
+    assert await leases.complete([(stale.id, stale.lease_id, '"late"')]) == [False]
     assert (await scheduler.tick())["expired"] == 1
-    [current], _ = await store.claim([row.id], lease_seconds=60)
+    [current], _ = await leases.claim([row.id], lease_seconds=60)
     assert current.lease_id != stale.lease_id
     assert current.attempts == 2
 
-    assert await store.heartbeat([(stale.id, stale.lease_id)], 60) == {}
-    assert await store.complete([(stale.id, stale.lease_id, '"late"')]) == [False]
-    assert await store.fail(stale, JobStatus.DEAD, 0, {"type": "X", "message": "late"}) is None
-    assert await store.complete([(current.id, current.lease_id, '"ok"')]) == [True]
-    assert await store.complete([(current.id, current.lease_id, '"twice"')]) == [False]
+    assert await leases.heartbeat([(stale.id, stale.lease_id)], 60) == {}
+    assert await leases.complete([(stale.id, stale.lease_id, '"late"')]) == [False]
+    assert await leases.fail(stale, JobStatus.DEAD, 0, {"type": "X", "message": "late"}) is None
+    assert await leases.complete([(current.id, current.lease_id, '"ok"')]) == [True]
+    assert await leases.complete([(current.id, current.lease_id, '"twice"')]) == [False]
     job = await store.get("acme", row.id)
     assert job is not None
     assert job.status == JobStatus.SUCCEEDED
@@ -143,10 +151,10 @@ async def test_a_stale_worker_cannot_complete_fail_or_extend_a_reclaimed_job(
 
 
 async def test_an_expired_lease_with_no_attempts_left_is_dead(
-    store: JobStore, submits: SubmitStore, broker: Broker, scheduler: Scheduler
+    store: JobStore, leases: LeaseStore, submits: SubmitStore, broker: Broker, scheduler: Scheduler
 ) -> None:
     [(row, _)] = await submits.insert([new_job(max_attempts=1)])
-    await store.claim([row.id], lease_seconds=0.1)
+    await leases.claim([row.id], lease_seconds=0.1)
     await asyncio.sleep(0.3)
     assert (await scheduler.tick())["expired"] == 1
     job = await store.get("acme", row.id)
@@ -242,16 +250,16 @@ async def test_classic_queues_let_the_broker_order_by_priority(
 
 
 async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbeat(
-    store: JobStore, submits: SubmitStore, scheduler: Scheduler
+    store: JobStore, leases: LeaseStore, submits: SubmitStore, scheduler: Scheduler
 ) -> None:
     # Given two running jobs whose cancel was requested
     rows = [row for row, _ in await submits.insert([new_job(), new_job()])]
-    crashed, failed = (await store.claim([r.id for r in rows], lease_seconds=0.2))[0]
+    crashed, failed = (await leases.claim([r.id for r in rows], lease_seconds=0.2))[0]
     for job in (crashed, failed):
         before, _ = await store.cancel("acme", job.id)
         assert before == JobStatus.RUNNING
     # When one attempt fails (retryable) and the other's worker vanishes
-    assert await store.fail(failed, JobStatus.RETRYING, 0, {"type": "X", "message": "m"}) is None
+    assert await leases.fail(failed, JobStatus.RETRYING, 0, {"type": "X", "message": "m"}) is None
     await asyncio.sleep(0.3)
     assert (await scheduler.tick())["expired"] == 0  # nothing to publish
     # Then both end canceled instead of running again
@@ -264,32 +272,34 @@ async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbea
 
 async def test_a_retried_claim_whose_reply_was_lost_does_not_spend_another_attempt(
     store: JobStore,
+    leases: LeaseStore,
     submits: SubmitStore,
 ) -> None:
     [(row, _)] = await submits.insert([new_job()])
     lease = uuid.uuid4()
-    [first], _ = await store.claim([row.id], 30, [lease])
+    [first], _ = await leases.claim([row.id], 30, [lease])
     # The reply was lost; the worker retries with a fresh lease id, naming the one it tried
-    [again], _ = await store.claim([row.id], 30, [uuid.uuid4()], tried=[lease])
+    [again], _ = await leases.claim([row.id], 30, [uuid.uuid4()], tried=[lease])
     assert (first.attempts, again.attempts) == (1, 1)
     assert again.lease_id == lease
     # Another worker's duplicate ticket cannot take it
-    claimed, others = await store.claim([row.id], 30, [uuid.uuid4()])
+    claimed, others = await leases.claim([row.id], 30, [uuid.uuid4()])
     assert claimed == []
     assert others == {row.id}
 
 
 async def test_a_retried_claim_never_reuses_a_lease_id_for_a_new_attempt(
     store: JobStore,
+    leases: LeaseStore,
     submits: SubmitStore,
 ) -> None:
     [(row, _)] = await submits.insert([new_job()])
     lease = uuid.uuid4()
-    await store.claim([row.id], 0.1, [lease])  # committed, reply lost
+    await leases.claim([row.id], 0.1, [lease])  # committed, reply lost
     await asyncio.sleep(0.3)
-    await store.expire_leases(10)  # the lease ran out; the job is queued again
+    await SweepStore(store.engine).expire_leases(10)  # the lease ran out; the job is queued again
     fresh = uuid.uuid4()
-    [claimed], _ = await store.claim([row.id], 30, [fresh], tried=[lease])
+    [claimed], _ = await leases.claim([row.id], 30, [fresh], tried=[lease])
     assert (claimed.attempts, claimed.lease_id) == (2, fresh)
 
 

@@ -48,16 +48,19 @@ from hypothesis.stateful import (
 )
 from opentelemetry.trace import NoOpTracer
 
-from services.api.submission import ticket_of
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.engine import make_engine
+from shared.db.jobs import JobStore
+from shared.db.leases import Claimed, LeaseStore
 from shared.db.queues import QueueStore
-from shared.db.store import Claimed, JobStore
 from shared.db.submits import NewJob, SubmitStore
+from shared.db.sweeps import SweepStore
+from shared.db.tickets import TicketStore, ticket_of
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus, decide_failure
 from shared.ids import uuid7
 from shared.messaging import Broker, Ticket
+from shared.outbox import Outbox
 from tests import audit
 from tests.services import create_database, database_server, drop_database
 
@@ -95,6 +98,9 @@ class Postgres:
     conn: Any  # asyncpg.Connection
     store: JobStore
     submits: SubmitStore
+    leases: LeaseStore
+    sweeps: SweepStore
+    tickets: TicketStore
     settings: Settings
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -127,7 +133,16 @@ def pg() -> Iterator[Postgres]:
         engine = make_engine(s, "property", pool_size=2)
         stack.callback(lambda: run(engine.dispose()))
         run(QueueStore(engine).declare(QUEUES))
-        yield Postgres(loop, conn, JobStore(engine), SubmitStore(engine), s)
+        yield Postgres(
+            loop,
+            conn,
+            JobStore(engine),
+            SubmitStore(engine),
+            LeaseStore(engine),
+            SweepStore(engine),
+            TicketStore(engine),
+            s,
+        )
 
 
 class MemoryBroker(Broker):
@@ -220,7 +235,8 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.tenant: dict[uuid.UUID, str] = {}
         self.keys: dict[tuple[str, str], uuid.UUID] = {}
         self.broker = MemoryBroker(self.settings, self.rank)
-        self.scheduler = Scheduler(self.settings, self.store, self.broker, NoOpTracer())
+        outbox = Outbox(self.pg.tickets, self.broker, mark_delay=0)
+        self.scheduler = Scheduler(self.settings, self.pg.sweeps, outbox, self.broker, NoOpTracer())
         #: What each worker believes it runs.
         self.held: dict[str, dict[uuid.UUID, Claimed]] = {w: {} for w in WORKERS}
         #: Deliveries whose claim committed but whose reply was lost, as ``(job id, every
@@ -260,7 +276,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         """Publish as the API and workers do: confirmed tickets are marked published."""
         self.broker.fate = fate
         confirmed = self.pg.run(self.broker.publish_many(tickets))
-        self.pg.run(self.store.mark_published(confirmed))
+        self.pg.run(self.pg.tickets.mark_published(confirmed))
 
     def claim(
         self, asks: list[tuple[uuid.UUID, uuid.UUID]], tried: Sequence[uuid.UUID] = ()
@@ -270,7 +286,9 @@ class JobStoreMachine(RuleBasedStateMachine):
         ids = [job_id for job_id, _ in asks]
         before = {job_id: self.row(job_id) for job_id in ids}
         claimed, others = self.pg.run(
-            self.store.claim(ids, self.settings.lease_seconds, [lease for _, lease in asks], tried)
+            self.pg.leases.claim(
+                ids, self.settings.lease_seconds, [lease for _, lease in asks], tried
+            )
         )
         by_id = {c.id: c for c in claimed}
         assert len(by_id) == len(claimed), "a job was claimed twice in one batch"
@@ -484,19 +502,19 @@ class JobStoreMachine(RuleBasedStateMachine):
         was = self.row(claim.id)
         expected: JobStatus
         if action == "complete":
-            [written] = self.pg.run(self.store.complete([(claim.id, claim.lease_id, "{}")]))
+            [written] = self.pg.run(self.pg.leases.complete([(claim.id, claim.lease_id, "{}")]))
             expected = JobStatus.SUCCEEDED
         elif action == "heartbeat":
             answer = self.pg.run(
-                self.store.heartbeat([(claim.id, claim.lease_id)], self.settings.lease_seconds)
+                self.pg.leases.heartbeat([(claim.id, claim.lease_id)], self.settings.lease_seconds)
             )
             written = claim.id in answer
             expected = JobStatus.RUNNING
             if answer.get(claim.id):  # a cancel was requested: the worker honours it
-                assert self.pg.run(self.store.cancel_running(claim))
+                assert self.pg.run(self.pg.leases.cancel_running(claim))
                 expected = JobStatus.CANCELED
         elif action == "release":
-            ticket = self.pg.run(self.store.release(claim))
+            ticket = self.pg.run(self.pg.leases.release(claim))
             written = self.row(claim.id) != was
             expected = JobStatus.CANCELED if was["cancel_requested"] else JobStatus.QUEUED
             assert (ticket is not None) == (written and expected == JobStatus.QUEUED)
@@ -514,7 +532,7 @@ class JobStoreMachine(RuleBasedStateMachine):
             )
             error = {"type": "Boom", "message": "the handler raised"}
             dead = self.pg.run(
-                self.store.fail(claim, decision.status, decision.delay_seconds, error)
+                self.pg.leases.fail(claim, decision.status, decision.delay_seconds, error)
             )
             written = self.row(claim.id) != was
             expected = decision.status
@@ -603,7 +621,7 @@ class JobStoreMachine(RuleBasedStateMachine):
             asks = [(t.job_id, uuid.uuid4()) for t in self.broker.ready]
             self.broker.ready.clear()
             claimed = self.claim(asks)
-            done = self.pg.run(self.store.complete([(c.id, c.lease_id, "{}") for c in claimed]))
+            done = self.pg.run(self.pg.leases.complete([(c.id, c.lease_id, "{}") for c in claimed]))
             assert all(done)
         stuck = [(r["id"], r["status"]) for r in self.rows() if r["status"] not in TERMINAL]
         assert stuck == [], f"jobs never finished: {stuck}"

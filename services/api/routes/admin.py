@@ -17,8 +17,8 @@ from litestar.params import FromPath, JSONBody
 from services.api.auth import requires_scopes
 from services.api.openapi import problems
 from services.api.schemas import ClientIn, ClientList, ClientOut, ClientSecret
+from shared.db.clients import ClientStore
 from shared.db.models import ApiClient
-from shared.db.store import ClientStore
 
 ADMIN = {"scopes": ["admin"]}
 PATH = "/v1/admin/clients/{client_id:uuid}"

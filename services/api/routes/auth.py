@@ -22,7 +22,7 @@ from services.api.openapi import problems
 from services.api.schemas import TokenOut
 from services.api.tokens import Principal, TokenConfig, issue, lifetime
 from shared.credentials import credential_digest, hash_secret, secret_matches
-from shared.db.store import ClientStore
+from shared.db.clients import ClientStore
 
 #: Looked up for a client id that is not a UUID, so that every refusal costs one lookup.
 NO_CLIENT = uuid.UUID(int=0)

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 
 from services.api.errors import problem
 from services.api.openapi import problems
-from shared.db.store import JobStore
+from shared.db.jobs import JobStore
 from shared.messaging import Broker
 
 

@@ -22,12 +22,14 @@ from services.api.instants import parse_query
 from services.api.limits import WaiterCap
 from services.api.openapi import problems
 from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
-from services.api.submission import Dispatcher, Intake
+from services.api.submission import Intake
 from services.api.tokens import Principal
 from shared.config import MAX_LIST_LIMIT, NAME_PATTERN, Settings
-from shared.db.store import JobRow, JobStore
+from shared.db.jobs import JobStore
+from shared.db.sql import JobRow
 from shared.domain import TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
+from shared.outbox import Outbox
 from shared.telemetry import job_traceparent
 
 AuthRequest = Request[Principal, str, Any]
@@ -219,7 +221,7 @@ async def retry_job(
     request: AuthRequest,
     job_id: FromPath[uuid.UUID],
     store: NamedDependency[JobStore],
-    dispatcher: NamedDependency[Dispatcher],
+    outbox: NamedDependency[Outbox],
 ) -> JobOut:
     """Queue a dead or canceled job again with a fresh attempt budget; otherwise 409."""
     try:
@@ -232,7 +234,7 @@ async def retry_job(
         raise Conflict(
             detail=f"only dead or canceled jobs can be retried; this one is {job.status}"
         )
-    await dispatcher.dispatch([ticket])
+    await outbox.send([ticket])
     return JobOut.of(job)
 
 

@@ -24,9 +24,9 @@ from services.api.openapi import problems
 from services.api.schemas import QueueIn, QueueList, QueueOut, QueuePatch
 from services.api.tokens import Principal
 from shared.config import QUEUE_NAME
+from shared.db.jobs import JobStore
 from shared.db.models import Queue
 from shared.db.queues import QueueStore
-from shared.db.store import JobStore
 from shared.messaging import Broker
 
 log = logging.getLogger("jobq.api")

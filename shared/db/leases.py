@@ -1,0 +1,242 @@
+"""A worker's statements: every write names the lease id it was given at claim time (the fencing
+token) and a lease that has not run out, so a worker whose lease expired can no longer
+complete, fail or extend its job (docs/design.md §3). Statements work on sets of jobs, one
+round trip per batch; times come from the database clock."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import raw
+from shared.db.sql import statement
+from shared.db.tickets import TICKET_COLUMNS, ticket_of
+from shared.domain import JobStatus
+from shared.messaging import Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job this worker holds: run it, then write back naming ``lease_id``."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    payload: Any
+    attempts: int
+    max_attempts: int
+    timeout_seconds: int
+    lease_id: uuid.UUID
+    retry_backoff_seconds: float | None
+    retry_backoff_max_seconds: float | None
+    traceparent: str | None
+    tenant: str
+
+
+#: Moves queued jobs to running; see ``JobStore.claim``. ``$1`` ids, ``$2`` lease ids,
+#: ``$3`` lease ids of earlier tries, ``$4`` lease seconds.
+CLAIM = """
+    UPDATE jobs j SET status = 'running',
+        attempts = CASE WHEN j.status = 'queued' THEN j.attempts + 1 ELSE j.attempts END,
+        started_at = CASE WHEN j.status = 'queued' THEN now() ELSE j.started_at END,
+        lease_id = CASE WHEN j.status = 'queued' THEN v.lease ELSE j.lease_id END,
+        lease_expires_at = now() + make_interval(secs => $4::float8),
+        updated_at = now(), published_at = coalesce(j.published_at, now())
+    FROM unnest($1::uuid[], $2::uuid[]) AS v(id, lease)
+    WHERE j.id = v.id
+      AND j.id IN (SELECT id FROM jobs
+                   WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
+                   ORDER BY id FOR UPDATE)
+      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
+    RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
+        j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
+        j.traceparent, j.tenant
+"""
+
+
+def _claimed(row: Any) -> Claimed:
+    values = list(row)
+    values[4] = _json.decode(values[4])  # the payload
+    return Claimed(*values)
+
+
+_json = msgspec.json.Decoder()
+
+
+class LeaseStore:
+    """A worker's writes: claim, heartbeat and the outcome of each attempt, fenced by
+    the lease id."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Single statements run in autocommit: no BEGIN and COMMIT round trips per batch.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def claim(
+        self,
+        ids: Sequence[uuid.UUID],
+        lease_seconds: float,
+        lease_ids: Sequence[uuid.UUID] | None = None,
+        tried: Sequence[uuid.UUID] = (),
+    ) -> tuple[list[Claimed], set[uuid.UUID]]:
+        """Move queued jobs to running under the given lease ids; one statement for the batch.
+
+        A claim whose reply was lost may have committed: its retry names fresh lease ids and,
+        in ``tried``, those of the earlier tries. A job still running under one of those is
+        returned again, with that lease and without spending another attempt; a job that
+        went back to the queue meanwhile is claimed under the fresh id, so no lease id ever
+        fences two claims. Returns the claimed jobs and the ids that exist but could not be
+        claimed (running under another lease, finished, canceled or not yet due): their
+        tickets are duplicates or stale. Ids in neither set name no job at all.
+        """
+        leases = list(lease_ids) if lease_ids is not None else [uuid.uuid4() for _ in ids]
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(CLAIM, list(ids), leases, list(tried), lease_seconds)
+            claimed = [_claimed(row) for row in rows]
+            others: set[uuid.UUID] = set()
+            if len(claimed) < len(ids):
+                got = {c.id for c in claimed}
+                rest = [i for i in ids if i not in got]
+                found = await conn.fetch("SELECT id FROM jobs WHERE id = ANY($1::uuid[])", rest)
+                others = {row[0] for row in found}
+        return claimed, others
+
+    async def heartbeat(
+        self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
+    ) -> dict[uuid.UUID, bool]:
+        """Extend the leases still held; returns ``{job id: cancel requested}`` for those.
+
+        A job missing from the answer has lost its lease: its worker must stop writing.
+        """
+        if not leases:
+            return {}
+        async with self._autocommit.connect() as conn:
+            rows = (
+                await conn.execute(
+                    statement("""
+                    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => :lease)
+                    FROM unnest(CAST(:ids AS uuid[]), CAST(:leases AS uuid[])) AS v(id, lease)
+                    WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                      AND j.lease_expires_at > now()
+                    RETURNING j.id, j.cancel_requested
+                """),
+                    {
+                        "ids": [i for i, _ in leases],
+                        "leases": [lease for _, lease in leases],
+                        "lease": lease_seconds,
+                    },
+                )
+            ).all()
+        return {row.id: row.cancel_requested for row in rows}
+
+    async def complete(self, items: Sequence[tuple[uuid.UUID, uuid.UUID, str]]) -> list[bool]:
+        """Record successes ``(job id, lease id, result JSON)`` in one statement.
+
+        Returns, per item, whether it was written: ``False`` means the lease was stale.
+        """
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(
+                """
+                UPDATE jobs j SET status = 'succeeded', result = v.result::jsonb,
+                    finished_at = now(), updated_at = now(),
+                    lease_id = NULL, lease_expires_at = NULL
+                FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS v(id, lease, result)
+                WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                  AND j.lease_expires_at > now()
+                RETURNING j.id
+                """,
+                [i[0] for i in items],
+                [i[1] for i in items],
+                [i[2] for i in items],
+            )
+        done = {row[0] for row in rows}
+        return [item[0] in done for item in items]
+
+    async def fail(
+        self, job: Claimed, status: JobStatus, delay_seconds: float, error: dict[str, str]
+    ) -> Ticket | None:
+        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead``.
+
+        Returns the dead-letter ticket for a dead job, ``None`` otherwise or if the lease
+        was stale (nothing written then).
+        """
+        err = json.dumps({**error, "attempt": job.attempts})
+        async with self._autocommit.connect() as conn:
+            row = (
+                await conn.execute(
+                    statement(
+                        f"""
+                    UPDATE jobs SET
+                        status = CASE WHEN cancel_requested AND :status = 'retrying'
+                                      THEN 'canceled' ELSE :status END,
+                        last_error = CAST(:err AS jsonb),
+                        errors = errors || jsonb_build_array(CAST(:err AS jsonb)),
+                        run_at = now() + make_interval(secs => :delay),
+                        finished_at = CASE WHEN :status = 'dead' OR cancel_requested
+                                           THEN now() END,
+                        dispatched_at = CASE WHEN :status = 'dead' THEN now() END,
+                        published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
+                        updated_at = now()
+                    WHERE id = :id AND lease_id = :lease AND status = 'running'
+                      AND lease_expires_at > now()
+                    RETURNING {TICKET_COLUMNS}
+                """,
+                        "last_error",
+                    ),
+                    {
+                        "status": str(status),
+                        "err": err,
+                        "delay": delay_seconds,
+                        "id": job.id,
+                        "lease": job.lease_id,
+                    },
+                )
+            ).first()
+        if row is None or row.status != JobStatus.DEAD:
+            return None
+        return ticket_of(row)
+
+    async def release(self, job: Claimed) -> Ticket | None:
+        """Hand a held job back to the queue without counting the attempt (graceful
+        shutdown); returns its new ticket, or ``None`` if the lease was already lost or a
+        cancel was requested (the job is canceled instead)."""
+        row = await self._finish_running(
+            job,
+            "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,"
+            " finished_at = CASE WHEN cancel_requested THEN now() END,"
+            " attempts = attempts - 1, dispatched_at = now(), published_at = NULL,"
+            " started_at = NULL",
+        )
+        return None if row is None or row.status == JobStatus.CANCELED else ticket_of(row)
+
+    async def cancel_running(self, job: Claimed) -> bool:
+        """Honour a cancel request on a job this worker holds."""
+        row = await self._finish_running(job, "status = 'canceled', finished_at = now()")
+        return row is not None
+
+    async def _finish_running(self, job: Claimed, assignments: str) -> sa.Row[Any] | None:
+        async with self._autocommit.connect() as conn:
+            row = (
+                await conn.execute(
+                    statement(
+                        f"""
+                    UPDATE jobs SET {assignments}, lease_id = NULL, lease_expires_at = NULL,
+                        updated_at = now()
+                    WHERE id = :id AND lease_id = :lease AND status = 'running'
+                      AND lease_expires_at > now()
+                    RETURNING {TICKET_COLUMNS}
+                """,
+                        "last_error",
+                    ),
+                    {"id": job.id, "lease": job.lease_id},
+                )
+            ).first()
+        return row

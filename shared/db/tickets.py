@@ -1,0 +1,68 @@
+"""Tickets from job rows, and the record that a ticket's publish was confirmed (docs/design.md
+§3): a queued job whose ticket was not confirmed in time is published again by the scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.sql import statement
+from shared.domain import JobStatus
+from shared.messaging import Ticket
+
+TICKET_COLUMNS = "id, type, attempts, queue, priority, traceparent, status, last_error, tenant"
+
+
+def ticket_of(job: Any) -> Ticket:
+    """The ticket of a job row (any object with the ``TICKET_COLUMNS`` as attributes); a dead
+    job's ticket goes to the dead-letter exchange, with its last error as the reason."""
+    dead = job.status == JobStatus.DEAD
+    reason = None
+    if dead:
+        err = job.last_error or {}
+        reason = f"{err.get('type', 'dead')}: {err.get('message', '')}"
+    return Ticket(
+        job_id=job.id,
+        type=job.type,
+        attempt=job.attempts,
+        queue=job.queue,
+        priority=job.priority,
+        traceparent=job.traceparent,
+        dead=dead,
+        reason=reason,
+        tenant=job.tenant,
+    )
+
+
+class TicketStore:
+    """Records confirmed publishes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Single statements run in autocommit: no BEGIN and COMMIT round trips per batch.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def mark_published(self, tickets: Sequence[Ticket]) -> None:
+        """Record confirmed publishes, in one statement for the batch.
+
+        A ticket marks its job only while the job is still at the ticket's attempt, so a late
+        confirm never stands for a newer ticket (a dead letter, say). Rows locked by a claim
+        are skipped rather than waited for: the claim records the publish itself, and waiting
+        would chain lock waits between the API and the workers.
+        """
+        if not tickets:
+            return
+        async with self._autocommit.connect() as conn:
+            await conn.execute(
+                statement("""
+                    UPDATE jobs SET published_at = now()
+                    WHERE id IN (SELECT j.id FROM jobs j
+                                 JOIN unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]))
+                                      AS t(id, attempt) ON j.id = t.id AND j.attempts = t.attempt
+                                 WHERE j.status IN ('queued', 'dead') AND j.published_at IS NULL
+                                 FOR UPDATE OF j SKIP LOCKED)
+                """),
+                {"ids": [t.job_id for t in tickets], "attempts": [t.attempt for t in tickets]},
+            )

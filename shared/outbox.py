@@ -1,0 +1,69 @@
+"""Tickets out: publish those of committed jobs, then record which the broker confirmed.
+
+The row is always committed first, so a ticket never names a job that does not exist; a
+ticket that is not confirmed, or whose confirm is not recorded (the process died), is
+published again by the scheduler (docs/design.md §3). The API, the worker and the scheduler
+all send through an ``Outbox``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.db.tickets import TicketStore
+    from shared.messaging import Broker, Ticket
+
+log = logging.getLogger("jobq.outbox")
+
+
+class Outbox:
+    """``send`` publishes with confirms in flight together; confirms are recorded
+    ``mark_delay`` seconds after the first of a batch arrives, in one UPDATE for all.
+
+    By then most of the jobs have been claimed (the claim records the publish itself), so
+    the UPDATE writes only the rows of a backlog and never waits on a worker's lock. A mark
+    that is lost costs one duplicate ticket, later. ``mark_delay=0``: recorded before
+    ``send`` returns (the scheduler, whose next sweep must see them).
+    """
+
+    def __init__(self, tickets: TicketStore, broker: Broker, mark_delay: float = 0.5) -> None:
+        self.tickets = tickets
+        self.broker = broker
+        self.mark_delay = mark_delay
+        self._confirmed: list[Ticket] = []
+        self._marker: asyncio.Task[None] | None = None
+
+    async def send(self, tickets: list[Ticket]) -> list[Ticket]:
+        """Publish; returns the tickets the broker confirmed."""
+        if not tickets:
+            return []
+        confirmed = await self.broker.publish_many(tickets)
+        self._confirmed.extend(confirmed)
+        if self.mark_delay <= 0:
+            await self._flush()
+        elif self._confirmed and (self._marker is None or self._marker.done()):
+            self._marker = asyncio.create_task(self._mark_later())
+        return confirmed
+
+    async def _mark_later(self) -> None:
+        while self._confirmed:
+            await asyncio.sleep(self.mark_delay)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        tickets, self._confirmed = self._confirmed, []
+        try:
+            await self.tickets.mark_published(tickets)
+        except Exception as exc:
+            log.warning(
+                "could not record confirms", extra={"jobs": len(tickets), "error": repr(exc)}
+            )
+
+    async def close(self) -> None:
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+        await self._flush()
