@@ -28,7 +28,9 @@ class Coalescer(Generic[T, R]):
 
     At most ``concurrency`` runs are under way, each of at most ``max_items``. Beyond
     ``max_waiting`` items waiting for a run, a call raises ``Overloaded`` at once rather than
-    queueing: a backlog the runs cannot drain only makes every answer late.
+    queueing: a backlog the runs cannot drain only makes every answer late. A run that raises
+    an error ``isolate`` accepts is tried again item by item, so one bad item fails alone
+    (not for errors every item would meet, such as the database being down).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Coalescer(Generic[T, R]):
         max_items: int,
         concurrency: int = 1,
         max_waiting: int | None = None,
+        isolate: Callable[[Exception], bool] | None = None,
     ) -> None:
         if max_items < 1 or concurrency < 1:
             raise ValueError("max_items and concurrency must be at least 1")
@@ -45,6 +48,7 @@ class Coalescer(Generic[T, R]):
         self.max_items = max_items
         self.concurrency = concurrency
         self.max_waiting = max_waiting
+        self.isolate = isolate
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._runners: set[asyncio.Task[None]] = set()
         #: Runners not yet returned (a finished task leaves ``_runners`` a step later).
@@ -79,11 +83,17 @@ class Coalescer(Generic[T, R]):
             item, future = self._waiting.popleft()
             if not future.cancelled():  # its caller left before the run: nothing done yet
                 batch.append((item, future))
-        if not batch:
-            return
+        if batch:
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             results: Sequence[R | Exception] = await self._run([item for item, _ in batch])
         except Exception as exc:
+            if len(batch) > 1 and self.isolate is not None and self.isolate(exc):
+                for entry in batch:
+                    await self._run_batch([entry])
+                return
             results = [exc] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():

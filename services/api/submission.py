@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from services.api.schemas import BatchJobIn, JobIn, encoded_size
 from shared.coalesce import Coalescer
+from shared.db.errors import is_transient
 from shared.db.submits import NewJob
 from shared.db.tickets import ticket_of
 from shared.domain import JobStatus
@@ -120,6 +121,9 @@ class Intake:
             max_items=settings.submit_gather_max,
             concurrency=settings.submit_statements,
             max_waiting=settings.submit_backlog,
+            # A statement refused for one request's job (not for the database being down) is
+            # tried again request by request: that request alone is refused.
+            isolate=lambda exc: not is_transient(exc),
         )
 
     async def one(

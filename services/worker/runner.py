@@ -1,36 +1,33 @@
 """The worker: consume tickets, claim jobs in batches, run handlers, record outcomes.
 
-Deliveries wait in a priority-ordered buffer (bounded by the prefetch) until a slot is free;
-free slots are filled by one claim UPDATE for all the deliveries at hand, and each delivery is
-acked once that claim commits (docs/design.md §3.3). From then on the lease in PostgreSQL, renewed by one
-heartbeat UPDATE for all running jobs, is what recovers the job if this process dies.
-Successes are group-committed; failures are recorded one by one.
+Deliveries wait in a priority-ordered buffer (``deliveries``, bounded by the prefetch) until a
+slot is free; free slots are filled by one claim UPDATE for all the deliveries at hand, and
+each delivery is acked once that claim commits (docs/design.md §3.3). From then on the lease
+in PostgreSQL, renewed by one heartbeat UPDATE for all running jobs, is what recovers the job
+if this process dies. Each attempt is run by ``execution`` and its outcome written by
+``outcomes``; this module ties them together and owns the running tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
-import itertools
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import msgspec
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.worker.acks import Outstanding
+from services.worker.deliveries import Delivery, DeliveryBuffer, settle
+from services.worker.execution import Failed, attempt
+from services.worker.outcomes import Outcomes
 from services.worker.registry import JobContext, Registry
-from shared.batching import Batcher
 from shared.db.errors import is_transient
-from shared.domain import decide_failure
-from shared.errors import DecodeError, PermanentFailure
+from shared.errors import DecodeError
 from shared.logging import current_job_id
 from shared.messaging import Ticket, decode_ticket
 from shared.telemetry import context_from
@@ -41,30 +38,12 @@ if TYPE_CHECKING:
 
     from shared.config import Settings
     from shared.db.leases import Claimed, LeaseStore
-    from shared.messaging import Broker, TicketBody
+    from shared.messaging import Broker
     from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.worker")
 
 StopReason = Literal["canceled", "lease_lost", "shutdown"]
-
-
-@dataclass(order=True)
-class Delivery:
-    sort_key: tuple[int, int]
-    message: AbstractIncomingMessage = field(compare=False)
-    ticket: TicketBody = field(compare=False)
-    received: float = field(compare=False)
-    #: The underlying AMQP channel it came on (delivery tags are per channel).
-    channel: int = field(compare=False)
-    #: The lease id its claim asks for; a retry asks for a fresh one and names the earlier
-    #: ones (``tried``), whose claim may have committed with its reply lost.
-    lease: uuid.UUID = field(compare=False, default_factory=uuid.uuid4)
-    tried: list[uuid.UUID] = field(compare=False, default_factory=list)
-
-    @property
-    def tag(self) -> int:
-        return int(self.message.delivery_tag or 0)
 
 
 @dataclass
@@ -96,17 +75,13 @@ class Worker:
         self.tracer = tracer
         self.concurrency = settings.worker_concurrency
         self.stats: Counter[str] = Counter()
-        self._buffer: list[Delivery] = []
-        self._outstanding = Outstanding()
-        self._seq = itertools.count()
+        self._buffer = DeliveryBuffer()
+        self.outcomes = Outcomes(settings, leases, outbox, self.stats)
         self._wake = asyncio.Event()
         #: Attempts running here, by lease id: an older attempt of the same job may still be
         #: writing its (refused) outcome when its re-queued ticket is claimed here again.
         self._running: dict[uuid.UUID, Running] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        self._completions: Batcher[tuple[uuid.UUID, uuid.UUID, str], bool] = Batcher(
-            leases.complete
-        )
         self._db_ok = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -166,8 +141,7 @@ class Worker:
                 await q.cancel(tag)
             except Exception as exc:  # broker gone: its deliveries return by themselves
                 log.warning("could not cancel consumer", extra={"error": repr(exc)})
-        buffered, self._buffer = self._buffer, []
-        await self._settle_buffered(buffered, "nack")
+        await self._buffer.settle(self._buffer.take_all(), "nack")
         running = [r.task for r in self._running.values()]
         if running:
             log.info("draining", extra={"running": len(running)})
@@ -178,7 +152,7 @@ class Worker:
                 r.task.cancel()
         if self._running:
             await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
-        await self._completions.drain()
+        await self.outcomes.close()
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -188,50 +162,10 @@ class Worker:
         except DecodeError as exc:
             self.stats["rejected"] += 1
             log.error("undecodable message dead-lettered", extra={"error": str(exc)})
-            await self._settle(message, "reject")
+            await settle(message, "reject")
             return
-        priority = message.priority or 0
-        d = Delivery(
-            (-priority, next(self._seq)), message, ticket, time.monotonic(), id(message.channel)
-        )
-        self._outstanding.add(d.channel, d.tag)
-        heapq.heappush(self._buffer, d)
+        self._buffer.add(message, ticket, message.priority or 0, id(message.channel))
         self._wake.set()
-
-    async def _settle(
-        self,
-        message: AbstractIncomingMessage,
-        how: Literal["ack", "nack", "reject"],
-        multiple: bool = False,
-    ) -> None:
-        """Ack, requeue or dead-letter a delivery; a closed channel means the broker already
-        took it back, which is fine: the claim in PostgreSQL decides."""
-        try:
-            if how == "ack":
-                await message.ack(multiple=multiple)
-            elif how == "nack":
-                await message.nack(requeue=True)
-            else:
-                await message.reject(requeue=False)
-        except Exception as exc:
-            log.warning("delivery not settled", extra={"how": how, "error": repr(exc)})
-
-    async def _settle_buffered(
-        self, deliveries: list[Delivery], how: Literal["ack", "nack", "reject"]
-    ) -> None:
-        """Settle deliveries taken from the buffer: acks of a whole channel prefix in one
-        ``ack(multiple=True)`` (``services.worker.acks``), the rest one by one."""
-        by_channel: dict[int, list[Delivery]] = {}
-        for d in deliveries:
-            by_channel.setdefault(d.channel, []).append(d)
-        for channel, group in by_channel.items():
-            tags = {d.tag for d in group}
-            if how == "ack" and len(group) > 1 and self._outstanding.covers(channel, tags):
-                await self._settle(max(group, key=lambda d: d.tag).message, "ack", multiple=True)
-            else:
-                for d in group:
-                    await self._settle(d.message, how)
-            self._outstanding.settle(channel, tags)
 
     async def _dispatch_loop(self) -> None:
         backoff = 0.1
@@ -239,7 +173,7 @@ class Worker:
             await self._wake.wait()
             self._wake.clear()
             while self._buffer and (free := self.concurrency - len(self._running)) > 0:
-                batch = [heapq.heappop(self._buffer) for _ in range(min(free, len(self._buffer)))]
+                batch = self._buffer.take(free)
                 try:
                     await self._claim(batch)
                     self._db_ok, backoff = True, 0.1
@@ -250,9 +184,8 @@ class Worker:
                     # sending more) instead of bouncing them and burning their delivery count.
                     self._db_ok = False
                     for d in batch:
-                        d.tried.append(d.lease)
-                        d.lease = uuid.uuid4()
-                        heapq.heappush(self._buffer, d)
+                        d.retry_with_fresh_lease()
+                    self._buffer.put_back(batch)
                     log.warning("claim failed; pausing", extra={"error": repr(exc)})
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -283,8 +216,8 @@ class Worker:
                     "ticket names no job; dead-lettered", extra={"job_id": str(d.ticket.job_id)}
                 )
                 rejects.append(d)
-        await self._settle_buffered(acks, "ack")
-        await self._settle_buffered(rejects, "reject")
+        await self._buffer.settle(acks, "ack")
+        await self._buffer.settle(rejects, "reject")
 
     def _slot_freed(self, lease_id: uuid.UUID, _task: object = None) -> None:
         self._running.pop(lease_id, None)
@@ -314,90 +247,28 @@ class Worker:
 
     async def _attempt(self, job: Claimed, span: Span | None) -> None:
         ctx = JobContext(job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id)
-        outcome: Callable[[], Awaitable[None]]
         try:
-            async with asyncio.timeout(job.timeout_seconds):
-                result = await self.registry.get(job.type)(job.payload, ctx)
+            outcome = await attempt(
+                lambda: self.registry.get(job.type)(job.payload, ctx), job.timeout_seconds
+            )
         except asyncio.CancelledError:
             await self._stopped(job)
             return
-        except Exception as exc:
-            if span is not None:
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-            if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"attempt exceeded timeout_seconds={job.timeout_seconds}")
-            outcome = functools.partial(self._fail, job, exc)
-        else:
-            outcome = functools.partial(self._succeed, job, result)
+        if span is not None and isinstance(outcome, Failed):
+            span.set_status(Status(StatusCode.ERROR, str(outcome.error)[:200]))
         # The handler is done and its outcome is being written: neither a heartbeat (which
         # may see the row leave 'running' first) nor a shutdown may cancel that.
         self._running[job.lease_id].finishing = True
-        await outcome()
-
-    async def _succeed(self, job: Claimed, result: Any) -> None:
-        try:
-            encoded = msgspec.json.encode(result).decode()
-        except (TypeError, msgspec.EncodeError) as exc:
-            await self._fail(job, PermanentFailure(f"result is not JSON: {exc}"))
-            return
-        if "\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL
-            await self._fail(job, PermanentFailure("result holds a NUL character (\\u0000)"))
-            return
-        written = await self._persist(
-            lambda: self._completions.submit((job.id, job.lease_id, encoded))
-        )
-        self.stats["succeeded" if written else "stale"] += 1
-        if not written:
-            log.warning("completion refused: lease no longer held")
-
-    async def _fail(self, job: Claimed, exc: BaseException) -> None:
-        permanent = isinstance(exc, PermanentFailure)
-        decision = decide_failure(
-            job.attempts,
-            job.max_attempts,
-            permanent=permanent,
-            base=job.retry_backoff_seconds or self.settings.retry_backoff_seconds,
-            cap=job.retry_backoff_max_seconds or self.settings.retry_backoff_max_seconds,
-        )
-        error = {"type": type(exc).__name__, "message": str(exc)[:2000].replace("\x00", "")}
-        dead = await self._persist(
-            lambda: self.leases.fail(job, decision.status, decision.delay_seconds, error)
-        )
-        self.stats[f"failed_{decision.status}"] += 1
-        log.info("attempt failed", extra={"error": error, "next": str(decision.status)})
-        if dead is not None:
-            await self._publish(dead)
+        await self.outcomes.record(job, outcome)
 
     async def _stopped(self, job: Claimed) -> None:
         """The job's task was cancelled by us: honour the reason."""
         running = self._running.get(job.lease_id)
         reason = running.stop_reason if running else "shutdown"
         if reason == "canceled":
-            await self._persist(lambda: self.leases.cancel_running(job))
-            self.stats["canceled"] += 1
+            await self.outcomes.cancel(job)
         elif reason == "shutdown":
-            ticket = await self._persist(lambda: self.leases.release(job))
-            self.stats["released"] += 1
-            if ticket is not None:
-                await self._publish(ticket)
-
-    async def _publish(self, ticket: Ticket) -> None:
-        """Publish after the commit; unconfirmed tickets are left to the scheduler."""
-        await self.outbox.send([ticket])
-
-    async def _persist(self, write: Any) -> Any:
-        """Run a database write, retrying while PostgreSQL is unreachable. The write's own
-        compare-and-set makes a late retry harmless."""
-        delay = 0.1
-        while True:
-            try:
-                return await write()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("database unavailable; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            await self.outcomes.release(job)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -442,12 +313,9 @@ class Worker:
         back to the queue as fresh tickets, so none nears RabbitMQ's consumer_timeout."""
         if not self._db_ok:
             return
-        limit = time.monotonic() - self.settings.handback_after_seconds
-        stale = [d for d in self._buffer if d.received < limit]
-        if not stale:
-            return
-        self._buffer = [d for d in self._buffer if d.received >= limit]
-        heapq.heapify(self._buffer)
+        stale = self._buffer.take_older_than(
+            time.monotonic() - self.settings.handback_after_seconds
+        )
         for d in stale:
             t = d.ticket
             ticket = Ticket(
@@ -456,13 +324,13 @@ class Worker:
                 t.attempt,
                 queue=d.message.routing_key or "default",
                 priority=d.message.priority or 0,
-                traceparent=(d.message.headers or {}).get("traceparent"),  # type: ignore[arg-type]
+                traceparent=(d.message.headers or {}).get("traceparent"),
             )
             try:
                 await self.broker.publish(ticket)
             except Exception as exc:
                 log.warning("hand-back failed; delivery kept", extra={"error": repr(exc)})
-                heapq.heappush(self._buffer, d)
+                self._buffer.put_back([d])
                 continue
-            await self._settle_buffered([d], "ack")
+            await self._buffer.settle([d], "ack")
             self.stats["handed_back"] += 1

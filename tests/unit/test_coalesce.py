@@ -111,3 +111,22 @@ async def test_a_caller_that_left_before_its_run_is_not_run() -> None:
     assert list(await asyncio.gather(first, kept)) == [0, 40]
     await c.close()
     assert run.batches == [[0], [4]]
+
+
+async def test_a_run_failing_for_one_item_is_tried_item_by_item_when_isolated() -> None:
+    async def run(items: list[int]) -> list[int | Exception]:
+        if 3 in items:
+            raise ValueError("item 3 is bad")
+        return list[int | Exception](items)
+
+    def isolated(exc: Exception) -> bool:
+        return isinstance(exc, ValueError)
+
+    c: Coalescer[int, int] = Coalescer(run, max_items=100, isolate=isolated)
+    results = await asyncio.gather(*(c(i) for i in range(6)), return_exceptions=True)
+    assert [r for r in results if not isinstance(r, Exception)] == [0, 1, 2, 4, 5]
+    assert isinstance(results[3], ValueError)
+    # An error every item would meet fails the batch as it is
+    c = Coalescer(run, max_items=100, isolate=lambda exc: False)
+    results = await asyncio.gather(*(c(i) for i in range(6)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
