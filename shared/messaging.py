@@ -192,6 +192,19 @@ class Broker:
         await dead.bind(self._dlx)
 
     @property
+    def connected(self) -> bool:
+        """The connection is open (aio-pika reconnects a lost one by itself)."""
+        return self.connection is not None and not self.connection.is_closed
+
+    async def consumer_channel(self, prefetch: int) -> AbstractChannel:
+        """A channel of its own for consuming, at most ``prefetch`` deliveries unacked."""
+        if self.connection is None:
+            raise RuntimeError("Broker.connect() first")
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    @property
     def channel(self) -> AbstractChannel:
         if self._channel is None:
             raise RuntimeError("Broker.connect() first")

@@ -93,8 +93,7 @@ class Worker:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobq-handler")
         )
-        channel = await self.broker.connection.channel()  # type: ignore[union-attr]
-        await channel.set_qos(prefetch_count=self.concurrency)
+        channel = await self.broker.consumer_channel(prefetch=self.concurrency)
         for queue in self.settings.consumed_queues:
             name = await self.broker.ensure_queue(queue)
             # Declared (not just looked up) on this channel: the robust channel re-declares

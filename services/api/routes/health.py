@@ -27,7 +27,7 @@ async def ready(store: NamedDependency[JobStore], broker: NamedDependency[Broker
         await store.ping()
     except Exception:
         down.append("postgresql")
-    if broker.connection is None or broker.connection.is_closed:
+    if not broker.connected:
         down.append("rabbitmq")
     if down:
         return problem(503, f"unreachable: {', '.join(down)}", headers={"Retry-After": "2"})
