@@ -101,7 +101,7 @@ class Settings:
     submit_statements: int = 3
     #: Single submits waiting for a statement, per API process, beyond which a submit is
     #: refused at once with ``503`` and ``Retry-After`` (load shedding).
-    submit_backlog: int = 1000
+    submit_backlog: int = 256
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once, for one
     #: tenant's clients together, and for one client.
     max_waiters: int = 200
