@@ -32,7 +32,7 @@ types: install
 test: lint types
 	$(BIN)/pytest -q
 
-## Throughput and latency against Celery on the same RabbitMQ (prints a table; not a test).
+## Throughput, latency and CPU per job against Celery and Dramatiq on one RabbitMQ (tables; not a test).
 bench: install
 	$(PY) -m tests.bench $(BENCH_ARGS)
 

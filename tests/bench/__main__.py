@@ -1,9 +1,14 @@
 """``python -m tests.bench [--quick] [--jobs N] [--runs R] …`` (``make bench BENCH_ARGS=…``).
 
-Starts jobq (``migrate``, one ``api``, ``--workers`` x ``worker``) and the Celery baseline
-(``--celery-workers`` x ``celery worker --pool=prefork --concurrency=1`` by default, the notes'
-"prefork x2"), keeps them running, and measures R interleaved rounds of: jobq batch submit,
-jobq single submits, Celery. Prints the medians and each run. Every child is stopped on exit.
+Starts jobq (``migrate``, ``api --processes 2``, ``scheduler``, ``--workers`` x ``worker``)
+and its peers on the same RabbitMQ: Celery lean (no result backend) and Celery with a
+PostgreSQL result backend (each ``--celery-workers`` x ``celery worker --pool=prefork
+--concurrency=1``), Dramatiq (``--dramatiq-processes`` x ``--dramatiq-threads``), published
+without and with publisher confirms. Keeps them all running and measures R interleaved
+rounds of: jobq batch submits, jobq single submits (closed loop), jobq single submits offered
+at each of ``--rates`` (open loop, with due-to-start latencies), then each peer. Prints the
+medians, each run, the ratios to each peer, CPU per job by process and RSS. Every child is
+stopped on exit.
 """
 
 from __future__ import annotations
@@ -18,47 +23,68 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.bench import pg
 from tests.bench.celery_side import CeleryConfig, CeleryStack
+from tests.bench.dramatiq_side import DramatiqConfig, DramatiqStack
 from tests.bench.jobq_side import JobqConfig, JobqStack
-from tests.bench.report import Result, render
+from tests.bench.report import CELERY, CELERY_PG, OpenLoop, Result, render
 from tests.procs import ProcessDied
+
+#: What ``--systems`` takes, in the order each round measures them.
+PHASES = ("batch", "single", "open", "celery", "celery-pg", "dramatiq", "dramatiq-confirm")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--jobs", type=int, default=20000, help="jobs per batch/Celery run (20000)")
+    p.add_argument("--jobs", type=int, default=20000, help="jobs per batch/peer run (20000)")
     p.add_argument("--single-jobs", type=int, default=5000, help="jobs per single run (5000)")
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds; medians printed (3)")
     p.add_argument("--concurrency", type=int, default=256, help="per jobq worker (256)")
     p.add_argument("--workers", type=int, default=2, help="jobq worker processes (2)")
+    p.add_argument("--api-processes", type=int, default=2, help="jobq api processes (2)")
     p.add_argument("--batch-size", type=int, default=500, help="jobs per batch request (500)")
     p.add_argument("--in-flight", type=int, default=4, help="batch requests at once (4)")
-    p.add_argument("--clients", type=int, default=64, help="single requests at once (64)")
+    p.add_argument("--clients", type=int, default=64, help="closed loop: single clients (64)")
+    p.add_argument(
+        "--rates",
+        default="200,500,1000,2000",
+        help="open loop: offered requests/s, comma-separated",
+    )
+    p.add_argument("--open-seconds", type=float, default=10.0, help="open loop: per rate (10)")
     p.add_argument("--celery-workers", type=int, default=2, help="celery worker processes (2)")
     p.add_argument("--celery-pool", default="prefork", help="celery pool (prefork)")
     p.add_argument("--celery-concurrency", type=int, default=1, help="per celery worker (1)")
+    p.add_argument("--dramatiq-processes", type=int, default=2, help="dramatiq processes (2)")
+    p.add_argument("--dramatiq-threads", type=int, default=8, help="per dramatiq process (8)")
     p.add_argument("--warmup", type=int, default=500, help="unmeasured jobs per system first")
     p.add_argument("--stall", type=float, default=60.0, help="fail a drain idle this long (s)")
     p.add_argument(
         "--database-url",
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/jobq_bench",
-        help="dropped and created afresh",
+        help="jobq's; Celery's results go to <database>_celery; both dropped and created afresh",
     )
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    p.add_argument("--broker-prefix", default="jobqbench")
+    p.add_argument("--broker-prefix", default="jobqbench", help="of every queue the bench uses")
     p.add_argument("--log-dir", type=Path, help="child logs (default: a new temp dir)")
     p.add_argument(
-        "--systems",
-        default="batch,single,celery",
-        help="which to measure, comma-separated (batch,single,celery)",
+        "--systems", default=",".join(PHASES), help="which to measure, comma-separated (all)"
     )
-    p.add_argument("--quick", action="store_true", help="smoke: 2000 jobs, 500 single, 1 run")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke: 2000 jobs, 500 single, 2 s per rate, 1 run"
+    )
     args = p.parse_args(argv)
     if args.quick:
-        args.jobs, args.single_jobs, args.runs, args.warmup = 2000, 500, 1, min(args.warmup, 200)
+        args.jobs, args.single_jobs, args.runs = 2000, 500, 1
+        args.warmup, args.open_seconds = min(args.warmup, 200), min(args.open_seconds, 2.0)
     args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
-    if not args.systems or not args.systems <= {"batch", "single", "celery"}:
-        p.error("--systems takes some of batch,single,celery")
+    if not args.systems or not args.systems <= set(PHASES):
+        p.error(f"--systems takes some of {','.join(PHASES)}")
+    try:
+        args.rates = sorted({float(r) for r in args.rates.split(",") if r.strip()})
+    except ValueError:
+        p.error("--rates takes numbers, comma-separated")
+    if not args.rates or min(args.rates) <= 0:
+        p.error("--rates takes positive numbers")
     for name in ("jobs", "single_jobs", "runs", "batch_size", "in_flight", "clients"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -66,17 +92,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def header(args: argparse.Namespace) -> str:
+    rates = ", ".join(f"{r:g}" for r in args.rates)
     return "\n".join(
         [
             "jobq benchmark: no-op jobs, e2e = jobs / (first submit .. last job finished)",
-            f"  N={args.jobs} (batch, celery)  N_single={args.single_jobs}  runs={args.runs}"
-            f"  warmup={args.warmup}  systems={','.join(sorted(args.systems))}",
-            f"  jobq: 1 api + {args.workers} workers x concurrency {args.concurrency};"
-            f" batch {args.batch_size} jobs x {args.in_flight} in flight;"
-            f" single: {args.clients} concurrent clients",
+            f"  N={args.jobs} (batch, peers)  N_single={args.single_jobs}  runs={args.runs}"
+            f"  warmup={args.warmup}  systems={','.join(p for p in PHASES if p in args.systems)}",
+            f"  jobq: {args.api_processes} api processes, scheduler, {args.workers} workers x"
+            f" concurrency {args.concurrency}; batch {args.batch_size} jobs x {args.in_flight}"
+            f" in flight (httpx); single: {args.clients} closed-loop clients (loadgen);"
+            f" open loop: {rates} req/s offered for {args.open_seconds:g} s each",
             f"  celery: {args.celery_workers} workers x --pool={args.celery_pool}"
-            f" --concurrency={args.celery_concurrency}; acks_late, persistent, json,"
-            " no result backend, no publisher confirms",
+            f" --concurrency={args.celery_concurrency}; acks_late, persistent, json, no publisher"
+            " confirms; lean: no result backend; +pg: results stored in PostgreSQL (psycopg)",
+            f"  dramatiq: {args.dramatiq_processes} processes x {args.dramatiq_threads} threads,"
+            " RabbitmqBroker defaults; +confirm: publisher confirms",
+            "  peers publish from the bench process itself (no API in between); jobq is"
+            " submitted to over HTTP from the same process",
             f"  machine: {os.cpu_count()} cpus, python {platform.python_version()}",
         ]
     )
@@ -85,63 +117,116 @@ def header(args: argparse.Namespace) -> str:
 def progress(r: Result) -> str:
     latency = "" if r.p50_ms is None else f", p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms or 0:.1f} ms"
     return (
-        f"run {r.run} {r.system:<11} {r.jobs} jobs: enqueue {r.enqueue_rate:,.0f}/s,"
+        f"run {r.run} {r.system:<16} {r.jobs} jobs: enqueue {r.enqueue_rate:,.0f}/s,"
         f" e2e {r.e2e_rate:,.0f}/s ({r.total_seconds:.2f} s){latency}"
     )
 
 
-async def bench(args: argparse.Namespace, log_dir: Path, results: list[Result]) -> None:
-    """Start both systems, measure into ``results`` (kept when a later run fails), stop."""
+def progress_open(p: OpenLoop) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    return (
+        f"run {p.run} jobq open {p.offered:>6,.0f}/s: {p.accepted_rate:,.0f} accepted/s,"
+        f" p50 {ms(p.p50_ms)} p99 {ms(p.p99_ms)} p99.9 {ms(p.p999_ms)} ms,"
+        f" due-to-start p50 {ms(p.due_p50_ms)} p99 {ms(p.due_p99_ms)} ms"
+        + (f", refused {dict(p.refused)}" if p.refused else "")
+        + (f", no answer {dict(p.errors)}" if p.errors else "")
+    )
+
+
+async def bench(
+    args: argparse.Namespace, log_dir: Path, results: list[Result], points: list[OpenLoop]
+) -> None:
+    """Start every system measured, measure into ``results`` and ``points`` (kept when a
+    later run fails), stop."""
+    want = args.systems
+    prefix = args.broker_prefix
     jobq = JobqStack(
         JobqConfig(
             database_url=args.database_url,
             amqp_url=args.amqp_url,
-            broker_prefix=args.broker_prefix,
+            broker_prefix=prefix,
+            api_processes=args.api_processes,
             workers=args.workers,
             concurrency=args.concurrency,
             stall_seconds=args.stall,
         ),
         log_dir,
     )
-    celery = CeleryStack(
-        CeleryConfig(
+    results_url = pg.respell(
+        args.database_url, database=f"{pg.database_of(args.database_url)}_celery"
+    )
+    celeries = {
+        phase: CeleryStack(
+            system,
+            CeleryConfig(
+                amqp_url=args.amqp_url,
+                queue=f"{prefix}.{phase}",
+                workers=args.celery_workers,
+                pool=args.celery_pool,
+                concurrency=args.celery_concurrency,
+                stall_seconds=args.stall,
+                results_url=results_url if phase == "celery-pg" else None,
+            ),
+            log_dir,
+        )
+        for phase, system in (("celery", CELERY), ("celery-pg", CELERY_PG))
+        if phase in want
+    }
+    dramatiq = DramatiqStack(
+        DramatiqConfig(
             amqp_url=args.amqp_url,
-            workers=args.celery_workers,
-            pool=args.celery_pool,
-            concurrency=args.celery_concurrency,
+            queue=f"{prefix}.dramatiq",
+            processes=args.dramatiq_processes,
+            threads=args.dramatiq_threads,
             stall_seconds=args.stall,
         ),
         log_dir,
     )
+    use_jobq = bool(want & {"batch", "single", "open"})
+    use_dramatiq = bool(want & {"dramatiq", "dramatiq-confirm"})
 
     def record(r: Result) -> None:
         results.append(r)
         print(progress(r), flush=True)
 
+    async def round_(run: int, jobs: int, single_jobs: int) -> None:
+        """One round of every phase; run 0 is the warmup, recorded nowhere."""
+        keep = record if run else (lambda r: None)
+        if "batch" in want:
+            keep(await jobq.run_batch(jobs, args.batch_size, args.in_flight, run))
+        if "single" in want:
+            keep(await jobq.run_single(single_jobs, args.clients, run))
+        if "open" in want and run:
+            for rate in args.rates:
+                points.append(await jobq.run_open(rate, args.open_seconds, run))
+                print(progress_open(points[-1]), flush=True)
+        for celery in celeries.values():
+            keep(await celery.measure(jobs, run))
+        for confirm in (False, True):
+            if ("dramatiq-confirm" if confirm else "dramatiq") in want:
+                keep(await dramatiq.measure(jobs, run, confirm))
+
     try:
-        print("starting jobq and celery ...", flush=True)
-        use_jobq = bool(args.systems & {"batch", "single"})
+        print("starting " + ", ".join(sorted(want)) + " ...", flush=True)
         if use_jobq:
             await jobq.start()
-        if "celery" in args.systems:
+        for celery in celeries.values():
             await celery.start()
+        if use_dramatiq:
+            await dramatiq.start()
         if args.warmup:
             print(f"warmup: {args.warmup} jobs each", flush=True)
-            if use_jobq:
-                await jobq.run_batch(args.warmup, args.batch_size, args.in_flight, 0)
-            if "celery" in args.systems:
-                await celery.run(args.warmup, 0)
+            await round_(0, args.warmup, args.warmup)
         for run in range(1, args.runs + 1):
-            if "batch" in args.systems:
-                record(await jobq.run_batch(args.jobs, args.batch_size, args.in_flight, run))
-            if "single" in args.systems:
-                record(await jobq.run_single(args.single_jobs, args.clients, run))
-            if "celery" in args.systems:
-                record(await celery.run(args.jobs, run))
+            await round_(run, args.jobs, args.single_jobs)
     finally:
         await jobq.close()
         jobq.stop()
-        celery.stop()
+        for celery in celeries.values():
+            celery.stop()
+        dramatiq.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,20 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  child logs: {log_dir}", flush=True)
     started = time.monotonic()
     results: list[Result] = []
+    points: list[OpenLoop] = []
     code = 0
     try:
-        asyncio.run(bench(args, log_dir, results))
+        asyncio.run(bench(args, log_dir, results, points))
     except ProcessDied as exc:
         print(f"\nbench failed at {time.strftime('%H:%M:%S')}: {exc}", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt:
         code = 130
-    if results:
-        runs = len({r.run for r in results})
-        what = "medians" if code == 0 else "INCOMPLETE (the bench failed): medians"
-        elapsed = time.monotonic() - started
-        print(f"\n{what} of {runs} run(s) ({elapsed:.0f} s in all):\n")
-        print(render(results))
+    if results or points:
+        what = "" if code == 0 else "INCOMPLETE (the bench failed): "
+        print(f"\n{what}{time.monotonic() - started:.0f} s in all\n")
+        print(render(results, points))
     return code
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractQueue
+
+from tests.bench import BenchError
+from tests.procs import Proc, check_alive
 
 
 @contextlib.asynccontextmanager
@@ -58,3 +63,19 @@ async def delete(url: str, queues: list[str], exchanges: list[str]) -> None:
                 await channel.exchange_delete(name)
     finally:
         await conn.close()
+
+
+async def wait_consumers(
+    url: str, queue: str, count: int, procs: Sequence[Proc], within: float = 60.0
+) -> None:
+    """Wait until ``queue`` has ``count`` consumers, failing early if a process in ``procs``
+    died (the workers that should be consuming it)."""
+    deadline = time.monotonic() + within
+    state: tuple[int, int] | None = None
+    while time.monotonic() < deadline:
+        check_alive(procs)
+        state = await queue_state(url, queue)
+        if state is not None and state[1] >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise BenchError(f"{count} consumers expected on {queue}; (ready, consumers): {state}")

@@ -1,96 +1,88 @@
-"""The Celery baseline: ``celery -A tests.bench.celery_app worker`` processes on the same
-RabbitMQ; tasks sent with ``apply_async`` from this process; drain read from the workers'
-per-process counters (see ``celery_app``)."""
+"""The Celery peers: ``celery -A tests.bench.celery_app worker`` processes, lean (no result
+backend) or storing every result in PostgreSQL (its own database, through psycopg); tasks
+sent with ``apply_async`` from this process."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tests.bench import BenchError, amqp, celery_app
-from tests.bench.report import CELERY, Result
-from tests.procs import Proc, check_alive, clean_env, start, stop_all
+import asyncpg
 
-POLL_INTERVAL = 0.025
+from tests.bench import amqp, celery_app, pg
+from tests.bench.peer import PeerStack
+from tests.bench.report import Result
 
 
 @dataclass(frozen=True)
 class CeleryConfig:
     amqp_url: str
+    queue: str
     #: Worker processes (``celery worker`` commands) and the pool each one runs.
     workers: int
     pool: str
     concurrency: int
     stall_seconds: float
+    #: ``postgresql+asyncpg://…`` of a database for results (created afresh), or ``None``.
+    results_url: str | None = None
 
 
-class CeleryStack:
-    def __init__(self, config: CeleryConfig, log_dir: Path) -> None:
+class CeleryStack(PeerStack):
+    def __init__(self, system: str, config: CeleryConfig, log_dir: Path) -> None:
+        self.system = system
         self.config = config
-        self.log_dir = log_dir
-        self.count_dir = Path(tempfile.mkdtemp(prefix="jobqbench-celery-counts-"))
-        self.env = clean_env(
-            {"JOBQBENCH_AMQP_URL": config.amqp_url, "JOBQBENCH_COUNT_DIR": str(self.count_dir)}
+        url = config.results_url
+        self.backend = None if url is None else pg.respell(url, scheme="db+postgresql+psycopg")
+        env = {
+            "JOBQBENCH_CELERY_QUEUE": config.queue,
+            "JOBQBENCH_CELERY_BACKEND": self.backend or "",
+        }
+        super().__init__(
+            system.replace("+", "-"),
+            config.amqp_url,
+            config.queue,
+            config.workers,
+            env,
+            config.stall_seconds,
+            log_dir,
+            databases=[pg.database_of(url)] if url else (),
         )
-        self.procs: list[Proc] = []
-        # This process only publishes; the app must use the workers' broker.
-        celery_app.app.conf.broker_url = config.amqp_url
+        # This process only publishes, through an app of its own.
+        self.task: Any = celery_app.make_app(config.amqp_url, config.queue, self.backend).tasks[
+            celery_app.TASK
+        ]
 
-    async def start(self) -> None:
+    def commands(self) -> list[list[str]]:
         cfg = self.config
-        await amqp.delete(cfg.amqp_url, [celery_app.QUEUE], [celery_app.QUEUE])
-        for i in range(cfg.workers):
-            argv = [
+        return [
+            [
                 *(sys.executable, "-m", "celery", "-A", "tests.bench.celery_app", "worker"),
                 f"--pool={cfg.pool}",
                 f"--concurrency={cfg.concurrency}",
                 *("--without-heartbeat", "--without-gossip", "--without-mingle"),
-                *("-Q", celery_app.QUEUE, "--loglevel=warning", "-n", f"bench{i + 1}@%h"),
+                *("-Q", cfg.queue, "--loglevel=warning", "-n", f"{self.name}{i + 1}@%h"),
             ]
-            self.procs.append(start(f"celery-worker-{i + 1}", argv, self.env, self.log_dir))
-        deadline = time.monotonic() + 60
-        state: tuple[int, int] | None = None
-        while time.monotonic() < deadline:
-            check_alive(self.procs)
-            state = await amqp.queue_state(cfg.amqp_url, celery_app.QUEUE)
-            if state is not None and state[1] >= cfg.workers:
-                return
-            await asyncio.sleep(0.1)
-        raise BenchError(f"{cfg.workers} celery workers not consuming {celery_app.QUEUE}: {state}")
+            for i in range(cfg.workers)
+        ]
 
-    def stop(self) -> None:
-        stop_all(self.procs)
-        self.procs.clear()
-        shutil.rmtree(self.count_dir, ignore_errors=True)
+    async def start(self) -> None:
+        await amqp.delete(self.amqp_url, [self.queue], [self.queue])
+        if self.config.results_url:
+            await pg.fresh_database(self.config.results_url)
+        await super().start()
 
-    async def run(self, jobs: int, run: int) -> Result:
-        purged = await amqp.purge(self.config.amqp_url, celery_app.QUEUE)
-        if purged:
-            print(f"  note: purged {purged} leftover celery messages", flush=True)
-        before = celery_app.completed(self.count_dir)
-        task = celery_app.noop_task
-        t0 = time.perf_counter()
-        for _ in range(jobs):
-            task.apply_async()
-        t_enqueued = time.perf_counter()
-        target, seen, progressed = before + jobs, -1, time.monotonic()
-        while True:
-            done = celery_app.completed(self.count_dir)
-            now = time.perf_counter()
-            if done >= target:
-                break
-            if done != seen:
-                seen, progressed = done, time.monotonic()
-            elif time.monotonic() - progressed > self.config.stall_seconds:
-                tails = "\n".join(f"--- {p.name}:\n{p.tail(15)}" for p in self.procs)
-                raise BenchError(f"celery drain stalled at {done - before}/{jobs}\n{tails}")
-            check_alive(self.procs)
-            await asyncio.sleep(POLL_INTERVAL)
-        if done > target:
-            print(f"  note: celery ran {done - target} more tasks than sent", flush=True)
-        return Result(CELERY, run, jobs, t_enqueued - t0, now - t0)
+    async def reset(self) -> None:
+        """Also empty the results table, as jobq's runs start with an empty jobs table."""
+        await super().reset()
+        if self.config.results_url:
+            conn = await asyncpg.connect(pg.libpq(self.config.results_url))
+            try:
+                if await conn.fetchval("SELECT to_regclass('celery_taskmeta')"):
+                    await conn.execute("TRUNCATE celery_taskmeta")
+            finally:
+                await conn.close()
+
+    async def measure(self, jobs: int, run: int) -> Result:
+        return await self.run(self.system, jobs, run, self.task.apply_async)

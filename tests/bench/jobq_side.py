@@ -1,5 +1,6 @@
-"""jobq under test: ``jobq migrate``, one ``jobq api`` and N ``jobq worker`` processes against a
-dedicated database and broker prefix; jobs submitted over HTTP, completion read from PostgreSQL."""
+"""jobq under test: ``jobq migrate``, ``jobq api --processes P``, ``jobq scheduler`` and N
+``jobq worker`` processes against a dedicated database and broker prefix; jobs submitted over
+HTTP (batches with httpx, single submits with ``loadgen``), completion read from PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,22 +14,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
-from tests.bench import BenchError, amqp
-from tests.bench.report import BATCH, SINGLE, Result, percentile
-from tests.procs import (
-    REPO_ROOT,
-    Proc,
-    check_alive,
-    clean_env,
-    free_port,
-    start,
-    stop_all,
-)
+from tests.bench import BenchError, amqp, pg, tails
+from tests.bench.loadgen import Tally, Target, closed_loop, open_loop
+from tests.bench.procstat import Probe
+from tests.bench.report import BATCH, SINGLE, OpenLoop, Result, percentile
+from tests.procs import REPO_ROOT, Proc, check_alive, clean_env, free_port, start, stop_all
 
 TENANT = "bench"
 QUEUE = "default"
@@ -41,18 +35,11 @@ class JobqConfig:
     database_url: str
     amqp_url: str
     broker_prefix: str
+    api_processes: int
     workers: int
     concurrency: int
     #: A drain that makes no progress for this long fails the run.
     stall_seconds: float
-
-
-def _libpq(url: str, database: str | None = None) -> str:
-    """``postgresql+asyncpg://…/db`` as asyncpg spells it, optionally naming another database."""
-    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    if database is not None:
-        parts = parts._replace(path=f"/{database}")
-    return urlunsplit(parts)
 
 
 class JobqStack:
@@ -71,6 +58,7 @@ class JobqStack:
                 "JOBQ_JWT_SECRET": secrets.token_urlsafe(48),
                 "JOBQ_API_HOST": "127.0.0.1",
                 "JOBQ_API_PORT": str(self.port),
+                "JOBQ_API_PROCESSES": str(config.api_processes),
                 "JOBQ_WORKER_CONCURRENCY": str(config.concurrency),
                 "JOBQ_SHUTDOWN_GRACE_SECONDS": "5",
                 # the bench measures capacity, so the submit limits are off
@@ -80,24 +68,32 @@ class JobqStack:
         )
         self.procs: list[Proc] = []
         self.credentials: tuple[str, str] = ("", "")
-        self._pg: asyncpg.Connection | None = None
+        self._db: asyncpg.Connection | None = None
         self._http: httpx.AsyncClient | None = None
+        self.probe = Probe(self._trees, [pg.database_of(config.database_url)])
 
     @property
     def queue_name(self) -> str:
         return f"{self.config.broker_prefix}.q.{QUEUE}"
 
     @property
-    def pg(self) -> Any:
-        if self._pg is None:
+    def db(self) -> Any:
+        if self._db is None:
             raise RuntimeError("JobqStack.start() first")
-        return self._pg
+        return self._db
 
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
             raise RuntimeError("JobqStack.start() first")
         return self._http
+
+    def _trees(self) -> dict[str, list[int]]:
+        """The processes of each role, named ``jobq-<role>[-<n>]``."""
+        trees: dict[str, list[int]] = {}
+        for proc in self.procs:
+            trees.setdefault(proc.name.split("-")[1], []).append(proc.pid)
+        return trees
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
@@ -114,14 +110,10 @@ class JobqStack:
         return done.stdout
 
     async def start(self) -> None:
-        """Fresh database and broker objects, migrations, a client, the api, the workers."""
+        """Fresh database and broker objects, migrations, a client, the api, the scheduler,
+        the workers."""
         cfg = self.config
-        database = urlsplit(cfg.database_url).path.lstrip("/")
-        admin = await asyncpg.connect(_libpq(cfg.database_url, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await pg.fresh_database(cfg.database_url)
         p = cfg.broker_prefix
         await amqp.delete(cfg.amqp_url, [f"{p}.q.{QUEUE}", f"{p}.dead"], [f"{p}.jobs", f"{p}.dlx"])
 
@@ -134,13 +126,14 @@ class JobqStack:
         created = json.loads(out)
         self.credentials = (created["client_id"], created["client_secret"])
 
-        self._pg = await asyncpg.connect(_libpq(cfg.database_url))
+        self._db = await asyncpg.connect(pg.libpq(cfg.database_url))
+        self.probe.excluded.add(self.db.get_server_pid())  # it only polls
         # For health and tokens; each measured phase opens its own client (see ``_client``).
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
 
-        self.procs.append(
-            start("jobq-api", [sys.executable, "-m", "services", "api"], self.env, self.log_dir)
-        )
+        for name in ("api", "scheduler"):
+            argv = [sys.executable, "-m", "services", name]
+            self.procs.append(start(f"jobq-{name}", argv, self.env, self.log_dir))
         await self._wait_ready()
         for i in range(cfg.workers):
             argv = [
@@ -152,7 +145,7 @@ class JobqStack:
                 str(cfg.concurrency),
             ]
             self.procs.append(start(f"jobq-worker-{i + 1}", argv, self.env, self.log_dir))
-        await self._wait_consumers(cfg.workers)
+        await amqp.wait_consumers(cfg.amqp_url, self.queue_name, cfg.workers, self.procs)
 
     async def _wait_ready(self, within: float = 60.0) -> None:
         deadline = time.monotonic() + within
@@ -169,17 +162,6 @@ class JobqStack:
             await asyncio.sleep(0.1)
         raise BenchError(f"jobq api not ready after {within:.0f}s: {last}")
 
-    async def _wait_consumers(self, count: int, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        state: tuple[int, int] | None = None
-        while time.monotonic() < deadline:
-            check_alive(self.procs)
-            state = await amqp.queue_state(self.config.amqp_url, self.queue_name)
-            if state is not None and state[1] >= count:
-                return
-            await asyncio.sleep(0.1)
-        raise BenchError(f"{count} jobq workers not consuming {self.queue_name}: {state}")
-
     def stop(self) -> None:
         stop_all(self.procs)
         self.procs.clear()
@@ -187,12 +169,12 @@ class JobqStack:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        if self._pg is not None:
-            await self._pg.close()
+        if self._db is not None:
+            await self._db.close()
 
-    async def _reset(self) -> dict[str, str]:
-        """Empty the jobs table and the broker queue; a fresh token. Returns the auth header."""
-        await self.pg.execute("TRUNCATE jobs")
+    async def _reset(self) -> str:
+        """Empty the jobs table and the broker queue; returns a fresh token."""
+        await self.db.execute("TRUNCATE jobs")
         state = await amqp.queue_state(self.config.amqp_url, self.queue_name)
         if state is not None and state[0]:
             print(f"  note: {state[0]} leftover tickets in {self.queue_name}; purged", flush=True)
@@ -204,24 +186,24 @@ class JobqStack:
         )
         if r.status_code != 200:
             raise BenchError(f"token request failed: {r.status_code} {r.text}")
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return str(r.json()["access_token"])
 
     async def _wait_succeeded(self, jobs: int) -> float:
         """Poll until ``jobs`` rows are succeeded; returns that moment (``perf_counter``)."""
         seen, progressed = -1, time.monotonic()
         while True:
-            done = await self.pg.fetchval("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            done = await self.db.fetchval("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
             now = time.perf_counter()
             if done >= jobs:
                 return now
             if done != seen:
                 seen, progressed = done, time.monotonic()
             elif time.monotonic() - progressed > self.config.stall_seconds:
-                rows = await self.pg.fetch("SELECT status, count(*) FROM jobs GROUP BY status")
+                rows = await self.db.fetch("SELECT status, count(*) FROM jobs GROUP BY status")
                 counts = ", ".join(f"{r['status']}={r['count']}" for r in rows)
                 raise BenchError(
                     f"jobq drain stalled at {done}/{jobs} succeeded for "
-                    f"{self.config.stall_seconds:.0f}s ({counts})\n" + self._tails()
+                    f"{self.config.stall_seconds:.0f}s ({counts})\n" + tails(self.procs)
                 )
             check_alive(self.procs)
             await asyncio.sleep(POLL_INTERVAL)
@@ -248,18 +230,18 @@ class JobqStack:
             await asyncio.sleep(1.0)  # if the api is going down, let it finish
             check_alive(self.procs)
             raise BenchError(
-                f"POST {path} failed at {at}: {exc!r}; the api is still running\n" + self._tails()
+                f"POST {path} failed at {at}: {exc!r}; the api is still running\n"
+                + tails(self.procs)
             ) from exc
         if r.status_code != 202:
             raise BenchError(f"POST {path}: {r.status_code} {r.text[:1000]}")
 
-    def _tails(self) -> str:
-        return "\n".join(f"--- {p.name} ({p.log}):\n{p.tail(15)}" for p in self.procs)
-
     async def run_batch(self, jobs: int, batch_size: int, in_flight: int, run: int) -> Result:
         """Submit ``jobs`` through ``POST /v1/jobs/batch``, ``in_flight`` requests at once."""
-        headers = await self._reset()
-        headers["Content-Type"] = "application/json"
+        headers = {
+            "Authorization": f"Bearer {await self._reset()}",
+            "Content-Type": "application/json",
+        }
         sizes = [min(batch_size, jobs - i) for i in range(0, jobs, batch_size)]
         # Encoded before the clock starts: the bench's own CPU is shared with the services.
         bodies = iter([b'{"jobs":[' + b",".join([NOOP] * size) + b"]}" for size in sizes])
@@ -269,34 +251,81 @@ class JobqStack:
                 await self._post(client, "/v1/jobs/batch", body, headers)
 
         async with self._client(in_flight) as client:
+            cpu_before = self.probe.snapshot()
             t0 = time.perf_counter()
             await concurrently(submitter, min(in_flight, len(sizes)))
             t_enqueued = time.perf_counter()
         t_done = await self._wait_succeeded(jobs)
-        return Result(BATCH, run, jobs, t_enqueued - t0, t_done - t0)
+        usage = self.probe.usage_since(cpu_before, jobs)
+        return Result(BATCH, run, jobs, t_enqueued - t0, t_done - t0, usage=usage)
 
     async def run_single(self, jobs: int, clients: int, run: int) -> Result:
-        """Submit ``jobs`` as single ``POST /v1/jobs`` requests, ``clients`` at once."""
-        headers = await self._reset()
-        headers["Content-Type"] = "application/json"
-        latencies: list[float] = []
-        remaining = iter(range(jobs))
-
-        async def submitter() -> None:
-            for _ in remaining:
-                t = time.perf_counter()
-                await self._post(client, "/v1/jobs", NOOP, headers)
-                latencies.append(time.perf_counter() - t)
-
-        async with self._client(clients) as client:
-            t0 = time.perf_counter()
-            await concurrently(submitter, min(clients, jobs))
-            t_enqueued = time.perf_counter()
-        t_done = await self._wait_succeeded(jobs)
-        ms = sorted(x * 1000 for x in latencies)
+        """Submit ``jobs`` as single ``POST /v1/jobs`` requests from ``clients`` at once
+        (a closed loop: each sends its next request when the last one is answered)."""
+        target = Target.post(f"{self.base_url}/v1/jobs", NOOP, await self._reset())
+        cpu_before = self.probe.snapshot()
+        t0 = time.perf_counter()
+        tally = await self._load(closed_loop(target, min(clients, jobs), jobs))
+        t_enqueued = time.perf_counter()
+        accepted = self._accepted(tally, jobs)
+        t_done = await self._wait_succeeded(accepted)
         return Result(
-            SINGLE, run, jobs, t_enqueued - t0, t_done - t0, percentile(ms, 50), percentile(ms, 99)
+            SINGLE,
+            run,
+            accepted,
+            t_enqueued - t0,
+            t_done - t0,
+            p50_ms=tally.quantile(50),
+            p99_ms=tally.quantile(99),
+            p999_ms=tally.quantile(99.9),
+            usage=self.probe.usage_since(cpu_before, accepted),
         )
+
+    async def run_open(self, rate: float, seconds: float, run: int) -> OpenLoop:
+        """Offer single submits at ``rate`` a second for ``seconds`` (an open loop), wait for
+        the accepted jobs to succeed, then read their due-to-start latencies."""
+        target = Target.post(f"{self.base_url}/v1/jobs", NOOP, await self._reset())
+        tally = await self._load(open_loop(target, rate, seconds))
+        accepted = self._accepted(tally, round(rate * seconds))
+        if accepted:
+            await self._wait_succeeded(accepted)
+        due = await self.db.fetch(
+            "SELECT extract(epoch FROM started_at - run_at) * 1000 AS ms FROM jobs"
+            " WHERE started_at IS NOT NULL ORDER BY 1"
+        )
+        due_ms = [float(row["ms"]) for row in due]
+        return OpenLoop(
+            run=run,
+            offered=rate,
+            accepted=accepted,
+            seconds=tally.seconds,
+            p50_ms=tally.quantile(50),
+            p99_ms=tally.quantile(99),
+            p999_ms=tally.quantile(99.9),
+            due_p50_ms=percentile(due_ms, 50) if due_ms else None,
+            due_p99_ms=percentile(due_ms, 99) if due_ms else None,
+            refused={s: n for s, n in tally.statuses.items() if not 200 <= s < 300},
+            errors=dict(tally.errors),
+        )
+
+    async def _load(self, loop: Coroutine[Any, Any, Tally]) -> Tally:
+        """Run a load generator; a connection that fails outside its own accounting (the
+        closed loop's, or opening the open loop's) fails the run, with the services' logs."""
+        try:
+            return await loop
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await asyncio.sleep(1.0)  # if the api is going down, let it finish
+            check_alive(self.procs)
+            raise BenchError(f"load generator failed: {exc!r}\n" + tails(self.procs)) from exc
+
+    @staticmethod
+    def _accepted(tally: Tally, sent: int) -> int:
+        """The 2xx answers; any other outcome is worth a line before the run goes on."""
+        accepted = tally.accepted()
+        if accepted != sent:
+            other = {**{str(s): n for s, n in tally.statuses.items()}, **tally.errors}
+            print(f"  note: {accepted}/{sent} accepted ({other})", flush=True)
+        return accepted
 
 
 async def concurrently(factory: Callable[[], Coroutine[Any, Any, None]], copies: int) -> None:
