@@ -47,6 +47,8 @@ def problem(
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if exc.status_code >= 500:  # raised by the framework: never answered silently
+        log.error("server error", exc_info=exc, extra={"path": request.url.path})
     headers = dict(exc.headers or {})
     # An OAuth2 ``error`` code (RFC 6749 §5.2) travels as ``extra={"error": ...}``.
     extra = exc.extra if isinstance(exc.extra, dict) else {}

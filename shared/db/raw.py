@@ -19,21 +19,41 @@ if TYPE_CHECKING:
 
 from shared.errors import DependencyUnavailable
 
+#: Errors that leave a connection unusable: the server went away or ended the session
+#: (terminated backend, shutdown), or the protocol lost its place.
+LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
 
 @asynccontextmanager
 async def connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """An ``asyncpg.Connection`` from the engine's pool, in autocommit (asyncpg's default).
 
-    A connection that breaks under use is dropped from the pool, and the error raised as
-    ``DependencyUnavailable`` (transient: the caller answers ``503``, or tries again).
+    A statement's own error (a constraint, ``JQ001``) leaves the connection in the pool. Any
+    other failure, a cancellation included, may leave it mid-protocol, so it is never handed
+    out again; a lost connection is raised as ``DependencyUnavailable`` (transient: the caller
+    answers ``503``, or tries again).
     """
     async with engine.connect() as conn:
         proxied = await conn.get_raw_connection()
         driver: Any = proxied.driver_connection
         try:
             yield driver
-        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
-            if not driver.is_closed() and not isinstance(exc, asyncpg.PostgresConnectionError):
+        except BaseException as exc:
+            lost = isinstance(exc, LOST) or driver.is_closed()
+            if isinstance(exc, asyncpg.PostgresError) and not lost:
                 raise
-            await conn.invalidate()
+            # Replaced at its next checkout (no I/O here: this may be a cancelled task).
+            proxied.invalidate(exc if isinstance(exc, Exception) else None, soft=True)
+            if not lost:
+                raise
+            # As SQLAlchemy does on a disconnect: a restart or terminated backends take every
+            # connection, so each one opened before now is replaced at its next checkout
+            # (without this, retries met the dead ones one by one for seconds).
+            engine.sync_engine.pool._invalidate(proxied, exc, _checkin=False)
             raise DependencyUnavailable(f"PostgreSQL connection lost: {exc!r}") from exc

@@ -1,0 +1,77 @@
+"""Statements on asyncpg under the engine's pool: a broken or interrupted connection is never
+handed out again, and a lost one is a transient ``DependencyUnavailable``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.config import Settings
+from shared.db import raw
+from shared.db.engine import make_engine
+from shared.errors import DependencyUnavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def one(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine whose pool holds a single connection, so reuse is visible."""
+    engine = make_engine(settings, "raw-test", pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
+async def backend(engine: AsyncEngine) -> int:
+    async with raw.connection(engine) as conn:
+        pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
+async def test_a_statements_own_error_keeps_the_connection(one: AsyncEngine) -> None:
+    pid = await backend(one)
+
+    async def divide_by_zero() -> None:
+        async with raw.connection(one) as conn:
+            await conn.fetchval("SELECT 1 / 0")
+
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await divide_by_zero()
+    assert await backend(one) == pid
+
+
+async def test_a_terminated_backend_is_transient_and_the_next_checkout_is_fresh(
+    one: AsyncEngine, engine: AsyncEngine
+) -> None:
+    pid = await backend(one)
+
+    async def terminated_midway() -> None:
+        async with raw.connection(one) as conn:
+            async with raw.connection(engine) as admin:
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            await conn.fetchval("SELECT 1")
+
+    with pytest.raises(DependencyUnavailable):
+        await terminated_midway()
+    assert await backend(one) != pid
+
+
+async def test_a_statement_cancelled_midway_never_hands_its_connection_out_again(
+    one: AsyncEngine,
+) -> None:
+    pid = await backend(one)
+
+    async def slow() -> None:
+        async with raw.connection(one) as conn:
+            await conn.execute("SELECT pg_sleep(5)")
+
+    task = asyncio.ensure_future(slow())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await backend(one) != pid
