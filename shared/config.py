@@ -270,6 +270,13 @@ class Settings:
         return csv_list(self.handlers)
 
     @property
+    def mark_delay_seconds(self) -> float:
+        """How long confirms wait to be recorded (``shared.outbox``): long enough that most
+        jobs are claimed first (the claim records the publish, so no UPDATE is needed), well
+        within ``republish_after_seconds`` so the scheduler sees them recorded."""
+        return min(5.0, self.republish_after_seconds / 4)
+
+    @property
     def sync_database_url(self) -> str:
         """The database URL as libpq/asyncpg spells it (no SQLAlchemy driver suffix)."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -61,7 +61,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             clients = ClientStore(engine)
-            outbox = Outbox(TicketStore(engine), broker)
+            outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
             intake = Intake(SubmitStore(engine), outbox, limiter, settings)
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
                 clients.grants, max_items=1000, concurrency=2

@@ -38,7 +38,7 @@ async def serve(settings: Settings) -> None:
                 f"queue(s) {', '.join(missing)} not declared: declare them first"
                 " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
             )
-        outbox = Outbox(TicketStore(engine), broker)
+        outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
         worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
         await worker.run(stop_on_signals())
         await outbox.close()

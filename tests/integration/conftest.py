@@ -82,7 +82,7 @@ async def start_worker(
         s = replace(settings, **overrides)
         broker = Broker(s, "jobq-test-worker")
         await broker.connect()
-        outbox = Outbox(TicketStore(engine), broker)
+        outbox = Outbox(TicketStore(engine), broker, s.mark_delay_seconds)
         worker = Worker(
             s, LeaseStore(engine), outbox, broker, registry, tracer_provider.get_tracer("w")
         )

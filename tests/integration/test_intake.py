@@ -41,7 +41,12 @@ class Recording(SubmitStore):
 
 def make_intake(settings: Settings, engine: AsyncEngine, broker: Broker) -> Intake:
     unlimited = SubmitLimiter(Budget(0, 0), Budget(0, 0))
-    return Intake(Recording(engine), Outbox(TicketStore(engine), broker), unlimited, settings)
+    return Intake(
+        Recording(engine),
+        Outbox(TicketStore(engine), broker, settings.mark_delay_seconds),
+        unlimited,
+        settings,
+    )
 
 
 async def test_requests_gathered_into_one_statement_each_get_their_own_outcome(
