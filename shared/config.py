@@ -102,6 +102,9 @@ class Settings:
     #: Single submits waiting for a statement, per API process, beyond which a submit is
     #: refused at once with ``503`` and ``Retry-After`` (load shedding).
     submit_backlog: int = 256
+    #: While the API process's event loop runs this late (smoothed), submits are refused at
+    #: once with ``503`` and ``Retry-After`` (``services/api/shedding.py``; 0: never).
+    submit_max_lag_ms: float = 100.0
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once, for one
     #: tenant's clients together, and for one client.
     max_waiters: int = 200

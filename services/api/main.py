@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from services.api.app import create_app
 from services.api.server import server_config
+from services.api.shedding import LoadShedder
 from services.supervisor import Child, Supervisor, service_argv
 from shared.config import Settings
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from services.api.shedding import ASGIApp
 
 
 def main(
@@ -18,7 +23,10 @@ def main(
 ) -> None:
     """Serve in this process; ``shared``: on a port other processes bind too (the kernel
     spreads new connections between them, ``SO_REUSEPORT``)."""
-    config = server_config(settings, create_app(settings), host, port)
+    app: ASGIApp = create_app(settings)
+    if settings.submit_max_lag_ms > 0:
+        app = LoadShedder(app, settings.submit_max_lag_ms / 1000)
+    config = server_config(settings, app, host, port)
     if not shared:
         uvicorn.Server(config).run()
         return

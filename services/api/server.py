@@ -16,12 +16,12 @@ import enum
 import json
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import ClassVar
 
 import uvicorn
-from litestar import Litestar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from shared.config import Settings
@@ -235,7 +235,10 @@ def protocol_class(http_limits: HttpLimits) -> type[GuardedProtocol]:
 
 
 def server_config(
-    settings: Settings, app: Litestar, host: str | None = None, port: int | None = None
+    settings: Settings,
+    app: Callable[..., Awaitable[None]],
+    host: str | None = None,
+    port: int | None = None,
 ) -> uvicorn.Config:
     """How the API is served: ``jobq api`` and the tests that attack the server both use this.
 
