@@ -13,8 +13,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from shared.errors import Overloaded
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -26,9 +24,7 @@ BatchRun = Callable[[list[T]], Awaitable[Sequence[R | Exception]]]
 class Coalescer(Generic[T, R]):
     """``await coalescer(item)`` returns ``item``'s result from a batched ``run``.
 
-    At most ``concurrency`` runs are under way, each of at most ``max_items``. Beyond
-    ``max_waiting`` items waiting for a run, a call raises ``Overloaded`` at once rather than
-    queueing: a backlog the runs cannot drain only makes every answer late. A run that raises
+    At most ``concurrency`` runs are under way, each of at most ``max_items``. A run that raises
     an error ``isolate`` accepts is tried again item by item, so one bad item fails alone
     (not for errors every item would meet, such as the database being down).
     """
@@ -39,7 +35,6 @@ class Coalescer(Generic[T, R]):
         *,
         max_items: int,
         concurrency: int = 1,
-        max_waiting: int | None = None,
         isolate: Callable[[Exception], bool] | None = None,
     ) -> None:
         if max_items < 1 or concurrency < 1:
@@ -47,20 +42,13 @@ class Coalescer(Generic[T, R]):
         self._run = run
         self.max_items = max_items
         self.concurrency = concurrency
-        self.max_waiting = max_waiting
         self.isolate = isolate
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._runners: set[asyncio.Task[None]] = set()
         #: Runners not yet returned (a finished task leaves ``_runners`` a step later).
         self._active = 0
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def __call__(self, item: T) -> R:
-        if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
-            raise Overloaded(f"{len(self._waiting)} calls are already waiting")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._active < self.concurrency:

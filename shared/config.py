@@ -99,12 +99,9 @@ class Settings:
     submit_gather_max: int = 500
     #: ... with at most this many statements under way at once, per API process.
     submit_statements: int = 3
-    #: Single submits waiting for a statement, per API process, beyond which a submit is
-    #: refused at once with ``503`` and ``Retry-After`` (load shedding).
-    submit_backlog: int = 256
-    #: While the API process's event loop runs this late (smoothed), submits are refused at
-    #: once with ``503`` and ``Retry-After`` (``services/api/shedding.py``; 0: never).
-    submit_max_lag_ms: float = 100.0
+    #: Submits one API process answers at once; past them, another is refused at once with
+    #: ``503`` and ``Retry-After`` (load shedding, ``services/api/shedding.py``; 0: no bound).
+    submit_max_in_flight: int = 128
     #: Long-polls (``GET /v1/jobs/{id}/wait``) one API process holds open at once, for one
     #: tenant's clients together, and for one client.
     max_waiters: int = 200
@@ -200,7 +197,6 @@ class Settings:
             "JOBQ_API_PROCESSES": self.api_processes,
             "JOBQ_SUBMIT_GATHER_MAX": self.submit_gather_max,
             "JOBQ_SUBMIT_STATEMENTS": self.submit_statements,
-            "JOBQ_SUBMIT_BACKLOG": self.submit_backlog,
             "JOBQ_MAX_WAITERS_PER_TENANT": self.max_waiters_per_tenant,
             "JOBQ_MAX_WAITERS_PER_CLIENT": self.max_waiters_per_client,
             "JOBQ_HTTP_IDLE_TIMEOUT_SECONDS": self.http_idle_timeout_seconds,

@@ -56,7 +56,3 @@ class IdempotencyKeyReused(JobqError):
     def __init__(self, key: str) -> None:
         super().__init__("this Idempotency-Key was used with a different request")
         self.key = key
-
-
-class Overloaded(JobqError):
-    """More work is waiting than this process can take now; try again shortly."""

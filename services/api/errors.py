@@ -14,7 +14,6 @@ from shared.db.errors import is_transient
 from shared.errors import (
     DependencyUnavailable,
     IdempotencyKeyReused,
-    Overloaded,
     QueueInUse,
     UndeclaredQueue,
 )
@@ -88,14 +87,6 @@ def _too_many(request: Request[Any, Any, Any], exc: TooManyRequests) -> Response
     return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}, **oauth)
 
 
-def _overloaded(request: Request[Any, Any, Any], exc: Overloaded) -> Response[dict[str, Any]]:
-    return problem(
-        503,
-        "this API process has more submits waiting than it can take now; try again",
-        headers={"Retry-After": "1"},
-    )
-
-
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, DependencyUnavailable) or is_transient(exc):
         log.warning("dependency unavailable", extra={"path": request.url.path, "error": repr(exc)})
@@ -112,6 +103,5 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     UndeclaredQueue: _undeclared,
     QueueInUse: _in_use,
     IdempotencyKeyReused: _key_reused,
-    Overloaded: _overloaded,
     Exception: _unexpected,
 }

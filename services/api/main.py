@@ -24,8 +24,8 @@ def main(
     """Serve in this process; ``shared``: on a port other processes bind too (the kernel
     spreads new connections between them, ``SO_REUSEPORT``)."""
     app: ASGIApp = create_app(settings)
-    if settings.submit_max_lag_ms > 0:
-        app = LoadShedder(app, settings.submit_max_lag_ms / 1000)
+    if settings.submit_max_in_flight > 0:
+        app = LoadShedder(app, settings.submit_max_in_flight)
     config = server_config(settings, app, host, port)
     if not shared:
         uvicorn.Server(config).run()

@@ -101,8 +101,8 @@ class Intake:
     A batch request's jobs go in one INSERT. Single requests made at the same moment are
     gathered into one INSERT too, each job standing alone (one request's bad queue or reused
     key refuses that request only). Tickets of new due jobs are published before the answers
-    go out. Past ``JOBQ_SUBMIT_BACKLOG`` single submits waiting, a submit is refused at once
-    (``Overloaded``: ``503`` with ``Retry-After``).
+    go out. (How many submits a process takes at once is bounded before they get here:
+    ``services/api/shedding.py``.)
     """
 
     def __init__(
@@ -120,7 +120,6 @@ class Intake:
             self._insert_each,
             max_items=settings.submit_gather_max,
             concurrency=settings.submit_statements,
-            max_waiting=settings.submit_backlog,
             # A statement refused for one request's job (not for the database being down) is
             # tried again request by request: that request alone is refused.
             isolate=lambda exc: not is_transient(exc),

@@ -17,7 +17,7 @@ from services.api.tokens import Principal
 from shared.config import Settings
 from shared.db.submits import NewJob, Outcome, SubmitStore
 from shared.db.tickets import TicketStore
-from shared.errors import IdempotencyKeyReused, Overloaded, UndeclaredQueue
+from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 from shared.messaging import Broker
 from shared.outbox import Outbox
 
@@ -109,22 +109,3 @@ async def test_requests_gathered_into_one_statement_each_get_their_own_outcome(
     # Every new job's ticket was published
     ready, _ = await broker.queue_state("default")
     assert ready == count
-
-
-async def test_past_the_backlog_a_submit_is_refused_at_once_and_nothing_is_lost(
-    settings: Settings, engine: AsyncEngine, broker: Broker, clean: None
-) -> None:
-    intake = make_intake(replace(settings, submit_statements=1, submit_backlog=5), engine, broker)
-    outcomes = await asyncio.gather(
-        *(intake.one(JobIn(type="noop", payload=i), ACME, None, None) for i in range(20)),
-        return_exceptions=True,
-    )
-    accepted = [o for o in outcomes if isinstance(o, tuple)]
-    refused = [o for o in outcomes if isinstance(o, Overloaded)]
-    # All arrive before a statement takes any: five wait, the rest are refused at once
-    assert (len(accepted), len(refused)) == (5, 15)
-    async with engine.connect() as conn:
-        ids = set(await conn.scalars(sa.text("SELECT id FROM jobs")))
-    assert ids == {job.id for job, _ in accepted}
-    await intake.close()
-    await intake.outbox.close()

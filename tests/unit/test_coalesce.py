@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from shared.coalesce import Coalescer
-from shared.errors import Overloaded
 
 
 class Recorder:
@@ -81,20 +80,6 @@ async def test_batches_hold_at_most_max_items_and_at_most_concurrency_runs_at_on
     assert peak == 2
     assert max(sizes) == 4
     assert sum(sizes) == 20
-
-
-async def test_past_max_waiting_a_call_is_refused_at_once() -> None:
-    run = Recorder()
-    run.gate.clear()
-    c: Coalescer[int, int] = Coalescer(run, max_items=10, max_waiting=2)
-    running = asyncio.ensure_future(c(0))
-    await asyncio.sleep(0)  # taken by the run: no longer waiting
-    waiting = [asyncio.ensure_future(c(i)) for i in (2, 4)]
-    await asyncio.sleep(0)
-    with pytest.raises(Overloaded):
-        await c(6)
-    run.gate.set()
-    assert await asyncio.gather(running, *waiting) == [0, 20, 40]
 
 
 async def test_a_caller_that_left_before_its_run_is_not_run() -> None:
