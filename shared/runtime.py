@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -98,20 +97,11 @@ async def service_resources(
             await QueueStore(engine).declare(settings.declared_queues)
             for queue in settings.declared_queues:
                 await broker.ensure_queue(queue)
-            freeze_heap()
             yield engine, broker
         finally:
             await broker.close()
     finally:
         await engine.dispose()
-
-
-def freeze_heap() -> None:
-    """Keep what start-up built (modules, the app and its schemas, pools) out of the garbage
-    collector's full passes: they live as long as the process, and scanning them stalled
-    every request for 40-80 ms a few times a minute under load (docs/design.md §7)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _redact(url: str) -> str:
