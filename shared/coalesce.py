@@ -9,6 +9,7 @@ next run. Batches therefore grow with the load and shrink with it, by themselves
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -82,7 +83,13 @@ class Coalescer(Generic[T, R]):
                 for entry in batch:
                     await self._run_batch([entry])
                 return
-            results = [exc] * len(batch)
+            # A copy each: a raised exception's traceback is written into the object.
+            results = [exc, *(copy.copy(exc) for _ in batch[1:])]
+        except BaseException:
+            # Cancelled (shutting down): its callers must not wait forever.
+            for _, future in batch:
+                future.cancel()
+            raise
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

@@ -220,6 +220,7 @@ class Settings:
                     f"the burst of JOBQ_SUBMIT_{suffix} must be at least JOBQ_MAX_BATCH_JOBS"
                 )
         for name, value in {
+            "JOBQ_SUBMIT_MAX_IN_FLIGHT": self.submit_max_in_flight,
             "JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": self.token_client_failures_per_minute,
             "JOBQ_TOKEN_ADDRESS_FAILURES_PER_MINUTE": self.token_address_failures_per_minute,
         }.items():

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 
 current_job_id: ContextVar[str | None] = ContextVar("current_job_id", default=None)
+#: The job's trace id when no span is made (nothing exports spans): logs still carry it.
+current_trace_id: ContextVar[str | None] = ContextVar("current_trace_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "message",
@@ -34,6 +36,8 @@ class JsonFormatter(logging.Formatter):
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             out["trace_id"] = f"{span.trace_id:032x}"
+        elif (trace_id := current_trace_id.get()) is not None:
+            out["trace_id"] = trace_id
         if (job_id := current_job_id.get()) is not None:
             out["job_id"] = job_id
         for key, value in vars(record).items():

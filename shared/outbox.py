@@ -59,6 +59,9 @@ class Outbox:
         tickets, self._confirmed = self._confirmed, []
         try:
             await self.tickets.mark_published(tickets)
+        except asyncio.CancelledError:
+            self._confirmed[:0] = tickets  # ``close`` records them
+            raise
         except Exception as exc:
             log.warning(
                 "could not record confirms", extra={"jobs": len(tickets), "error": repr(exc)}

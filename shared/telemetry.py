@@ -72,6 +72,11 @@ def job_traceparent(span: Span, header: str | None) -> str:
 _ids = RandomIdGenerator()
 
 
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id a ``traceparent`` names (its second field), unchecked: for logs."""
+    return traceparent.split("-")[1] if traceparent and traceparent.count("-") == 3 else None
+
+
 def traceparent_of(span: Span) -> str | None:
     """The W3C ``traceparent`` naming ``span``, or ``None`` if it is not recording/valid."""
     ctx = span.get_span_context()

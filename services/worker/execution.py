@@ -54,7 +54,7 @@ def stored(result: Any) -> Outcome:
     """A handler's return value as the JSON the job row keeps, or why it cannot be kept."""
     try:
         text = msgspec.json.encode(result).decode()
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:  # lone surrogates: ValueError
         return Failed(PermanentFailure(f"result is not JSON: {exc}"))
     if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL
         return Failed(PermanentFailure("result holds a NUL character (\\u0000)"))

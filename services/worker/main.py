@@ -40,8 +40,10 @@ async def serve(settings: Settings) -> None:
             )
         outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
         worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
-        await worker.run(stop_on_signals())
-        await outbox.close()
+        try:
+            await worker.run(stop_on_signals())
+        finally:
+            await outbox.close()
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
     provider.shutdown()
 

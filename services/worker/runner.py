@@ -28,9 +28,9 @@ from services.worker.outcomes import Outcomes
 from services.worker.registry import JobContext, Registry
 from shared.db.errors import is_transient
 from shared.errors import DecodeError
-from shared.logging import current_job_id
+from shared.logging import current_job_id, current_trace_id
 from shared.messaging import Ticket, decode_ticket
-from shared.telemetry import context_from
+from shared.telemetry import context_from, trace_id_of
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -228,7 +228,11 @@ class Worker:
         token = current_job_id.set(str(job.id))
         try:
             if self.tracer is None:  # nothing exports spans: make none (docs/design.md §7)
-                await self._attempt(job, None)
+                trace_token = current_trace_id.set(trace_id_of(job.traceparent))
+                try:
+                    await self._attempt(job, None)
+                finally:
+                    current_trace_id.reset(trace_token)
                 return
             with self.tracer.start_as_current_span(
                 f"jobq.run {job.type}",

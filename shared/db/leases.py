@@ -41,7 +41,7 @@ class Claimed:
     tenant: str
 
 
-#: Moves queued jobs to running; see ``JobStore.claim``. ``$1`` ids, ``$2`` lease ids,
+#: Moves queued jobs to running; see ``LeaseStore.claim``. ``$1`` ids, ``$2`` lease ids,
 #: ``$3`` lease ids of earlier tries, ``$4`` lease seconds.
 CLAIM = """
     UPDATE jobs j SET status = 'running',

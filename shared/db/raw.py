@@ -19,25 +19,29 @@ if TYPE_CHECKING:
 
 from shared.errors import DependencyUnavailable
 
-#: Errors that leave a connection unusable: the server went away or ended the session
-#: (terminated backend, shutdown), or the protocol lost its place.
+#: Errors of a session that is gone: the server went away, ended it (terminated backend,
+#: shutdown, crash) or refused it.
 LOST = (
     asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.DatabaseDroppedError,
+    asyncpg.exceptions.IdleSessionTimeoutError,
     OSError,
 )
+#: Failures after which the protocol may be mid-statement: the connection is not reused.
+UNSETTLED = (TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 @asynccontextmanager
 async def connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """An ``asyncpg.Connection`` from the engine's pool, in autocommit (asyncpg's default).
 
-    A statement's own error (a constraint, ``JQ001``) leaves the connection in the pool. Any
-    other failure, a cancellation included, may leave it mid-protocol, so it is never handed
-    out again; a lost connection is raised as ``DependencyUnavailable`` (transient: the caller
-    answers ``503``, or tries again).
+    An error of the statement or of the caller (a constraint, ``JQ001``, a refused request)
+    leaves the connection in the pool. A cancellation, a timeout or a protocol error may leave
+    it mid-statement, so it is not handed out again; a lost session is raised as
+    ``DependencyUnavailable`` (transient: the caller answers ``503``, or tries again).
     """
     async with engine.connect() as conn:
         proxied = await conn.get_raw_connection()
@@ -46,7 +50,7 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[Any]:
             yield driver
         except BaseException as exc:
             lost = isinstance(exc, LOST) or driver.is_closed()
-            if isinstance(exc, asyncpg.PostgresError) and not lost:
+            if not lost and isinstance(exc, Exception) and not isinstance(exc, UNSETTLED):
                 raise
             # Replaced at its next checkout (no I/O here: this may be a cancelled task).
             proxied.invalidate(exc if isinstance(exc, Exception) else None, soft=True)
@@ -54,6 +58,7 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[Any]:
                 raise
             # As SQLAlchemy does on a disconnect: a restart or terminated backends take every
             # connection, so each one opened before now is replaced at its next checkout
-            # (without this, retries met the dead ones one by one for seconds).
+            # (without this, retries met the dead ones one by one for seconds). SQLAlchemy's
+            # own (private) call: tests/integration/test_raw.py fails if it changes.
             engine.sync_engine.pool._invalidate(proxied, exc, _checkin=False)
             raise DependencyUnavailable(f"PostgreSQL connection lost: {exc!r}") from exc

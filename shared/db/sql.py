@@ -1,4 +1,4 @@
-"""What the job stores share: statement text built once, the job columns, a job row."""
+"""What the job stores share: statement text built once, and a job row."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import functools
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
-
-from shared.db.models import Job
 
 
 @functools.cache
@@ -18,10 +16,7 @@ def statement(text: str, *json_columns: str) -> sa.TextClause | sa.TextualSelect
     return clause.columns(**dict.fromkeys(json_columns, sa.JSON)) if json_columns else clause
 
 
-JOB_COLUMNS = ", ".join(c.name for c in Job.metadata.tables["jobs"].columns)
-
-
 #: A row of ``jobs`` with its columns as attributes (the names ``Job`` declares). Reads hand
 #: out rows, not ``Job`` instances: building an ORM instance costs ~100 µs a row, more than
-#: the query, and the API answers a batch submit with 1,000 of them.
+#: the query.
 JobRow: TypeAlias = sa.Row[Any]

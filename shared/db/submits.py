@@ -93,8 +93,8 @@ RETURNED = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, j.prio
     j.finished_at, j.result::text, j.last_error::text, j.errors::text, j.idempotency_key,
     j.cancel_requested, j.traceparent, j.request_digest"""
 
-# By key, so concurrent statements take key conflicts in one order (no deadlock between keyed
-# batches); of two jobs with one key, the first given is inserted. ``$16`` (strict): a job
+# By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
+# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$16`` (strict): a job
 # naming an undeclared queue fails the statement (a batch request is taken whole or not at
 # all); otherwise that job alone is left out (single requests gathered into one statement).
 INSERT = f"""
@@ -120,7 +120,7 @@ INSERT = f"""
     LEFT JOIN q ON q.name = v.queue,
     LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
     WHERE q.name IS NOT NULL OR $16
-    ORDER BY v.idem, v.n
+    ORDER BY v.tenant, v.idem, v.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {RETURNED}
 """
@@ -132,7 +132,7 @@ EXISTING = f"""
 """
 
 #: Per job: the job and whether this call created it, or why it was refused.
-Outcome = tuple[SubmittedJob, bool] | UndeclaredQueue | IdempotencyKeyReused
+Outcome = tuple[SubmittedJob, bool] | Exception
 
 
 class SubmitStore:
@@ -198,15 +198,24 @@ async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Ou
     created = {row[0]: SubmittedJob.of(row) for row in rows}
     keyed = [j for j in jobs if j.id not in created and j.idempotency_key is not None]
     existing: dict[tuple[str, str | None], SubmittedJob] = {}
+    lookup_failed: Exception | None = None
     if keyed:
-        found = await conn.fetch(
-            EXISTING, [j.tenant for j in keyed], [j.idempotency_key for j in keyed]
-        )
-        existing = {(job.tenant, job.idempotency_key): job for job in map(SubmittedJob.of, found)}
+        try:
+            found = await conn.fetch(
+                EXISTING, [j.tenant for j in keyed], [j.idempotency_key for j in keyed]
+            )
+        except Exception as exc:
+            # The created rows are committed: they are answered and published all the same;
+            # only the jobs whose key named an earlier one fail with the lookup.
+            lookup_failed = exc
+        else:
+            existing = {(j.tenant, j.idempotency_key): j for j in map(SubmittedJob.of, found)}
     outcomes: list[Outcome] = []
     for j in jobs:
         if j.id in created:
             outcomes.append((created[j.id], True))
+        elif lookup_failed is not None and j.idempotency_key is not None:
+            outcomes.append(lookup_failed)
         elif (original := existing.get((j.tenant, j.idempotency_key))) is None:
             # Left out for its queue (only when not strict): undeclared, or deleted meanwhile.
             outcomes.append(UndeclaredQueue(j.queue))

@@ -44,6 +44,19 @@ async def test_a_statements_own_error_keeps_the_connection(one: AsyncEngine) -> 
     assert await backend(one) == pid
 
 
+async def test_the_callers_own_error_keeps_the_connection(one: AsyncEngine) -> None:
+    pid = await backend(one)
+
+    async def refused() -> None:
+        async with raw.connection(one) as conn:
+            await conn.fetchval("SELECT 1")
+            raise LookupError("the request is refused, the session is fine")
+
+    with pytest.raises(LookupError):
+        await refused()
+    assert await backend(one) == pid
+
+
 async def test_a_terminated_backend_is_transient_and_the_next_checkout_is_fresh(
     one: AsyncEngine, engine: AsyncEngine
 ) -> None:
