@@ -48,9 +48,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings)
     load_keyring(settings)  # a bad key setting fails before the port is bound
-    if settings.api_processes > 1 and not args.shared_port:
+    if settings.api_processes > 1 and args.fd is None:
         return main_processes(settings, settings.api_processes, args.host, args.port)
-    serve(settings, args.host, args.port, shared=args.shared_port)
+    serve(settings, args.host, args.port, fd=args.fd)
     return 0
 
 
@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.add_argument("--processes", type=int, help="API processes on the port (JOBQ_API_PROCESSES)")
-    # One of ``--processes`` N's children: bind the port shared (SO_REUSEPORT).
-    api.add_argument("--shared-port", action="store_true", help=argparse.SUPPRESS)
+    # One of ``--processes`` N's children: accept on the parent's listening socket.
+    api.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     api.set_defaults(func=cmd_api)
 
     for name, func, help_ in (

@@ -20,6 +20,8 @@ HEALTHY_AFTER = 30.0
 class Child:
     name: str
     argv: list[str]
+    #: File descriptors the child inherits (the API's listening socket).
+    pass_fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = 1.0
@@ -27,7 +29,7 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+        self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds)
         self.started = time.monotonic()
 
 

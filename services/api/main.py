@@ -19,44 +19,50 @@ if TYPE_CHECKING:
 
 
 def main(
-    settings: Settings, host: str | None = None, port: int | None = None, shared: bool = False
+    settings: Settings, host: str | None = None, port: int | None = None, fd: int | None = None
 ) -> None:
-    """Serve in this process; ``shared``: on a port other processes bind too (the kernel
-    spreads new connections between them, ``SO_REUSEPORT``)."""
+    """Serve in this process; ``fd``: on a listening socket inherited from ``main_processes``."""
     app: ASGIApp = create_app(settings)
     if settings.submit_max_in_flight > 0:
         app = LoadShedder(app, settings.submit_max_in_flight)
     config = server_config(settings, app, host, port)
-    if not shared:
+    if fd is None:
         uvicorn.Server(config).run()
         return
-    sock = _socket(config.host, config.port, reuse_port=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 def main_processes(
     settings: Settings, processes: int, host: str | None = None, port: int | None = None
 ) -> int:
     """``processes`` API processes on one port, each with its own pools and submit path,
-    supervised (restarted if one dies; stopped together on SIGINT or SIGTERM)."""
+    supervised (restarted if one dies; stopped together on SIGINT or SIGTERM).
+
+    This process binds the port and the children accept from its socket: whichever is free
+    takes the next connection. (With ``SO_REUSEPORT`` the kernel chose by a hash of the
+    connection, and 4 long-lived connections often all landed on one process: batch
+    throughput was that of one process in about half the runs.)
+    """
     host, port = host or settings.api_host, port or settings.api_port
     try:
-        _socket(host, port, reuse_port=False).close()  # taken by something else: say so now
+        sock = _socket(host, port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    argv = ["--shared-port", "--host", host, "--port", str(port)]
-    children = [Child(f"api-{i + 1}", service_argv("api", *argv)) for i in range(processes)]
-    return Supervisor(children, settings.shutdown_grace_seconds).run()
+    with sock:
+        argv = service_argv("api", "--fd", str(sock.fileno()), "--host", host, "--port", str(port))
+        fds = (sock.fileno(),)
+        children = [Child(f"api-{i + 1}", argv, pass_fds=fds) for i in range(processes)]
+        return Supervisor(children, settings.shutdown_grace_seconds).run()
 
 
-def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _socket(host: str, port: int) -> socket.socket:
+    """A listening socket for ``host:port``, as uvicorn makes its own."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
+        sock.listen(2048)
     except OSError:
         sock.close()
         raise
