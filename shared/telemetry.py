@@ -31,29 +31,31 @@ def make_tracer_provider(service: str, env: Mapping[str, str] = os.environ) -> T
     worker (so every job has a ``trace_id``) but cost next to nothing on the hot path.
     """
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", f"jobq-{service}")})
-    exporter: SpanExporter | None = None
-    if _otlp(env):
+    kind = _exporter(env)
+    if kind is None:
+        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+    exporter: SpanExporter
+    if kind == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
-    elif env.get("OTEL_TRACES_EXPORTER") == "console":
+    else:
         exporter = ConsoleSpanExporter()
-    if exporter is None:
-        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
-def _otlp(env: Mapping[str, str]) -> bool:
-    return bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+def _exporter(env: Mapping[str, str]) -> str | None:
+    """Which exporter the ``OTEL_*`` environment asks for: ``otlp``, ``console`` or none."""
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return "otlp"
+    return "console" if env.get("OTEL_TRACES_EXPORTER") == "console" else None
 
 
 def exporting(env: Mapping[str, str] = os.environ) -> bool:
     """Whether ``make_tracer_provider`` would export spans."""
-    return _otlp(env) or env.get("OTEL_TRACES_EXPORTER") == "console"
+    return _exporter(env) is not None
 
 
 def job_traceparent(span: Span, header: str | None) -> str:
