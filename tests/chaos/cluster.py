@@ -99,14 +99,16 @@ class Cluster:
         deadline = asyncio.get_running_loop().time() + within
         async with httpx.AsyncClient(timeout=1) as client:
             while asyncio.get_running_loop().time() < deadline:
+                # A worker may take a job that kills it right after it logged it was ready
+                # (the poison scenario): having been ready counts, the supervisor sees the crash.
+                if service != "api" and READY_LINE[service] in proc.log.read_text(errors="replace"):
+                    return
                 if not proc.alive():
                     raise AssertionError(f"{proc.name} exited:\n{proc.tail()}")
                 if service == "api":
                     with contextlib.suppress(httpx.HTTPError):
                         if (await client.get(f"{self.url}/health/ready")).status_code == 200:
                             return
-                elif READY_LINE[service] in proc.log.read_text(errors="replace"):
-                    return
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{proc.name} not ready within {within}s:\n{proc.tail()}")
 

@@ -199,10 +199,12 @@ class Chaos:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._supervisor is not None:
-            await self._supervisor
-            self._supervisor = None
-        await asyncio.to_thread(self.cluster.stop)
+        supervisor, self._supervisor = self._supervisor, None
+        try:
+            if supervisor is not None:
+                await supervisor
+        finally:  # a failed restart must not leave the other processes running
+            await asyncio.to_thread(self.cluster.stop)
 
     async def dead_letters(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Everything in the dead-letter queue (taken off it)."""
