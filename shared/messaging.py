@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,12 +21,12 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractRobustConnection,
-    DeliveryMode,
     ExchangeType,
 )
-from aiormq import spec
+from aiormq.abc import ChannelFrame
 from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
+from shared import frames
 from shared.errors import DecodeError, DependencyUnavailable, QueueInUse
 
 if TYPE_CHECKING:
@@ -68,11 +69,8 @@ def encode_ticket(ticket: Ticket) -> bytes:
     return _encoder.encode(TicketBody(ticket.job_id, ticket.type, ticket.attempt))
 
 
-PERSISTENT = int(DeliveryMode.PERSISTENT)
-
-
-def _properties(ticket: Ticket) -> spec.Basic.Properties:
-    headers: dict[str, Any] = {}
+def _headers(ticket: Ticket) -> dict[str, str]:
+    headers: dict[str, str] = {}
     if ticket.traceparent:
         headers["traceparent"] = ticket.traceparent
     if ticket.dead:
@@ -80,14 +78,18 @@ def _properties(ticket: Ticket) -> spec.Basic.Properties:
         headers["x-jobq-queue"] = ticket.queue
         if ticket.tenant:
             headers["x-jobq-tenant"] = ticket.tenant
-    return spec.Basic.Properties(
-        message_id=str(ticket.job_id),
-        content_type="application/json",
-        delivery_mode=PERSISTENT,
-        priority=ticket.priority,
-        message_type=ticket.type,
-        headers=headers,
-    )
+    return headers
+
+
+def _forget(channel: aiormq.Channel, message_id: str) -> Callable[[object], None]:
+    """Once settled, stop matching returns of ``message_id`` to this publish."""
+    tag = channel.delivery_tag
+
+    def forget(_: object) -> None:
+        if channel.message_id_delivery_tag.get(message_id) == tag:
+            del channel.message_id_delivery_tag[message_id]
+
+    return forget
 
 
 def decode_ticket(body: bytes) -> TicketBody:
@@ -265,31 +267,60 @@ class Broker:
         async with asyncio.timeout(self.settings.publish_timeout_seconds):
             if not ticket.dead:
                 await self.ensure_queue(ticket.queue)
-            await self._send(await self._underlay(), ticket)
+            [confirm] = await self._write(await self._underlay(), [ticket])
+            try:
+                await confirm
+            except aiormq.exceptions.PublishError:
+                self._returned(ticket)
+                raise
 
     async def _underlay(self) -> aiormq.Channel:
         """aiormq's channel under the robust one (replaced after a reconnect)."""
         return cast(aiormq.Channel, await self.channel.get_underlay_channel())
 
-    async def _send(self, channel: aiormq.Channel, ticket: Ticket) -> None:
-        """One ``basic.publish`` on aiormq's channel under aio-pika's robust one: aio-pika's
-        ``Message`` and ``Exchange.publish`` doubled the CPU a ticket costs (docs/design.md
-        §7). ``wait=False``: the confirm is what is awaited, not the socket's drain."""
+    async def _write(
+        self, channel: aiormq.Channel, tickets: list[Ticket]
+    ) -> list[asyncio.Future[Any]]:
+        """Write the frames of every ticket in one piece; return one confirm future each.
+
+        This is what aiormq's ``basic_publish`` does for one message (docs/design.md §7), done
+        for many: under the channel's lock the publishes get consecutive delivery tags, and a
+        confirm (or a return, matched by message id) settles each future. Nothing is registered
+        before the frames are queued, so a cancellation leaves no future the broker will not
+        answer; a closed channel rejects what is pending (the futures end cancelled).
+        """
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         t = self.topology
-        exchange = t.dlx if ticket.dead else t.jobs_exchange
-        try:
-            await channel.basic_publish(
+        payload = b"".join(
+            frames.publish(
+                channel.number,
+                t.dlx if ticket.dead else t.jobs_exchange,
+                ticket.queue,
                 encode_ticket(ticket),
-                exchange=exchange,
-                routing_key=ticket.queue,
-                properties=_properties(ticket),
-                mandatory=True,
-                wait=False,
+                max_content=channel.max_content_size,
+                message_id=str(ticket.job_id),
+                message_type=ticket.type,
+                priority=ticket.priority,
+                headers=_headers(ticket),
             )
-        except aiormq.exceptions.DeliveryError:
-            # Returned: nothing is bound for it (a deleted queue). Declare it again next time.
-            self._declared.discard(t.queue_name(ticket.queue))
-            raise
+            for ticket in tickets
+        )
+        confirms: list[asyncio.Future[Any]] = []
+        async with channel.lock:
+            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+            for ticket in tickets:  # no await from the put to here: the broker cannot answer yet
+                channel.delivery_tag += 1
+                confirm = channel.create_future()
+                channel.confirmations[channel.delivery_tag] = confirm
+                channel.message_id_delivery_tag[str(ticket.job_id)] = channel.delivery_tag
+                confirm.add_done_callback(_forget(channel, str(ticket.job_id)))
+                confirms.append(confirm)
+        return confirms
+
+    def _returned(self, ticket: Ticket) -> None:
+        """Returned: nothing is bound for it (a deleted queue). Declare it again next time."""
+        self._declared.discard(self.topology.queue_name(ticket.queue))
 
     async def publish_many(self, tickets: list[Ticket]) -> list[Ticket]:
         """Publish tickets with their confirms in flight together; returns those confirmed.
@@ -313,26 +344,25 @@ class Broker:
                 async with asyncio.timeout_at(deadline):
                     for queue in {t.queue for t in tickets if not t.dead}:
                         await self.ensure_queue(queue)
-                    channel = await self._underlay()
+                    confirms = await self._write(await self._underlay(), tickets)
             except Exception as exc:
-                log.warning(
-                    "queues not declared; the scheduler will retry", extra={"error": repr(exc)}
-                )
+                log.warning("publish failed; the scheduler will retry", extra={"error": repr(exc)})
                 return []
-            sends = [asyncio.ensure_future(self._send(channel, t)) for t in tickets]
             await asyncio.wait(
-                sends, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+                confirms, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
             )
         confirmed = []
-        for ticket, send in zip(tickets, sends, strict=True):
+        for ticket, confirm in zip(tickets, confirms, strict=True):
             error: BaseException | None
-            if not send.done():
-                send.cancel()
+            if not confirm.done():
+                confirm.cancel()
                 error = TimeoutError("no confirm within the publish timeout")
-            elif send.cancelled():  # aiormq cancels pending confirms when a channel closes
+            elif confirm.cancelled():  # aiormq cancels pending confirms when a channel closes
                 error = ConnectionError("channel closed before the confirm")
             else:
-                error = send.exception()
+                error = confirm.exception()
+            if isinstance(error, aiormq.exceptions.PublishError):
+                self._returned(ticket)
             if error is not None:
                 log.warning(
                     "publish not confirmed; the scheduler will retry",
