@@ -1,14 +1,15 @@
 """Turning accepted requests into committed jobs and confirmed tickets.
 
-The row is committed first (a 2xx means the job exists); the ticket is published after, with
-confirms in flight together for a batch; confirms are recorded a little later, off the request
-path (``shared.outbox``). If the process dies in between, the scheduler publishes the job
-again. Single submits in flight at the same moment share one INSERT and one publish
+The row is committed first (a 2xx means the job exists, and it is answered then); the ticket
+is published after, off the request path, with confirms in flight together for a batch;
+confirms are recorded a little later (``shared.outbox``). If the process dies in between, or
+the broker does not confirm, the scheduler publishes the job again. Single submits in flight at the same moment share one INSERT and one publish
 (``Intake``, docs/design.md §7).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -95,13 +96,20 @@ def new_job(
     )
 
 
+#: Ticket batches of one process awaiting their confirms; more waits (a slow broker slows
+#: submits instead of piling tickets up in memory).
+PUBLISHES_IN_FLIGHT = 16
+
+
 class Intake:
     """The submit path: checks, rate limits, the INSERT, the publish.
 
     A batch request's jobs go in one INSERT. Single requests made at the same moment are
     gathered into one INSERT too, each job standing alone (one request's bad queue or reused
-    key refuses that request only). Tickets of new due jobs are published before the answers
-    go out. (How many submits a process takes at once is bounded before they get here:
+    key refuses that request only). Tickets of new due jobs are published once the rows are
+    committed, without holding the answers: waiting for the confirm doubled a request's
+    latency and held a statement slot for it. At most ``PUBLISHES_IN_FLIGHT`` batches are
+    unconfirmed at once; beyond that, the next INSERT waits. (How many submits a process takes at once is bounded before they get here:
     ``services/api/shedding.py``.)
     """
 
@@ -116,6 +124,8 @@ class Intake:
         self.outbox = outbox
         self.limiter = limiter
         self.settings = settings
+        self._room = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
+        self._sending: set[asyncio.Task[object]] = set()
         self._singles: Coalescer[NewJob, tuple[SubmittedJob, bool]] = Coalescer(
             self._insert_each,
             max_items=settings.submit_gather_max,
@@ -160,13 +170,22 @@ class Intake:
         return outcomes
 
     async def _publish(self, results: list[tuple[SubmittedJob, bool]]) -> None:
-        await self.outbox.send(
-            [
-                ticket_of(job)
-                for job, created in results
-                if created and job.status == JobStatus.QUEUED
-            ]
-        )
+        tickets = [
+            ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED
+        ]
+        if not tickets:
+            return
+        await self._room.acquire()
+        task = asyncio.create_task(self.outbox.send(tickets))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[object]) -> None:
+        self._sending.discard(task)
+        self._room.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("tickets not sent; the scheduler will", extra={"error": repr(exc)})
 
     async def close(self) -> None:
         await self._singles.close()
+        await asyncio.gather(*self._sending, return_exceptions=True)
