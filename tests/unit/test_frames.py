@@ -21,17 +21,14 @@ header_values = st.dictionaries(
 
 
 def pamqp_publish(
-    channel: int, exchange: str, key: str, body: bytes, max_content: int, **props: object
+    channel: int,
+    exchange: str,
+    key: str,
+    body: bytes,
+    max_content: int,
+    properties: commands.Basic.Properties,
 ) -> bytes:
-    properties = commands.Basic.Properties(
-        content_type="application/json",
-        delivery_mode=2,
-        priority=props["priority"],
-        message_id=props["message_id"],
-        message_type=props["message_type"],
-        headers=props["headers"],
-    )
-    parts = [
+    parts: list[pamqp.frame.FrameTypes] = [
         commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True),
         header.ContentHeader(body_size=len(body), properties=properties),
         *(ContentBody(body[i : i + max_content]) for i in range(0, len(body), max_content)),
@@ -61,16 +58,19 @@ def test_publish_matches_pamqp(
     priority: int,
     headers: dict[str, str],
 ) -> None:
-    props = {
-        "message_id": message_id,
-        "message_type": message_type,
-        "priority": priority,
-        "headers": headers,
-    }
     ours = frames.publish(
-        channel, exchange, key, body, max_content=max_content, **props  # type: ignore[arg-type]
+        channel, exchange, key, body, max_content=max_content, message_id=message_id,
+        message_type=message_type, priority=priority, headers=headers,
+    )  # fmt: skip
+    properties = commands.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=2,
+        priority=priority,
+        message_id=message_id,
+        message_type=message_type,
+        headers=dict(headers),
     )
-    assert ours == pamqp_publish(channel, exchange, key, body, max_content, **props)
+    assert ours == pamqp_publish(channel, exchange, key, body, max_content, properties)
 
 
 def test_a_short_string_over_255_bytes_is_refused() -> None:
