@@ -7,11 +7,11 @@ export JOBQ_JWT_SECRET_FILE ?= .jobq/jwt-secret
 
 .PHONY: install run test lint types bench soak lock clean
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml sdk/python/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv venv --quiet --allow-existing $(VENV)
 	uv pip sync --quiet --python $(PY) --require-hashes requirements.lock
-	uv pip install --quiet --python $(PY) --no-deps -e .
+	uv pip install --quiet --python $(PY) --no-deps -e . -e sdk/python
 	@touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,43 @@
+"""jobq's Python client: submit jobs and follow them over jobq's HTTP API.
+
+import jobq
+
+with jobq.Client.from_file(".jobq/admin.json", url="http://127.0.0.1:8080") as client:
+    job = client.submit("send_email", {"to": "a@example.com"}, queue="default")
+    done = client.wait(job.id, timeout=30)
+"""
+
+from jobq.calls import Credentials, RetryPolicy
+from jobq.client import AsyncClient, Client
+from jobq.errors import (
+    Conflict,
+    Forbidden,
+    InvalidJob,
+    JobqError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+    WaitTimeout,
+)
+from jobq.models import Job, JobStatus
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "Credentials",
+    "Forbidden",
+    "InvalidJob",
+    "Job",
+    "JobStatus",
+    "JobqError",
+    "NotFound",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "Unauthorized",
+    "Unavailable",
+    "WaitTimeout",
+]

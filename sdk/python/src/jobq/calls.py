@@ -1,0 +1,212 @@
+"""The API's calls as data, and the rules both clients follow (no I/O here): what each call
+sends, how its answer is decoded, whether it may be sent again, how long to wait before that,
+and when a token is due for renewal. ``Client`` and ``AsyncClient`` only move the bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from jobq.errors import JobqError
+from jobq.models import Batch, Job, JobPage, JobStatus, Token
+
+T = TypeVar("T")
+
+#: The API's largest batch (``JOBQ_MAX_BATCH_JOBS``, 1,000 unless the operator changed it).
+BATCH_LIMIT = 1000
+#: The longest long-poll the API holds open.
+MAX_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request. ``resend``: ``"always"`` when sending it twice does no harm (reads, and
+    submits, which carry an idempotency key); ``"unsent"`` when it may go again only if it
+    never reached the server (the connection was refused)."""
+
+    method: str
+    path: str
+    decode: Callable[[bytes], T]
+    json: Any = None
+    form: Mapping[str, str] | None = None
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    resend: str = "always"
+    #: Sent with the client's bearer token (all but the token request itself).
+    auth: bool = True
+
+
+def _decoder(kind: type[T]) -> Callable[[bytes], T]:
+    return msgspec.json.Decoder(kind).decode
+
+
+_job, _page, _batch, _token = _decoder(Job), _decoder(JobPage), _decoder(Batch), _decoder(Token)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where the API is and who is calling (client credentials, as ``jobq init`` or the admin
+    API hands them out)."""
+
+    url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], url: str | None = None) -> Credentials:
+        """A JSON file with ``client_id`` and ``client_secret`` (and optionally ``url``)."""
+        data = json.loads(Path(path).read_text())
+        found = url or data.get("url") or os.environ.get("JOBQ_URL")
+        if not found:
+            raise JobqError(f"{path} names no url: pass url= or set JOBQ_URL")
+        return cls(found, data["client_id"], data["client_secret"])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Credentials:
+        """``JOBQ_URL``, ``JOBQ_CLIENT_ID`` and ``JOBQ_CLIENT_SECRET``."""
+        missing = [
+            k for k in ("JOBQ_URL", "JOBQ_CLIENT_ID", "JOBQ_CLIENT_SECRET") if not env.get(k)
+        ]
+        if missing:
+            raise JobqError(f"set {', '.join(missing)} (or pass credentials)")
+        return cls(env["JOBQ_URL"], env["JOBQ_CLIENT_ID"], env["JOBQ_CLIENT_SECRET"])
+
+
+@dataclass(slots=True)
+class TokenCache:
+    """The bearer token, renewed a margin before it expires (a tenth of its life, 5 s to 60 s)."""
+
+    value: str | None = None
+    renew_at: float = 0.0
+
+    def fresh(self, now: float) -> str | None:
+        return self.value if self.value is not None and now < self.renew_at else None
+
+    def store(self, token: Token, now: float) -> str:
+        margin = min(60.0, max(5.0, token.expires_in / 10))
+        self.value, self.renew_at = token.access_token, now + max(0.0, token.expires_in - margin)
+        return token.access_token
+
+    def drop(self) -> None:
+        self.value, self.renew_at = None, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Refusals worth another try (429, 503, no answer) are tried again up to ``attempts``
+    times in all, waiting what ``Retry-After`` says (at most ``max_delay``), else backing off
+    exponentially with jitter."""
+
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.max_delay, retry_after)
+        return min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def token(credentials: Credentials) -> Call[Token]:
+    """Client credentials for a bearer token (OAuth2 ``client_credentials``)."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret,
+    }
+    return Call("POST", "/v1/auth/token", _token, form=form, auth=False)
+
+
+def job_fields(
+    type: str,
+    payload: Any = None,
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    delay: float | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    timeout: int | None = None,
+) -> dict[str, Any]:
+    """The body of one job; what is left out takes the queue's or the server's default."""
+    body: dict[str, Any] = {"type": type, "payload": payload}
+    optional = {
+        "queue": queue,
+        "priority": priority,
+        "delay_seconds": delay,
+        "run_at": run_at.isoformat() if run_at is not None else None,
+        "max_attempts": max_attempts,
+        "timeout_seconds": timeout,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def new_key() -> str:
+    """An idempotency key, so that sending a submit again can never make a second job."""
+    return f"sdk-{uuid.uuid4()}"
+
+
+def submit(fields: dict[str, Any], idempotency_key: str) -> Call[Job]:
+    return Call("POST", "/v1/jobs", _job, json=fields, headers={"Idempotency-Key": idempotency_key})
+
+
+def submit_batch(jobs: list[dict[str, Any]]) -> Call[Batch]:
+    """Up to ``BATCH_LIMIT`` jobs, each with its own idempotency key: all or none."""
+    return Call("POST", "/v1/jobs/batch", _batch, json={"jobs": jobs})
+
+
+def chunks(jobs: list[dict[str, Any]], size: int = BATCH_LIMIT) -> list[list[dict[str, Any]]]:
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+def get(job_id: uuid.UUID | str) -> Call[Job]:
+    return Call("GET", f"/v1/jobs/{job_id}", _job)
+
+
+def page(
+    cursor: str | None,
+    *,
+    status: JobStatus | str | None = None,
+    type: str | None = None,
+    queue: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    page_size: int = 100,
+) -> Call[JobPage]:
+    filters = {
+        "cursor": cursor,
+        "status": str(status) if status is not None else None,
+        "type": type,
+        "queue": queue,
+        "created_after": created_after.isoformat() if created_after else None,
+        "created_before": created_before.isoformat() if created_before else None,
+        "limit": str(page_size),
+    }
+    return Call("GET", "/v1/jobs", _page, params={k: v for k, v in filters.items() if v})
+
+
+def cancel(job_id: uuid.UUID | str) -> Call[Job]:
+    return Call("POST", f"/v1/jobs/{job_id}/cancel", _job, resend="unsent")
+
+
+def retry(job_id: uuid.UUID | str) -> Call[Job]:
+    return Call("POST", f"/v1/jobs/{job_id}/retry", _job, resend="unsent")
+
+
+def wait(job_id: uuid.UUID | str, seconds: float) -> Call[Job]:
+    """One long-poll of at most ``MAX_WAIT_SECONDS``."""
+    timeout = f"{max(0.0, min(seconds, MAX_WAIT_SECONDS)):.3f}"
+    return Call("GET", f"/v1/jobs/{job_id}/wait", _job, params={"timeout": timeout})

@@ -1,0 +1,77 @@
+"""What the API returns, as typed structs (decoded by msgspec; fields the server adds later are
+ignored, so an older client keeps working)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+
+class JobStatus(StrEnum):
+    """A job's state (docs/design.md §2 of the server): the last three are final."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELED)
+
+
+class Job(msgspec.Struct, kw_only=True, frozen=True):
+    """One job as the API last reported it."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    status: JobStatus
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    timeout_seconds: int
+    run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    last_error: Any = None
+    errors: list[Any] = msgspec.field(default_factory=list)
+    idempotency_key: str | None = None
+    cancel_requested: bool = False
+    trace_id: str | None = None
+
+
+class JobPage(msgspec.Struct, frozen=True):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class Batch(msgspec.Struct, frozen=True):
+    items: list[Job]
+
+
+class Token(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+    scope: str = ""
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """An ``application/problem+json`` body (RFC 9457) as the API writes it."""
+
+    status: int = 0
+    title: str = ""
+    detail: str = ""
+    errors: list[dict[str, Any]] = msgspec.field(default_factory=list)
