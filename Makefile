@@ -43,7 +43,8 @@ soak: install
 ## Re-resolve dependencies and export the hashed lock (uv.lock itself is never committed).
 lock:
 	uv lock
-	uv export --quiet --format requirements-txt --no-emit-project --all-groups -o requirements.lock
+	uv export --quiet --format requirements-txt --no-emit-project --no-emit-package jobq-client \
+		--all-groups -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -29,6 +29,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["worker_queues"] = args.queues
     if getattr(args, "concurrency", None):
         overrides["worker_concurrency"] = args.concurrency
+    if getattr(args, "handlers", None):
+        overrides["handlers"] = args.handlers
     if getattr(args, "processes", None):
         overrides["api_processes"] = args.processes
     return dataclasses.replace(settings, **overrides) if overrides else settings
@@ -87,9 +89,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  Ctrl-C stops everything.",
         flush=True,
     )
-    worker_args = ["--queues", settings.worker_queues]
     api_args = ["--processes", str(settings.api_processes)]
-    return up(args.workers, settings.shutdown_grace_seconds, worker_args, api_args)
+    return up(args.workers, settings.shutdown_grace_seconds, worker_args(settings), api_args)
+
+
+def worker_args(settings: Settings) -> list[str]:
+    """What ``jobq up`` passes its workers: every worker flag it was given (the rest of the
+    settings reach them through the environment)."""
+    return [
+        "--queues", settings.worker_queues,
+        "--concurrency", str(settings.worker_concurrency),
+        *(["--handlers", settings.handlers] if settings.handlers else []),
+    ]  # fmt: skip
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -353,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--queues", help="comma-separated queues (JOBQ_WORKER_QUEUES)")
         sp.add_argument("--concurrency", type=int, help="jobs at once (JOBQ_WORKER_CONCURRENCY)")
+        sp.add_argument(
+            "--handlers",
+            help="comma-separated modules of your handlers, e.g. myapp.jobs (JOBQ_HANDLERS)",
+        )
         sp.set_defaults(func=func)
         if name == "up":
             sp.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")

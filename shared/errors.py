@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from jobq.handlers import InvalidPayload as InvalidPayload  # the SDK's, for the webhook too
+from jobq.handlers import PermanentError
+
 
 class JobqError(Exception):
     """Unexpected jobq error."""
@@ -18,16 +21,12 @@ class DependencyUnavailable(JobqError):
     """PostgreSQL or RabbitMQ cannot be reached."""
 
 
-class PermanentFailure(JobqError):
-    """The job cannot succeed by running again."""
+class PermanentFailure(JobqError, PermanentError):
+    """The job cannot succeed by running again (handlers raise ``jobq.PermanentError``)."""
 
 
 class UnknownJobType(PermanentFailure):
     """No handler is registered for this job type."""
-
-
-class InvalidPayload(PermanentFailure):
-    """The job's payload does not fit its handler."""
 
 
 class DecodeError(JobqError):

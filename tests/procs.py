@@ -43,7 +43,9 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path) -> Proc:
+def start(
+    name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path = REPO_ROOT
+) -> Proc:
     """Start ``argv`` in a new session (so a Ctrl-C at the terminal reaches only the owner,
     which then stops its children in order), stdout and stderr to ``<log_dir>/<name>.log``."""
     log = log_dir / f"{name}.log"
@@ -51,7 +53,7 @@ def start(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path)
         popen = subprocess.Popen(
             list(argv),
             env=dict(env),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,3 @@
-"""The worker service: consumes tickets, claims jobs in PostgreSQL, runs their handlers."""
+"""The worker service: consumes tickets, claims jobs in PostgreSQL, runs their handlers.
 
-from services.worker.registry import JobContext, handler
-
-__all__ = ["JobContext", "handler"]
+Handlers are declared with ``jobq.handler`` (the SDK, ``sdk/python``)."""

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import msgspec
+from jobq import handler
 
-from services.worker.registry import handler
 from shared.errors import PermanentFailure
 
 

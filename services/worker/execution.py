@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from jobq import PermanentError
 
 from shared.errors import PermanentFailure
 
@@ -29,7 +30,7 @@ class Failed:
     @property
     def permanent(self) -> bool:
         """Running again cannot help (no retries left to spend on it)."""
-        return isinstance(self.error, PermanentFailure)
+        return isinstance(self.error, PermanentError)
 
 
 Outcome = Succeeded | Failed

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import uvloop
+from jobq.handlers import Handler
 
-from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
-from services.worker.registry import registry
+from services.worker.registry import BUILTIN, Registry
 from services.worker.runner import Worker
 from services.worker.webhook import WebhookPolicy, webhook_handler
 from shared.config import Settings
@@ -23,9 +23,10 @@ log = logging.getLogger("jobq.worker")
 
 
 async def serve(settings: Settings) -> None:
+    registry = Registry.from_modules([BUILTIN, *settings.handler_modules])
     # Built here, not at import like the other built-ins: its policy comes from the settings.
-    registry.handler("webhook")(webhook_handler(WebhookPolicy.from_settings(settings)))
-    registry.load_modules(settings.handler_modules)
+    webhook = webhook_handler(WebhookPolicy.from_settings(settings))
+    registry.add(Handler.of(webhook, "webhook"))
     provider = make_tracer_provider("worker")
     pool = min(settings.worker_concurrency + 4, 40)
     tracer = provider.get_tracer("jobq.worker")

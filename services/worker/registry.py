@@ -1,80 +1,40 @@
-"""Handlers: ``@handler("name")`` on an async or sync function taking a typed payload.
+"""Job type → handler, built from the modules that declare handlers with ``jobq.handler``.
 
-The payload is converted to the first parameter's annotation with msgspec (a Struct, dataclass,
-TypedDict, ``dict`` or ``Any``); a payload that does not fit is a permanent failure. A handler
-that declares a second parameter receives the ``JobContext`` (its fencing token included).
+The worker's own handlers (``services.worker.builtin``) and the user's (``--handlers`` /
+``JOBQ_HANDLERS``: modules of the user's package, imported with the working directory on the
+path) are found the same way: by the mark ``@handler`` leaves on each function.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, get_type_hints
+import os
+import sys
+from collections.abc import Iterable
 
-import msgspec
+from jobq.handlers import Handler, handlers_in
 
-from shared.errors import InvalidPayload, UnknownJobType
+from shared.errors import ConfigError, UnknownJobType
 
-
-@dataclass(frozen=True, slots=True)
-class JobContext:
-    """What a handler may know about its run; ``lease_id`` fences its side effects."""
-
-    job_id: uuid.UUID
-    tenant: str
-    type: str
-    attempt: int
-    max_attempts: int
-    lease_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Handler:
-    name: str
-    func: Callable[..., Any]
-    payload_type: Any
-    wants_context: bool
-    is_async: bool
-
-    async def __call__(self, payload: Any, ctx: JobContext) -> Any:
-        try:
-            value = msgspec.convert(payload, self.payload_type)
-        except msgspec.ValidationError as exc:
-            raise InvalidPayload(f"invalid payload for {self.name}: {exc}") from None
-        args = (value, ctx) if self.wants_context else (value,)
-        if self.is_async:
-            return await self.func(*args)
-        return await asyncio.to_thread(self.func, *args)
+#: The handlers every worker serves (``webhook`` joins them at start: it needs the settings).
+BUILTIN = "services.worker.builtin"
 
 
 class Registry:
     """Job type -> handler."""
 
-    def __init__(self) -> None:
+    def __init__(self, handlers: Iterable[Handler] = ()) -> None:
         self._handlers: dict[str, Handler] = {}
+        for h in handlers:
+            self.add(h)
 
-    def handler(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register the decorated function as the handler of job type ``name``."""
-
-        def register(func: Callable[..., Any]) -> Callable[..., Any]:
-            params = list(inspect.signature(func).parameters.values())
-            if not params or len(params) > 2:
-                raise TypeError(f"handler {name!r} must take (payload) or (payload, context)")
-            hints = get_type_hints(func)
-            self._handlers[name] = Handler(
-                name=name,
-                func=func,
-                payload_type=hints.get(params[0].name, Any),
-                wants_context=len(params) == 2,
-                is_async=inspect.iscoroutinefunction(func),
+    def add(self, handler: Handler) -> None:
+        known = self._handlers.get(handler.name)
+        if known is not None and known.func is not handler.func:
+            raise ConfigError(
+                f"job type {handler.name!r} has two handlers: {_where(known)} and {_where(handler)}"
             )
-            return func
-
-        return register
+        self._handlers[handler.name] = handler
 
     def get(self, name: str) -> Handler:
         try:
@@ -85,12 +45,27 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._handlers)
 
-    def load_modules(self, modules: list[str]) -> None:
-        """Import user modules (``JOBQ_HANDLERS``); their ``@handler`` calls land here."""
-        for module in modules:
-            importlib.import_module(module)
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> Registry:
+        """The handlers of ``modules``; a module that cannot be imported, or declares no
+        handler, is a ``ConfigError`` naming it."""
+        if os.getcwd() not in sys.path:  # the user's package, where ``jobq worker`` runs
+            sys.path.insert(0, os.getcwd())
+        registry = cls()
+        for name in modules:
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:
+                raise ConfigError(
+                    f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}"
+                ) from None
+            found = handlers_in(module)
+            if not found:
+                raise ConfigError(f"module {name!r} declares no handler (use @jobq.handler)")
+            for h in found:
+                registry.add(h)
+        return registry
 
 
-#: The registry ``@handler`` writes to: user modules import it, the worker reads it.
-registry = Registry()
-handler = registry.handler
+def _where(handler: Handler) -> str:
+    return f"{handler.func.__module__}.{handler.func.__qualname__}"

@@ -20,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from jobq import JobContext
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.worker.deliveries import Delivery, DeliveryBuffer, settle
 from services.worker.execution import Failed, attempt
 from services.worker.outcomes import Outcomes
-from services.worker.registry import JobContext, Registry
+from services.worker.registry import Registry
 from shared.db.errors import is_transient
 from shared.errors import DecodeError
 from shared.logging import current_job_id, current_trace_id

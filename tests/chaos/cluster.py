@@ -85,7 +85,7 @@ class Cluster:
             self.log_dir,
         )  # fmt: skip
         self.procs.append(proc)
-        await self._ready(service, proc, within)
+        await self.wait_ready(service, proc, within)
         return proc
 
     async def up(self, workers: int = 2, schedulers: int = 1) -> None:
@@ -95,7 +95,7 @@ class Cluster:
             *(self.start("scheduler") for _ in range(schedulers)),
         )
 
-    async def _ready(self, service: str, proc: Proc, within: float) -> None:
+    async def wait_ready(self, service: str, proc: Proc, within: float = 30.0) -> None:
         deadline = asyncio.get_running_loop().time() + within
         async with httpx.AsyncClient(timeout=1) as client:
             while asyncio.get_running_loop().time() < deadline:

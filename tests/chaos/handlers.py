@@ -14,8 +14,8 @@ import os
 from typing import Any
 
 import asyncpg
+from jobq import JobContext, handler
 
-from services.worker import JobContext, handler
 from shared.config import Settings
 
 _pool: asyncpg.Pool | None = None

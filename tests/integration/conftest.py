@@ -23,8 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from services.api.server import server_config
 from services.scheduler.loop import Scheduler
-from services.worker import builtin  # noqa: F401  (registers the built-in handlers)
-from services.worker.registry import registry
+from services.worker.registry import BUILTIN, Registry
 from services.worker.runner import Worker
 from shared.config import Settings
 from shared.db.leases import LeaseStore
@@ -33,6 +32,9 @@ from shared.db.tickets import TicketStore
 from shared.messaging import Broker
 from shared.outbox import Outbox
 from tests.procs import free_port
+
+#: What in-process workers serve: the built-in handlers and the tests' own.
+REGISTRY = Registry.from_modules([BUILTIN, "tests.integration.handlers"])
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ async def start_worker(
         await broker.connect()
         outbox = Outbox(TicketStore(engine), broker, s.mark_delay_seconds)
         worker = Worker(
-            s, LeaseStore(engine), outbox, broker, registry, tracer_provider.get_tracer("w")
+            s, LeaseStore(engine), outbox, broker, REGISTRY, tracer_provider.get_tracer("w")
         )
         stop = asyncio.Event()
         running = RunningWorker(worker, broker, stop, asyncio.create_task(worker.run(stop)))

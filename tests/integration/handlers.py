@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from services.worker import JobContext, handler
+from jobq import JobContext, handler
 
 executions: Counter[uuid.UUID] = Counter()
 

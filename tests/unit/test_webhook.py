@@ -7,8 +7,9 @@ from ipaddress import ip_network
 from typing import Any
 
 import pytest
+from jobq.handlers import Handler, JobContext, PermanentError
 
-from services.worker.registry import JobContext, Registry
+from services.worker.registry import Registry
 from services.worker.webhook import (
     RefusedDestination,
     WebhookPolicy,
@@ -21,7 +22,7 @@ from services.worker.webhook import (
     webhook_handler,
 )
 from shared.config import Settings
-from shared.errors import ConfigError, InvalidPayload, PermanentFailure
+from shared.errors import ConfigError, InvalidPayload
 
 DEFAULT = WebhookPolicy()
 
@@ -138,7 +139,7 @@ def test_only_http_and_https_are_allowed(url: str) -> None:
 
 @pytest.mark.parametrize("url", ["http:///path", "http://", "https://exa mple.com/", "not a url"])
 def test_urls_without_a_usable_host_are_invalid(url: str) -> None:
-    with pytest.raises(PermanentFailure):
+    with pytest.raises(PermanentError):
         parse_target(url)
 
 
@@ -232,8 +233,7 @@ def test_redirects_change_the_method_as_browsers_do(
 
 
 async def test_the_registry_takes_the_bound_handler_and_checks_its_payload() -> None:
-    registry = Registry()
-    registry.handler("webhook")(webhook_handler(DEFAULT))
+    registry = Registry([Handler.of(webhook_handler(DEFAULT), "webhook")])
     handler = registry.get("webhook")
     assert not handler.wants_context
     ctx = JobContext(uuid.uuid4(), "t", "webhook", 1, 3, uuid.uuid4())

@@ -1,4 +1,4 @@
-"""jobq's Python client: submit jobs and follow them over jobq's HTTP API.
+"""jobq's Python client: submit jobs and follow them over jobq's HTTP API; declare handlers.
 
 import jobq
 
@@ -21,6 +21,7 @@ from jobq.errors import (
     Unavailable,
     WaitTimeout,
 )
+from jobq.handlers import Handler, InvalidPayload, JobContext, PermanentError, handler
 from jobq.models import Job, JobStatus
 
 __all__ = [
@@ -29,15 +30,20 @@ __all__ = [
     "Conflict",
     "Credentials",
     "Forbidden",
+    "Handler",
     "InvalidJob",
+    "InvalidPayload",
     "Job",
+    "JobContext",
     "JobStatus",
     "JobqError",
     "NotFound",
+    "PermanentError",
     "RateLimited",
     "RetryPolicy",
     "ServerError",
     "Unauthorized",
     "Unavailable",
     "WaitTimeout",
+    "handler",
 ]

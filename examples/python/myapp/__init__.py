@@ -1,0 +1,1 @@
+"""An application's own package, with its jobq handlers in ``myapp.jobs``."""

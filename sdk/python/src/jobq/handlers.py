@@ -1,0 +1,115 @@
+"""Declaring handlers: ``@handler`` on a function of your own package, sync or async.
+
+    from jobq import JobContext, handler
+
+    class Resize(msgspec.Struct):
+        url: str
+        width: int
+
+    @handler("images.resize")
+    async def resize(payload: Resize, ctx: JobContext) -> dict[str, str]:
+        ...
+
+The first parameter's annotation is what the payload is converted to (a msgspec Struct, a
+dataclass, a TypedDict, ``dict`` or ``Any``); a payload that does not fit fails the job at once.
+A second parameter receives the ``JobContext``. The decorator only marks the function (it stays
+callable as it was); ``jobq worker --handlers pkg.module`` finds the marked functions of the
+modules it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeVar, get_type_hints, overload
+
+import msgspec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The attribute ``@handler`` sets on the function it marks.
+MARK = "__jobq_handler__"
+
+
+class PermanentError(Exception):
+    """Raise it from a handler when running the job again cannot help: the job is dead at once
+    (with this error recorded), whatever attempts it has left."""
+
+
+class InvalidPayload(PermanentError):
+    """The job's payload does not fit the handler's annotation."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler may know about its run. ``lease_id`` fences its side effects: a write
+    that names it in the same statement as the job's row cannot land after the lease is lost."""
+
+    job_id: uuid.UUID
+    tenant: str
+    type: str
+    attempt: int
+    max_attempts: int
+    lease_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A job type's handler, as ``@handler`` declared it."""
+
+    name: str
+    func: Callable[..., Any]
+    payload_type: Any
+    wants_context: bool
+    is_async: bool
+
+    async def __call__(self, payload: Any, ctx: JobContext) -> Any:
+        """Run it: the payload converted, a sync function in a thread."""
+        try:
+            value = msgspec.convert(payload, self.payload_type)
+        except msgspec.ValidationError as exc:
+            raise InvalidPayload(f"invalid payload for {self.name}: {exc}") from None
+        args = (value, ctx) if self.wants_context else (value,)
+        if self.is_async:
+            return await self.func(*args)
+        return await asyncio.to_thread(self.func, *args)
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], name: str) -> Handler:
+        params = list(inspect.signature(func).parameters.values())
+        if not params or len(params) > 2:
+            raise TypeError(f"handler {name!r} must take (payload) or (payload, context)")
+        hints = get_type_hints(func)
+        return cls(
+            name=name,
+            func=func,
+            payload_type=hints.get(params[0].name, Any),
+            wants_context=len(params) == 2,
+            is_async=inspect.iscoroutinefunction(func),
+        )
+
+
+@overload
+def handler(name: F, /) -> F: ...
+@overload
+def handler(name: str | None = None, /) -> Callable[[F], F]: ...
+def handler(name: str | Callable[..., Any] | None = None, /) -> Any:
+    """Mark a function as the handler of job type ``name`` (by default the function's
+    ``module.qualname``): ``@handler("images.resize")``, or bare ``@handler``."""
+
+    def mark(func: F) -> F:
+        type_name = name if isinstance(name, str) else f"{func.__module__}.{func.__qualname__}"
+        setattr(func, MARK, Handler.of(func, type_name))
+        return func
+
+    return mark(name) if callable(name) else mark
+
+
+def handlers_in(module: ModuleType) -> list[Handler]:
+    """The handlers a module declares (its own and those it imported by name)."""
+    found = (getattr(value, MARK, None) for value in vars(module).values())
+    return [h for h in found if isinstance(h, Handler)]
