@@ -4,14 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 export JOBQ_JWT_SECRET_FILE ?= .jobq/jwt-secret
+# uv from PATH, else one installed into .uv: a Debian or Ubuntu python3 refuses `pip install`
+# outside a virtual environment (PEP 668), so it goes into one of its own.
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.uv/bin/uv)
 
 .PHONY: install run test lint types bench soak lock clean
 
-$(VENV)/.installed: requirements.lock pyproject.toml sdk/python/pyproject.toml
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
-	uv venv --quiet --allow-existing $(VENV)
-	uv pip sync --quiet --python $(PY) --require-hashes requirements.lock
-	uv pip install --quiet --python $(PY) --no-deps -e . -e sdk/python
+$(CURDIR)/.uv/bin/uv:
+	@python3 -m venv .uv || { echo "make: python3 cannot make a virtual environment for uv;" \
+		"install python3-venv (apt install python3-venv), or uv itself" \
+		"(https://docs.astral.sh/uv/getting-started/installation/)" >&2; exit 2; }
+	.uv/bin/pip install --quiet "uv==0.13.9"  # as deploy/Dockerfile
+
+$(VENV)/.installed: requirements.lock pyproject.toml sdk/python/pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing $(VENV)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e . -e sdk/python
 	@touch $@
 
 install: $(VENV)/.installed
@@ -41,10 +49,10 @@ soak: install
 	$(PY) -m tests.chaos.soak $(SOAK_ARGS)
 
 ## Re-resolve dependencies and export the hashed lock (uv.lock itself is never committed).
-lock:
-	uv lock
-	uv export --quiet --format requirements-txt --no-emit-project --no-emit-package jobq-client \
+lock: | $(UV)
+	$(UV) lock
+	$(UV) export --quiet --format requirements-txt --no-emit-project --no-emit-package jobq-client \
 		--all-groups -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .uv .mypy_cache .ruff_cache .pytest_cache

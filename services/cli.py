@@ -10,11 +10,12 @@ import dataclasses
 import json
 import os
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import jobq.errors
 
 from shared.config import Settings, csv_list
 from shared.errors import ConfigError, DependencyUnavailable
@@ -119,14 +120,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _run_db(coro: Any, settings: Settings) -> Any:
-    """Run a coroutine against the database, turning an unreachable server into one line."""
+    """Run a coroutine against the database, turning a refused connection into one line."""
+    from shared.db.diagnose import database_problem
+
     try:
         return asyncio.run(coro)
-    except OSError as exc:
-        raise DependencyUnavailable(
-            f"PostgreSQL is unreachable ({exc.strerror or exc}); start it "
-            "(pg_ctlcluster <version> main start) or set JOBQ_DATABASE_URL"
-        ) from None
+    except (ConfigError, DependencyUnavailable):
+        raise
+    except Exception as exc:
+        problem = database_problem(exc, settings.sync_database_url)
+        if problem is None:
+            raise
+        raise DependencyUnavailable(problem) from None
 
 
 async def _create_client(
@@ -247,104 +252,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- HTTP client commands ---------------------------------------------------------------
-
-
-def _http(args: argparse.Namespace) -> Any:
-    import httpx
-
-    return httpx.Client(base_url=args.url, timeout=httpx.Timeout(30.0, read=70.0))
-
-
-def _fetch_token(args: argparse.Namespace) -> str:
-    with _http(args) as client:
-        r = client.post(
-            "/v1/auth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(args.client_id, args.client_secret),
-        )
-    if r.status_code != 200:
-        raise ConfigError(f"token request failed: {r.status_code} {r.text}")
-    return str(r.json()["access_token"])
-
-
-def _load_credentials(args: argparse.Namespace) -> None:
-    """Fill ``--client-id``/``--client-secret`` from a JSON file written by ``jobq init`` or
-    ``jobq clients create --json``."""
-    if args.credentials:
-        try:
-            creds = json.loads(Path(args.credentials).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read credentials from {args.credentials}: {exc}") from None
-        args.client_id = args.client_id or creds.get("client_id")
-        args.client_secret = args.client_secret or creds.get("client_secret")
-
-
-def _bearer(args: argparse.Namespace) -> dict[str, str]:
-    _load_credentials(args)
-    token = args.token or (args.client_id and args.client_secret and _fetch_token(args))
-    if not token:
-        raise ConfigError("give --token (or JOBQ_TOKEN), or --client-id and --client-secret")
-    return {"Authorization": f"Bearer {token}"}
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    _load_credentials(args)
-    if not (args.client_id and args.client_secret):
-        raise ConfigError(
-            "give --client-id and --client-secret (or JOBQ_CLIENT_ID/JOBQ_CLIENT_SECRET)"
-        )
-    print(_fetch_token(args))
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
-        "type": args.type,
-        "payload": json.loads(args.payload),
-        "queue": args.queue,
-        "priority": args.priority,
-    }
-    if args.delay:
-        body["delay_seconds"] = args.delay
-    headers = _bearer(args)
-    if args.idempotency_key:
-        headers["Idempotency-Key"] = args.idempotency_key
-    with _http(args) as client:
-        r = client.post("/v1/jobs", json=body, headers=headers)
-        if r.status_code not in (200, 202):
-            print(r.text, file=sys.stderr)
-            return 1
-        job = r.json()
-        if args.wait:
-            job = _wait(client, headers, job["id"], args.wait)
-    print(json.dumps(job, indent=2))
-    return 0 if job["status"] != "dead" else 1
-
-
-def _wait(client: Any, headers: dict[str, str], job_id: str, timeout: float) -> Any:
-    """Long-poll ``GET /v1/jobs/{id}/wait`` (at most 60 s a call) until terminal or timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = max(0.0, min(60.0, deadline - time.monotonic()))
-        r = client.get(f"/v1/jobs/{job_id}/wait", params={"timeout": left}, headers=headers)
-        if r.status_code == 429:
-            time.sleep(float(r.headers.get("retry-after", "1")))
-            continue
-        if r.status_code != 200:
-            raise ConfigError(f"waiting for {job_id} failed: {r.status_code} {r.text}")
-        job = r.json()
-        if job["status"] in ("succeeded", "dead", "canceled") or time.monotonic() >= deadline:
-            return job
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with _http(args) as client:
-        r = client.get(f"/v1/jobs/{args.job_id}", headers=_bearer(args))
-    print(json.dumps(r.json(), indent=2))
-    return 0 if r.status_code == 200 else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobq", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -401,29 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (create, *clients.choices.values()):
         sp.set_defaults(func=cmd_clients)
 
-    def http_args(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--url", default=os.environ.get("JOBQ_API_URL", DEFAULT_API_URL))
-        sp.add_argument("--token", default=os.environ.get("JOBQ_TOKEN"))
-        sp.add_argument("--client-id", default=os.environ.get("JOBQ_CLIENT_ID"))
-        sp.add_argument("--client-secret", default=os.environ.get("JOBQ_CLIENT_SECRET"))
-        sp.add_argument(
-            "--credentials", metavar="FILE", help="JSON with client_id and client_secret"
-        )
-        return sp
+    from services.console import add_commands
 
-    http_args(sub.add_parser("token", help="print a bearer token")).set_defaults(func=cmd_token)
-    submit = http_args(sub.add_parser("submit", help="submit a job"))
-    submit.add_argument("type")
-    submit.add_argument("--payload", default="null", help="JSON")
-    submit.add_argument("--queue", default="default")
-    submit.add_argument("--priority", type=int, default=5)
-    submit.add_argument("--delay", type=float, help="seconds")
-    submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", type=float, metavar="SECONDS", help="wait for a final state")
-    submit.set_defaults(func=cmd_submit)
-    status = http_args(sub.add_parser("status", help="show a job"))
-    status.add_argument("job_id")
-    status.set_defaults(func=cmd_status)
+    add_commands(sub)
     return p
 
 
@@ -431,9 +318,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (ConfigError, DependencyUnavailable) as exc:
+    except (ConfigError, DependencyUnavailable, jobq.errors.JobqError) as exc:
+        # A refusal from the API (not found, conflict, bad credentials) is 1; the rest 2.
         print(f"jobq: {exc}", file=sys.stderr)
-        code = 2
+        code = 1 if isinstance(exc, jobq.errors.JobqError) and exc.status else 2
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -13,8 +13,8 @@ import aio_pika
 import aiormq
 import sqlalchemy as sa
 
+from shared.db.diagnose import database_problem, redact
 from shared.db.engine import make_engine
-from shared.db.errors import is_transient
 from shared.db.migrate import behind
 from shared.db.queues import QueueStore
 from shared.errors import DependencyUnavailable
@@ -44,12 +44,10 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
             if await conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")):
                 revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
-        if not is_transient(exc) and not isinstance(exc, sa.exc.DBAPIError):
+        problem = database_problem(exc, settings.database_url)
+        if problem is None:
             raise
-        raise DependencyUnavailable(
-            f"PostgreSQL at {_redact(settings.database_url)} is unreachable ({type(exc).__name__}); "
-            "start it (pg_ctlcluster <version> main start) or set JOBQ_DATABASE_URL"
-        ) from None
+        raise DependencyUnavailable(problem) from None
     if revision is None:
         raise DependencyUnavailable("the jobq database has no tables yet: run `jobq migrate`")
     if behind(revision):
@@ -74,13 +72,35 @@ async def connect_broker(settings: Settings, name: str, tracer: Tracer | None = 
         aio_pika.exceptions.AMQPException,
     ) as exc:
         await broker.close()
-        raise DependencyUnavailable(
-            f"RabbitMQ at {_redact(settings.amqp_url)} is unreachable ({type(exc).__name__}); "
-            "start it (rabbitmq-server -detached) or set JOBQ_AMQP_URL"
-        ) from None
+        raise DependencyUnavailable(broker_problem(exc, settings.amqp_url)) from None
     finally:
         aiormq_log.setLevel(level)
     return broker
+
+
+def broker_problem(exc: BaseException, url: str) -> str:
+    """The one line for a broker that did not let jobq connect."""
+    where = f"RabbitMQ at {redact(url)}"
+    if isinstance(
+        exc, aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError
+    ):
+        return (
+            f"{where} refused the login (ACCESS_REFUSED): set JOBQ_AMQP_URL to a user it accepts"
+            " (rabbitmqctl add_user jobq PASSWORD; rabbitmqctl set_permissions -p / jobq"
+            " '.*' '.*' '.*'); 'guest' may log in from localhost only"
+        )
+    if isinstance(
+        exc, aiormq.exceptions.InvalidFrameError | aiormq.exceptions.ConnectionNotAllowed
+    ):
+        return (
+            f"{where} refused the virtual host (missing, or no permission on it): create it"
+            " (rabbitmqctl add_vhost NAME; rabbitmqctl set_permissions -p NAME USER '.*' '.*'"
+            " '.*') or fix JOBQ_AMQP_URL"
+        )
+    return (
+        f"{where} is unreachable ({type(exc).__name__}); start it (rabbitmq-server -detached)"
+        " or set JOBQ_AMQP_URL"
+    )
 
 
 @asynccontextmanager
@@ -102,13 +122,3 @@ async def service_resources(
             await broker.close()
     finally:
         await engine.dispose()
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages."""
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, creds = head.partition("://")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{tail}"

@@ -159,7 +159,7 @@ def test_a_job_submitted_over_http_succeeds(system: System) -> None:
     assert r.status_code == 202, r.text
     assert wait_job(system, headers, r.json()["id"], "succeeded")["result"] == [1, 2]
     status = json.loads(
-        system.jobq("status", r.json()["id"], "--token", headers["Authorization"][7:])
+        system.jobq("get", r.json()["id"], "--json", "--token", headers["Authorization"][7:])
     )
     assert status["status"] == "succeeded"
 

@@ -22,7 +22,7 @@ from jobq.errors import (
     WaitTimeout,
 )
 from jobq.handlers import Handler, InvalidPayload, JobContext, PermanentError, handler
-from jobq.models import Job, JobStatus
+from jobq.models import Job, JobStatus, Queue
 
 __all__ = [
     "AsyncClient",
@@ -39,6 +39,7 @@ __all__ = [
     "JobqError",
     "NotFound",
     "PermanentError",
+    "Queue",
     "RateLimited",
     "RetryPolicy",
     "ServerError",

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from jobq.errors import JobqError
-from jobq.models import Batch, Job, JobPage, JobStatus, Token
+from jobq.models import Batch, Job, JobPage, JobStatus, Queue, QueueList, Token
 
 T = TypeVar("T")
 
@@ -50,6 +50,7 @@ def _decoder(kind: type[T]) -> Callable[[bytes], T]:
 
 
 _job, _page, _batch, _token = _decoder(Job), _decoder(JobPage), _decoder(Batch), _decoder(Token)
+_queues = _decoder(QueueList)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,3 +211,8 @@ def wait(job_id: uuid.UUID | str, seconds: float) -> Call[Job]:
     """One long-poll of at most ``MAX_WAIT_SECONDS``."""
     timeout = f"{max(0.0, min(seconds, MAX_WAIT_SECONDS)):.3f}"
     return Call("GET", f"/v1/jobs/{job_id}/wait", _job, params={"timeout": timeout})
+
+
+def queues() -> Call[list[Queue]]:
+    """The declared queues, with the caller's jobs in each by status."""
+    return Call("GET", "/v1/queues", lambda body: _queues(body).items)

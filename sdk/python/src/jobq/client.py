@@ -9,6 +9,7 @@ always carry an idempotency key, so no retry can make a second job.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -18,10 +19,10 @@ from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
-from jobq import calls
+from jobq import calls, profiles
 from jobq.calls import Call, Credentials, RetryPolicy, TokenCache
 from jobq.errors import RetryAfter, Unavailable, WaitTimeout, error_from
-from jobq.models import Job
+from jobq.models import Job, Queue
 
 T = TypeVar("T")
 
@@ -142,6 +143,11 @@ class _Client(Generic[H]):
         """From a credentials file like the one ``jobq init`` writes."""
         return cls(Credentials.from_file(path, url), **options)
 
+    @classmethod
+    def from_profile(cls, name: str = "default", **options: Any) -> Self:
+        """From the credentials ``jobq login`` stored as ``name``."""
+        return cls(profiles.load(name), **options)
+
 
 class Client(_Client[httpx.Client]):
     """jobq's HTTP API, blocking; a context manager (or ``close`` it)."""
@@ -173,6 +179,12 @@ class Client(_Client[httpx.Client]):
                 return outcome
             renewed = renewed or outcome.renew
             time.sleep(outcome.delay)
+
+    def token(self) -> str:
+        """A bearer token for this client: the one in hand while fresh, else a new one."""
+        if (first := self._s.bearer_call()) is not None:
+            self._s.store_token(self._send(first))
+        return self._s.static_token or self._s.tokens.value or ""
 
     def submit(
         self,
@@ -222,6 +234,10 @@ class Client(_Client[httpx.Client]):
     def retry(self, job_id: uuid.UUID | str) -> Job:
         """Queue a dead or canceled job again with a fresh attempt budget."""
         return self._send(calls.retry(job_id))
+
+    def queues(self) -> builtins.list[Queue]:
+        """The declared queues, with this client's jobs in each by status."""
+        return self._send(calls.queues())
 
     def wait(self, job_id: uuid.UUID | str, timeout: float | None = None) -> Job:
         """The job once it is final; ``WaitTimeout`` (with the job as last seen) if it is not
@@ -309,6 +325,9 @@ class AsyncClient(_Client[httpx.AsyncClient]):
 
     async def retry(self, job_id: uuid.UUID | str) -> Job:
         return await self._send(calls.retry(job_id))
+
+    async def queues(self) -> builtins.list[Queue]:
+        return await self._send(calls.queues())
 
     async def wait(
         self,

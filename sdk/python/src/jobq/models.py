@@ -61,6 +61,20 @@ class Batch(msgspec.Struct, frozen=True):
     items: list[Job]
 
 
+class Queue(msgspec.Struct, kw_only=True, frozen=True):
+    """A declared queue: its settings and the caller's jobs in it by status."""
+
+    name: str
+    max_attempts: int
+    timeout_seconds: int
+    description: str = ""
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    items: list[Queue]
+
+
 class Token(msgspec.Struct, frozen=True):
     access_token: str
     expires_in: int
