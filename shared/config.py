@@ -113,6 +113,10 @@ class Settings:
     token_address_failures_per_minute: int = 30
 
     lease_seconds: float = 30.0
+    #: HTTP workers waiting for a lease: how often one API process asks for all of them.
+    lease_poll_seconds: float = 0.25
+    #: The longest an HTTP worker's lease request waits for a job (it may ask for less).
+    lease_max_wait_seconds: float = 30.0
     #: Queued jobs whose publish was not confirmed this long ago are published again.
     republish_after_seconds: float = 30.0
     #: Confirmed tickets of jobs still queued this long ago, on an empty broker queue, are presumed lost.

@@ -25,15 +25,17 @@ from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.broker_stats import BrokerStats
 from services.api.keys import load_keyring
+from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, health, jobs, queues
+from services.api.routes import admin, auth, health, jobs, leases, queues
 from services.api.submission import Intake
 from services.api.tokens import ExternalIssuer, TokenConfig
 from shared.coalesce import Coalescer
 from shared.config import Settings
 from shared.db.clients import ClientGrant, ClientStore
 from shared.db.jobs import JobStore
+from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
@@ -62,7 +64,9 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             store = JobStore(engine)
             clients = ClientStore(engine)
             outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
-            intake = Intake(SubmitStore(engine), outbox, limiter, settings)
+            lease_store = LeaseStore(engine)
+            hub = LeaseHub(lease_store, outbox, settings.lease_poll_seconds)
+            intake = Intake(SubmitStore(engine), outbox, limiter, settings, accepted=hub.poke)
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
                 clients.grants, max_items=1000, concurrency=2
             )
@@ -76,12 +80,15 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 broker=broker,
                 broker_stats=broker_stats,
                 outbox=outbox,
+                leases=lease_store,
+                hub=hub,
             )
             try:
                 yield
             finally:
                 await broker_stats.close()
                 await intake.close()
+                await hub.close()
                 await grants.close()
                 await outbox.close()
                 if external:
@@ -110,6 +117,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 "broker",
                 "broker_stats",
                 "outbox",
+                "leases",
+                "hub",
             )
         },
         "settings": constant(settings),
@@ -134,7 +143,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             *health.ROUTES,
             Router(
                 "/",
-                route_handlers=[*jobs.ROUTES, *queues.ROUTES, *admin.ROUTES],
+                route_handlers=[*jobs.ROUTES, *leases.ROUTES, *queues.ROUTES, *admin.ROUTES],
                 security=[{"BearerToken": []}],
             ),
         ],

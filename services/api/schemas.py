@@ -244,3 +244,76 @@ def encoded_size(value: Any) -> tuple[str, int]:
     """The JSON text of a payload and its size in bytes."""
     raw = msgspec.json.encode(value)
     return raw.decode(), len(raw)
+
+
+# -- HTTP workers ------------------------------------------------------------------------
+
+LeaseSeconds = Annotated[float, Meta(ge=5, le=3600)]
+ErrorText = Annotated[str, Meta(max_length=2000)]
+
+
+def _default_queues() -> list[str]:
+    return ["default"]
+
+
+class LeaseIn(Struct, forbid_unknown_fields=True):
+    """What an HTTP worker asks for: jobs of its tenant from ``queues`` (of ``types``)."""
+
+    queues: Annotated[list[Name], Meta(min_length=1, max_length=20)] = msgspec.field(
+        default_factory=_default_queues
+    )
+    types: Annotated[list[Name], Meta(min_length=1, max_length=100)] | None = None
+    max_jobs: Annotated[int, Meta(ge=1, le=100)] = 1
+    #: How long to wait for a job when none is due (at most ``JOBQ_LEASE_MAX_WAIT_SECONDS``).
+    wait_seconds: Annotated[float, Meta(ge=0, le=30, **ZERO_MINIMUM)] = 0
+    #: Left out: ``JOBQ_LEASE_SECONDS``.
+    lease_seconds: LeaseSeconds | None = None
+
+
+class LeasedJob(Struct):
+    """A job now held by the caller until ``lease_expires_at``: heartbeat to keep it, then
+    complete or fail it, naming ``lease_id``."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    payload: Any
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int
+    lease_id: uuid.UUID
+    lease_expires_at: datetime
+    traceparent: str | None
+
+
+class LeaseList(Struct):
+    items: list[LeasedJob]
+
+
+class HeartbeatIn(Struct, forbid_unknown_fields=True):
+    lease_id: uuid.UUID
+    #: Left out: the length the lease was taken for would be unknown here, so ``JOBQ_LEASE_SECONDS``.
+    lease_seconds: LeaseSeconds | None = None
+
+
+class HeartbeatOut(Struct):
+    """The lease runs ``lease_seconds`` more; ``cancel_requested``: stop and fail the job."""
+
+    lease_seconds: float
+    cancel_requested: bool
+
+
+class CompleteIn(Struct, forbid_unknown_fields=True):
+    lease_id: uuid.UUID
+    result: Any = None
+
+
+class FailIn(Struct, forbid_unknown_fields=True):
+    """A failed attempt: retried after a backoff while attempts remain, unless
+    ``retryable`` is false (then ``dead`` at once)."""
+
+    lease_id: uuid.UUID
+    message: ErrorText
+    error_type: Annotated[str, Meta(min_length=1, max_length=200)] = "Error"
+    retryable: bool = True

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -119,8 +120,11 @@ class Intake:
         outbox: Outbox,
         limiter: SubmitLimiter,
         settings: Settings,
+        accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self.submits = submits
+        #: Told when jobs were committed (HTTP workers waiting here may lease them now).
+        self.accepted = accepted
         self.outbox = outbox
         self.limiter = limiter
         self.settings = settings
@@ -175,6 +179,7 @@ class Intake:
         ]
         if not tickets:
             return
+        self.accepted()
         await self._room.acquire()
         task = asyncio.create_task(self.outbox.send(tickets))
         self._sending.add(task)

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -39,6 +40,8 @@ class Claimed:
     retry_backoff_max_seconds: float | None
     traceparent: str | None
     tenant: str
+    #: Set by ``lease`` (HTTP workers are told when their lease runs out).
+    lease_expires_at: datetime | None = None
 
 
 #: Moves queued jobs to running; see ``LeaseStore.claim``. ``$1`` ids, ``$2`` lease ids,
@@ -59,6 +62,32 @@ CLAIM = """
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
         j.traceparent, j.tenant
+"""
+
+
+#: Leases up to ``$4`` due jobs of tenant ``$1`` in queues ``$2`` (of types ``$3``, if not
+#: null) to an HTTP worker: highest priority, then oldest, first; rows another claim holds are
+#: skipped, not waited for. ``$5`` lease seconds.
+LEASE = """
+    UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(),
+        lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),
+        updated_at = now(), published_at = coalesce(j.published_at, now())
+    WHERE j.id IN (SELECT id FROM jobs
+                   WHERE tenant = $1 AND status = 'queued' AND queue = ANY($2::text[])
+                     AND ($3::text[] IS NULL OR type = ANY($3::text[]))
+                   ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+    RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
+        j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
+        j.traceparent, j.tenant, j.lease_expires_at
+"""
+
+#: The running job ``$1`` of tenant ``$2`` held under lease ``$3`` (not expired).
+HELD = """
+    SELECT id, type, queue, priority, payload::text, attempts, max_attempts, timeout_seconds,
+        lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant,
+        lease_expires_at
+    FROM jobs WHERE id = $1 AND tenant = $2 AND lease_id = $3 AND status = 'running'
+      AND lease_expires_at > now()
 """
 
 
@@ -108,6 +137,30 @@ class LeaseStore:
                 found = await conn.fetch("SELECT id FROM jobs WHERE id = ANY($1::uuid[])", rest)
                 others = {row[0] for row in found}
         return claimed, others
+
+    async def lease(
+        self,
+        tenant: str,
+        queues: Sequence[str],
+        types: Sequence[str] | None,
+        n: int,
+        lease_seconds: float,
+    ) -> list[Claimed]:
+        """Lease up to ``n`` of the tenant's due jobs to an HTTP worker, each under a fresh
+        lease id (its fencing token, as a worker's claim gives); the job's ticket, if still
+        queued in RabbitMQ, is then stale for the AMQP workers' claim."""
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(
+                LEASE, tenant, list(queues), None if types is None else list(types), n,
+                lease_seconds,
+            )  # fmt: skip
+        return [_claimed(row) for row in rows]
+
+    async def held(self, tenant: str, job_id: uuid.UUID, lease_id: uuid.UUID) -> Claimed | None:
+        """The job if ``lease_id`` still holds it for ``tenant``; else ``None``."""
+        async with raw.connection(self.engine) as conn:
+            row = await conn.fetchrow(HELD, job_id, tenant, lease_id)
+        return None if row is None else _claimed(row)
 
     async def heartbeat(
         self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float

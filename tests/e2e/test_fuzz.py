@@ -98,6 +98,8 @@ async def api(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator
             "JOBQ_JWT_SECRET": TEST_SECRET,
             "JOBQ_API_PORT": str(port),
             "JOBQ_MANAGEMENT_URL": "",
+            # A lease request may wait 30 s for a job that never comes: not a fuzzer's time.
+            "JOBQ_LEASE_MAX_WAIT_SECONDS": "0.2",
         }
     )
     proc = start("api", [sys.executable, "-m", "services", "api"], env, tmp_path)

@@ -205,6 +205,10 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
     ("POST", f"/v1/jobs/{JOB}/cancel", "jobs:write", None),
     ("POST", f"/v1/jobs/{JOB}/retry", "jobs:write", None),
     ("GET", "/v1/queues", "jobs:read", None),
+    ("POST", "/v1/leases", "jobs:work", {}),
+    ("POST", f"/v1/jobs/{JOB}/heartbeat", "jobs:work", {"lease_id": JOB}),
+    ("POST", f"/v1/jobs/{JOB}/complete", "jobs:work", {"lease_id": JOB}),
+    ("POST", f"/v1/jobs/{JOB}/fail", "jobs:work", {"lease_id": JOB, "message": "x"}),
     ("POST", "/v1/admin/clients", "admin", {"name": "x", "tenant": "t", "scopes": ["jobs:read"]}),
     ("GET", "/v1/admin/clients", "admin", None),
     ("GET", f"/v1/admin/clients/{JOB}", "admin", None),
@@ -217,7 +221,8 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
 async def test_every_endpoint_is_403_for_every_token_without_its_scope(
     api: Client, bearer: Bearer, method: str, path: str, needed: str, body: Any
 ) -> None:
-    for scopes in ([s for s in ALL_SCOPES if s != needed], ["jobs:work"]):
+    lone = ["jobs:read"] if needed == "jobs:work" else ["jobs:work"]
+    for scopes in ([s for s in ALL_SCOPES if s != needed], lone):
         h = await bearer(scopes=scopes)
         r = await api.request(method, path, json=body, headers=h)
         assert r.status_code == 403, (scopes, r.text)
@@ -229,13 +234,17 @@ async def test_another_tenants_job_is_404_everywhere(api: Client, bearer: Bearer
     a = await bearer("tenant-a", ALL_SCOPES)
     b = await bearer("tenant-b", ALL_SCOPES)
     job = (await api.post("/v1/jobs", json={"type": "noop", "delay_seconds": 60}, headers=a)).json()
-    for method, path in [
-        ("GET", f"/v1/jobs/{job['id']}"),
-        ("GET", f"/v1/jobs/{job['id']}/wait?timeout=0"),
-        ("POST", f"/v1/jobs/{job['id']}/cancel"),
-        ("POST", f"/v1/jobs/{job['id']}/retry"),
+    lease = {"lease_id": job["id"]}
+    for method, path, body in [
+        ("GET", f"/v1/jobs/{job['id']}", None),
+        ("GET", f"/v1/jobs/{job['id']}/wait?timeout=0", None),
+        ("POST", f"/v1/jobs/{job['id']}/cancel", None),
+        ("POST", f"/v1/jobs/{job['id']}/retry", None),
+        ("POST", f"/v1/jobs/{job['id']}/heartbeat", lease),
+        ("POST", f"/v1/jobs/{job['id']}/complete", lease),
+        ("POST", f"/v1/jobs/{job['id']}/fail", {**lease, "message": "x"}),
     ]:
-        r = await api.request(method, path, headers=b)
+        r = await api.request(method, path, json=body, headers=b)
         assert r.status_code == 404, (path, r.text)
         assert "tenant-a" not in r.text
     listed = await api.get("/v1/jobs", params={"queue": "default"}, headers=b)
