@@ -90,6 +90,17 @@ class _no_slot:
         return None
 
 
+def held_job_route(verb: str) -> post:
+    """``POST /v1/jobs/{id}/<verb>`` for the holder of a lease."""
+    return post(
+        f"/v1/jobs/{{job_id:uuid}}/{verb}",
+        guards=[requires_scopes],
+        opt=WORK,
+        status_code=200,
+        responses=problems(401, 403, 404, 409, 413, 415, 422, 503),
+    )
+
+
 async def _held(
     store: JobStore, leases: LeaseStore, tenant: str, job_id: uuid.UUID, lease_id: uuid.UUID
 ) -> Claimed:
@@ -103,13 +114,7 @@ async def _held(
     raise Conflict(detail=f"lease {lease_id} does not hold job {job_id} (it is {job.status})")
 
 
-@post(
-    "/v1/jobs/{job_id:uuid}/heartbeat",
-    guards=[requires_scopes],
-    opt=WORK,
-    status_code=200,
-    responses=problems(401, 403, 404, 409, 413, 415, 422, 503),
-)
+@held_job_route("heartbeat")
 async def heartbeat(
     request: AuthRequest,
     job_id: FromPath[uuid.UUID],
@@ -127,13 +132,7 @@ async def heartbeat(
     return HeartbeatOut(lease_seconds=seconds, cancel_requested=extended[job_id])
 
 
-@post(
-    "/v1/jobs/{job_id:uuid}/complete",
-    guards=[requires_scopes],
-    opt=WORK,
-    status_code=200,
-    responses=problems(401, 403, 404, 409, 413, 415, 422, 503),
-)
+@held_job_route("complete")
 async def complete(
     request: AuthRequest,
     job_id: FromPath[uuid.UUID],
@@ -154,13 +153,7 @@ async def complete(
     return JobOut.of(job)
 
 
-@post(
-    "/v1/jobs/{job_id:uuid}/fail",
-    guards=[requires_scopes],
-    opt=WORK,
-    status_code=200,
-    responses=problems(401, 403, 404, 409, 413, 415, 422, 503),
-)
+@held_job_route("fail")
 async def fail(
     request: AuthRequest,
     job_id: FromPath[uuid.UUID],
