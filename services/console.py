@@ -80,19 +80,37 @@ def _ago(when: datetime | None) -> str:
     return f"{max(0, seconds):.0f}s ago"
 
 
+def _progress(job: Job) -> str:
+    """A running job's last progress report, as ``40% resizing``."""
+    p = job.progress
+    if p is None or job.status is not JobStatus.RUNNING:
+        return ""
+    return f"{p.fraction:.0%} {p.message}".strip()
+
+
 def _status(status: JobStatus) -> Text:
     return Text(str(status), style=STYLE.get(status, ""))
 
 
 def jobs_table(jobs: Iterable[Job], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("id", "type", "queue", "status", "attempts", "created", "last error"):
+    for column in (
+        "id",
+        "type",
+        "queue",
+        "status",
+        "attempts",
+        "created",
+        "progress",
+        "last error",
+    ):
         table.add_column(column, no_wrap=column in ("id", "status"))
     for j in jobs:
         error = (j.last_error or {}).get("message", "") if isinstance(j.last_error, dict) else ""
         table.add_row(
             *map(Text, (str(j.id), j.type, j.queue)), _status(j.status),
-            *map(Text, (f"{j.attempts}/{j.max_attempts}", _ago(j.created_at), str(error)[:60])),
+            *map(Text, (f"{j.attempts}/{j.max_attempts}", _ago(j.created_at), _progress(j))),
+            Text(str(error)[:60]),
         )  # fmt: skip
     return table
 
@@ -184,7 +202,8 @@ def _wait_showing(c: jobq.Client, job: Job, seconds: float, quiet: bool) -> Job:
                 job = c.wait(job.id, timeout=min(left, 2.0))
             except jobq.WaitTimeout as timeout:
                 job = timeout.job
-            status.update(f"{job.id}: {job.status} (attempt {job.attempts}/{job.max_attempts})")
+            shown = f"{job.id}: {job.status} (attempt {job.attempts}/{job.max_attempts})"
+            status.update(f"{shown} {_progress(job)}".rstrip())
     return job
 
 

@@ -80,6 +80,8 @@ class JobOut(Struct):
     idempotency_key: str | None
     cancel_requested: bool
     trace_id: str | None
+    #: What the running attempt last reported: ``{"fraction", "message", "at"}`` (or null).
+    progress: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: JobRow | SubmittedJob) -> JobOut:
@@ -105,6 +107,7 @@ class JobOut(Struct):
             idempotency_key=job.idempotency_key,
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,
+            progress=getattr(job, "progress", None),  # a job just submitted has none
         )
 
 
@@ -285,14 +288,22 @@ class LeasedJob(Struct):
     lease_id: uuid.UUID
     lease_expires_at: datetime
     traceparent: str | None
+    tenant: str
 
 
 class LeaseList(Struct):
     items: list[LeasedJob]
 
 
+class ProgressIn(Struct, forbid_unknown_fields=True):
+    fraction: Annotated[float, Meta(ge=0, le=1, **ZERO_MINIMUM)]
+    message: Annotated[str, Meta(max_length=200)] = ""
+
+
 class HeartbeatIn(Struct, forbid_unknown_fields=True):
     lease_id: uuid.UUID
+    #: How far the job is, shown with it while it runs.
+    progress: ProgressIn | None = None
     #: Left out: the length the lease was taken for would be unknown here, so ``JOBQ_LEASE_SECONDS``.
     lease_seconds: LeaseSeconds | None = None
 

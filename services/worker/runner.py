@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.worker.deliveries import Delivery, DeliveryBuffer, settle
 from services.worker.execution import Failed, attempt
 from services.worker.outcomes import Outcomes
+from services.worker.progress import ProgressWriter
 from services.worker.registry import Registry
 from shared.db.errors import is_transient
 from shared.errors import DecodeError
@@ -78,6 +79,7 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self._buffer = DeliveryBuffer()
         self.outcomes = Outcomes(settings, leases, outbox, self.stats)
+        self.progress = ProgressWriter(leases)
         self._wake = asyncio.Event()
         #: Attempts running here, by lease id: an older attempt of the same job may still be
         #: writing its (refused) outcome when its re-queued ticket is claimed here again.
@@ -153,6 +155,7 @@ class Worker:
         if self._running:
             await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
         await self.outcomes.close()
+        await self.progress.close()
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -250,7 +253,10 @@ class Worker:
             current_job_id.reset(token)
 
     async def _attempt(self, job: Claimed, span: Span | None) -> None:
-        ctx = JobContext(job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id)
+        ctx = JobContext(
+            job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id,
+            reporter=self.progress.reporter(job.id, job.lease_id),
+        )  # fmt: skip
         try:
             outcome = await attempt(
                 lambda: self.registry.get(job.type)(job.payload, ctx), job.timeout_seconds

@@ -50,6 +50,7 @@ CLAIM = """
     UPDATE jobs j SET status = 'running',
         attempts = CASE WHEN j.status = 'queued' THEN j.attempts + 1 ELSE j.attempts END,
         started_at = CASE WHEN j.status = 'queued' THEN now() ELSE j.started_at END,
+        progress = CASE WHEN j.status = 'queued' THEN NULL ELSE j.progress END,
         lease_id = CASE WHEN j.status = 'queued' THEN v.lease ELSE j.lease_id END,
         lease_expires_at = now() + make_interval(secs => $4::float8),
         updated_at = now(), published_at = coalesce(j.published_at, now())
@@ -70,7 +71,7 @@ CLAIM = """
 #: skipped, not waited for. ``$5`` lease seconds.
 LEASE = """
     UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(),
-        lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),
+        progress = NULL, lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),
         updated_at = now(), published_at = coalesce(j.published_at, now())
     WHERE j.id IN (SELECT id FROM jobs
                    WHERE tenant = $1 AND status = 'queued' AND queue = ANY($2::text[])
@@ -161,6 +162,22 @@ class LeaseStore:
         async with raw.connection(self.engine) as conn:
             row = await conn.fetchrow(HELD, job_id, tenant, lease_id)
         return None if row is None else _claimed(row)
+
+    async def progress(self, items: Sequence[tuple[uuid.UUID, uuid.UUID, str]]) -> set[uuid.UUID]:
+        """Record ``(job id, lease id, progress JSON)`` of running jobs, in one statement;
+        returns the jobs written (a lease that ran out writes nothing)."""
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(
+                """
+                UPDATE jobs j SET progress = v.progress::jsonb || jsonb_build_object('at', now())
+                FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS v(id, lease, progress)
+                WHERE j.id = v.id AND j.lease_id = v.lease AND j.status = 'running'
+                  AND j.lease_expires_at > now()
+                RETURNING j.id
+                """,
+                [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+            )  # fmt: skip
+        return {row[0] for row in rows}
 
     async def heartbeat(
         self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float

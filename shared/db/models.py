@@ -48,6 +48,8 @@ class Job(SQLModel, table=True):
     errors: Any = Field(
         default=None, sa_column=sa.Column(JSONB, nullable=False, server_default="[]")
     )
+    #: What the running attempt last said: ``{"fraction", "message", "at"}``.
+    progress: Any = Field(default=None, sa_column=sa.Column(JSONB))
     idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     #: What the request under ``idempotency_key`` asked for: a reuse must ask the same.
     request_digest: str | None = Field(default=None, sa_column=sa.Column(sa.Text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -17,3 +18,12 @@ async def record(payload: Any, ctx: JobContext) -> dict[str, int]:
     executions[ctx.job_id] += 1
     await asyncio.sleep(float((payload or {}).get("sleep", 0)))
     return {"attempt": ctx.attempt}
+
+
+@handler("test.progress")
+def progress(payload: dict[str, Any], ctx: JobContext) -> str:
+    """Sync (a thread): reports progress, then waits as long as the payload says."""
+    ctx.progress(0.25, "warming up")
+    ctx.progress(0.5, "half way")
+    time.sleep(float(payload["sleep"]))
+    return "done"

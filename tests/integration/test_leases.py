@@ -171,3 +171,32 @@ async def _share(api: Api, h: dict[str, str], engine: AsyncEngine) -> None:
     assert {str(r.id) for r in rows if r.result == "http"} == by_http
     assert by_http  # both kinds of worker took part
     assert len(by_http) < len(ids)
+
+
+async def test_progress_shows_while_the_job_runs(
+    api: Api, bearer: Bearer, start_worker: StartWorker
+) -> None:
+    h = await bearer("acme", WORKER)
+    await start_worker()
+    r = await api.post(
+        "/v1/jobs", json={"type": "test.progress", "payload": {"sleep": 3}}, headers=h
+    )
+    job_id = r.json()["id"]
+
+    async def reported() -> dict[str, Any] | None:
+        job = (await api.get(f"/v1/jobs/{job_id}", headers=h)).json()
+        return job if job["progress"] else None
+
+    job = await wait_for(reported, within=10)
+    assert job["status"] == "running"
+    assert (job["progress"]["fraction"], job["progress"]["message"]) == (0.5, "half way")
+    assert job["progress"]["at"]
+    # Over HTTP: a heartbeat carries it (on a queue the AMQP worker does not read).
+    await submit(api, h, 1, queue="slow")
+    [leased] = await lease(api, h, queues=["slow"])
+    beat = {"lease_id": leased["lease_id"], "progress": {"fraction": 0.9, "message": "nearly"}}
+    assert (
+        await api.post(f"/v1/jobs/{leased['id']}/heartbeat", json=beat, headers=h)
+    ).status_code == 200
+    shown = (await api.get(f"/v1/jobs/{leased['id']}", headers=h)).json()["progress"]
+    assert (shown["fraction"], shown["message"]) == (0.9, "nearly")

@@ -105,3 +105,61 @@ async def test_a_leaseholder_that_vanishes_loses_its_job_to_another_worker(live:
 def _token(client: jobq.AsyncClient) -> str:
     with jobq.Client(client._s.credentials) as sync:
         return sync.token()
+
+
+@jobq.handler("sdk.double")
+async def double(payload: int) -> int:
+    return payload * 2
+
+
+@jobq.handler("sdk.refuse")
+def refuse(payload: object) -> None:
+    raise jobq.PermanentError("never")
+
+
+@jobq.handler("sdk.slow")
+async def slow(payload: float, ctx: jobq.JobContext) -> str:
+    ctx.progress(0.1, "sleeping")
+    await asyncio.sleep(payload)
+    return f"woke on attempt {ctx.attempt}"
+
+
+async def test_the_sdk_http_worker_runs_handlers_and_honours_cancel(live: Live) -> None:
+    async with jobq.AsyncClient(await live.credentials(scopes=SCOPES)) as client:
+        token = await asyncio.to_thread(_token, client)
+        async with httpx.AsyncClient(base_url=live.url) as http:  # no AMQP worker reads it
+            await http.post(
+                "/v1/admin/queues", json={"name": "sdk-http"},
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+        worker = jobq.HttpWorker(
+            client, [double, refuse, slow], queues=["sdk-http"], concurrency=4,
+            lease_seconds=6, wait_seconds=1,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        doubles = await client.submit_many(
+            [{"type": "sdk.double", "payload": i, "queue": "sdk-http"} for i in range(10)]
+        )
+        refused = await client.submit("sdk.refuse", queue="sdk-http")
+        sleeper = await client.submit("sdk.slow", 60, queue="sdk-http")
+        done = await asyncio.gather(*(client.wait(j.id, timeout=30) for j in doubles))
+        assert [j.result for j in done] == [2 * i for i in range(10)]
+        dead = await client.wait(refused.id, timeout=30)
+        assert (dead.status, dead.attempts) == (jobq.JobStatus.DEAD, 1)
+        assert dead.last_error["message"] == "never"
+        short = await client.submit("sdk.slow", 0.1, queue="sdk-http")
+        assert (await client.wait(short.id, timeout=30)).result == "woke on attempt 1"
+        running_ = await client.get(sleeper.id)
+        for _ in range(50):  # the progress goes out with a heartbeat a second after the report
+            if running_.progress is not None:
+                break
+            await asyncio.sleep(0.1)
+            running_ = await client.get(sleeper.id)
+        assert running_.progress is not None
+        assert (running_.progress.fraction, running_.progress.message) == (0.1, "sleeping")
+        await client.cancel(sleeper.id)  # running: seen at its next heartbeat (every 2 s)
+        canceled = await client.wait(sleeper.id, timeout=15)
+        assert canceled.status is jobq.JobStatus.CANCELED
+        stop.set()
+        await asyncio.wait_for(running, 30)

@@ -48,6 +48,7 @@ def _leased(job: Claimed) -> LeasedJob:
         id=job.id, type=job.type, queue=job.queue, priority=job.priority, payload=job.payload,
         attempt=job.attempts, max_attempts=job.max_attempts, timeout_seconds=job.timeout_seconds,
         lease_id=job.lease_id, lease_expires_at=job.lease_expires_at, traceparent=job.traceparent,
+        tenant=job.tenant,
     )  # fmt: skip
 
 
@@ -123,12 +124,17 @@ async def heartbeat(
     leases: NamedDependency[LeaseStore],
     settings: NamedDependency[Settings],
 ) -> HeartbeatOut:
-    """Extend the lease; ``cancel_requested`` says the job was canceled: stop, then fail it."""
+    """Extend the lease (and record the job's ``progress``); ``cancel_requested`` says the job
+    was canceled: stop, then fail it."""
     seconds = data.lease_seconds or settings.lease_seconds
     await _held(store, leases, request.user.tenant, job_id, data.lease_id)
     extended = await leases.heartbeat([(job_id, data.lease_id)], seconds)
     if job_id not in extended:  # ran out between the two statements
         raise Conflict(detail=f"lease {data.lease_id} does not hold job {job_id}")
+    if data.progress is not None:
+        await leases.progress(
+            [(job_id, data.lease_id, msgspec.json.encode(data.progress).decode())]
+        )
     return HeartbeatOut(lease_seconds=seconds, cancel_requested=extended[job_id])
 
 

@@ -22,7 +22,8 @@ from jobq.errors import (
     WaitTimeout,
 )
 from jobq.handlers import Handler, InvalidPayload, JobContext, PermanentError, handler
-from jobq.models import Job, JobStatus, Queue
+from jobq.http_worker import HttpWorker
+from jobq.models import Job, JobProgress, JobStatus, Queue
 
 __all__ = [
     "AsyncClient",
@@ -31,10 +32,12 @@ __all__ = [
     "Credentials",
     "Forbidden",
     "Handler",
+    "HttpWorker",
     "InvalidJob",
     "InvalidPayload",
     "Job",
     "JobContext",
+    "JobProgress",
     "JobStatus",
     "JobqError",
     "NotFound",

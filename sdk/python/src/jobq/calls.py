@@ -17,7 +17,18 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from jobq.errors import JobqError
-from jobq.models import Batch, Job, JobPage, JobStatus, Queue, QueueList, Token
+from jobq.models import (
+    Batch,
+    Heartbeat,
+    Job,
+    JobPage,
+    JobStatus,
+    Lease,
+    LeaseList,
+    Queue,
+    QueueList,
+    Token,
+)
 
 T = TypeVar("T")
 
@@ -50,7 +61,7 @@ def _decoder(kind: type[T]) -> Callable[[bytes], T]:
 
 
 _job, _page, _batch, _token = _decoder(Job), _decoder(JobPage), _decoder(Batch), _decoder(Token)
-_queues = _decoder(QueueList)
+_queues, _leases, _beat = _decoder(QueueList), _decoder(LeaseList), _decoder(Heartbeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +227,56 @@ def wait(job_id: uuid.UUID | str, seconds: float) -> Call[Job]:
 def queues() -> Call[list[Queue]]:
     """The declared queues, with the caller's jobs in each by status."""
     return Call("GET", "/v1/queues", lambda body: _queues(body).items)
+
+
+def lease(
+    queues: list[str],
+    types: list[str] | None,
+    max_jobs: int,
+    wait_seconds: float,
+    lease_seconds: float | None,
+) -> Call[list[Lease]]:
+    """Jobs for an HTTP worker (``[]``: none came within the wait). Not sent again blind: a
+    lost answer would leave jobs held until their lease runs out."""
+    body: dict[str, Any] = {"queues": queues, "max_jobs": max_jobs, "wait_seconds": wait_seconds}
+    if types is not None:
+        body["types"] = types
+    if lease_seconds is not None:
+        body["lease_seconds"] = lease_seconds
+    return Call(
+        "POST", "/v1/leases", lambda raw: _leases(raw).items if raw else [], json=body,
+        resend="unsent",
+    )  # fmt: skip
+
+
+def heartbeat(
+    job_id: uuid.UUID | str,
+    lease_id: uuid.UUID | str,
+    seconds: float | None,
+    progress: tuple[float, str] | None = None,
+) -> Call[Heartbeat]:
+    body: dict[str, Any] = {"lease_id": str(lease_id)}
+    if seconds is not None:
+        body["lease_seconds"] = seconds
+    if progress is not None:
+        body["progress"] = {"fraction": progress[0], "message": progress[1]}
+    return Call("POST", f"/v1/jobs/{job_id}/heartbeat", _beat, json=body)
+
+
+def complete(job_id: uuid.UUID | str, lease_id: uuid.UUID | str, result: Any) -> Call[Job]:
+    body = {"lease_id": str(lease_id), "result": result}
+    return Call("POST", f"/v1/jobs/{job_id}/complete", _job, json=body, resend="unsent")
+
+
+def fail(
+    job_id: uuid.UUID | str,
+    lease_id: uuid.UUID | str,
+    message: str,
+    error_type: str,
+    retryable: bool,
+) -> Call[Job]:
+    body = {
+        "lease_id": str(lease_id), "message": message[:2000], "error_type": error_type[:200],
+        "retryable": retryable,
+    }  # fmt: skip
+    return Call("POST", f"/v1/jobs/{job_id}/fail", _job, json=body, resend="unsent")

@@ -22,7 +22,7 @@ import httpx
 from jobq import calls, profiles
 from jobq.calls import Call, Credentials, RetryPolicy, TokenCache
 from jobq.errors import RetryAfter, Unavailable, WaitTimeout, error_from
-from jobq.models import Job, Queue
+from jobq.models import Heartbeat, Job, Lease, Queue
 
 T = TypeVar("T")
 
@@ -328,6 +328,46 @@ class AsyncClient(_Client[httpx.AsyncClient]):
 
     async def queues(self) -> builtins.list[Queue]:
         return await self._send(calls.queues())
+
+    async def lease(
+        self,
+        queues: Iterable[str] = ("default",),
+        *,
+        types: Iterable[str] | None = None,
+        max_jobs: int = 1,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> builtins.list[Lease]:
+        """HTTP workers: up to ``max_jobs`` jobs of this client's tenant, waiting up to
+        ``wait`` seconds (at most 30) for one; ``[]`` if none came. Needs ``jobs:work``."""
+        call = calls.lease(
+            list(queues), None if types is None else list(types), max_jobs, wait, lease_seconds
+        )
+        return await self._send(call)
+
+    async def heartbeat(
+        self,
+        lease: Lease,
+        lease_seconds: float | None = None,
+        progress: tuple[float, str] | None = None,
+    ) -> Heartbeat:
+        """Keep holding ``lease`` (and report ``(fraction, message)``); ``Conflict`` once it
+        is lost (stop the job's side effects)."""
+        call = calls.heartbeat(lease.id, lease.lease_id, lease_seconds, progress)
+        return await self._send(call)
+
+    async def complete(self, lease: Lease, result: Any = None) -> Job:
+        """Record the leased job's success; ``Conflict`` if the lease no longer holds it."""
+        return await self._send(calls.complete(lease.id, lease.lease_id, result))
+
+    async def fail(
+        self, lease: Lease, message: str, *, error_type: str = "Error", retryable: bool = True
+    ) -> Job:
+        """Record a failed attempt: retried after a backoff while attempts remain (unless
+        not ``retryable``: dead at once)."""
+        return await self._send(
+            calls.fail(lease.id, lease.lease_id, message, error_type, retryable)
+        )
 
     async def wait(
         self,

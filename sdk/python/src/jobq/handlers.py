@@ -23,7 +23,7 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar, get_type_hints, overload
 
@@ -55,6 +55,22 @@ class JobContext:
     attempt: int
     max_attempts: int
     lease_id: uuid.UUID
+    #: Where ``progress`` goes (the worker running the job sets it).
+    reporter: Callable[[Progress], None] | None = field(default=None, repr=False, compare=False)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Say how far the job is (``0.0``..``1.0``, and what it is doing): shown with the job
+        while it runs. Cheap to call often: the worker writes the latest about once a second."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress must be between 0 and 1, not {fraction}")
+        if self.reporter is not None:
+            self.reporter(Progress(fraction, (message or "")[:200]))
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    fraction: float
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

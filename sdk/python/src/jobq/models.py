@@ -27,6 +27,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELED)
 
 
+class JobProgress(msgspec.Struct, frozen=True):
+    """What a running job last reported (``ctx.progress``), and when."""
+
+    fraction: float
+    message: str = ""
+    at: datetime | None = None
+
+
 class Job(msgspec.Struct, kw_only=True, frozen=True):
     """One job as the API last reported it."""
 
@@ -50,6 +58,7 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     idempotency_key: str | None = None
     cancel_requested: bool = False
     trace_id: str | None = None
+    progress: JobProgress | None = None
 
 
 class JobPage(msgspec.Struct, frozen=True):
@@ -73,6 +82,32 @@ class Queue(msgspec.Struct, kw_only=True, frozen=True):
 
 class QueueList(msgspec.Struct, frozen=True):
     items: list[Queue]
+
+
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """A job an HTTP worker now holds until ``lease_expires_at``."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    payload: Any
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int
+    lease_id: uuid.UUID
+    lease_expires_at: datetime
+    tenant: str
+    traceparent: str | None = None
+
+
+class LeaseList(msgspec.Struct, frozen=True):
+    items: list[Lease]
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    lease_seconds: float
+    cancel_requested: bool
 
 
 class Token(msgspec.Struct, frozen=True):
