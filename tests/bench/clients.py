@@ -148,7 +148,6 @@ async def main(args: argparse.Namespace) -> None:
             "JOBQ_API_PROCESSES": str(args.api_processes),
             "JOBQ_SUBMIT_RATE_PER_SECOND": "100000", "JOBQ_SUBMIT_BURST": "100000",
             "JOBQ_SUBMIT_RATE_PER_TENANT": "100000", "JOBQ_SUBMIT_BURST_PER_TENANT": "100000",
-            "JOBQ_LOG_LEVEL": "WARNING",
         }  # fmt: skip
         engine = make_engine(Settings(database_url=url), "bench", pool_size=1)
         try:

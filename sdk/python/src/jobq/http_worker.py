@@ -79,10 +79,11 @@ class HttpWorker:
         """Lease and run jobs until ``stop`` is set; then let the running ones finish."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
+            # Lease in batches: once half the slots are free (a lease per finished job would
+            # double the requests).
+            while len(self._running) > self.concurrency // 2:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-                continue
+            free = self.concurrency - len(self._running)
             try:
                 leases = await self.client.lease(
                     self.queues, types=list(self.handlers), max_jobs=free,
