@@ -18,6 +18,7 @@ from typing import Any
 import jobq
 import msgspec
 from jobq import Credentials, Job, JobStatus, profiles
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -93,18 +94,12 @@ def _status(status: JobStatus) -> Text:
 
 
 def jobs_table(jobs: Iterable[Job], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in (
-        "id",
-        "type",
-        "queue",
-        "status",
-        "attempts",
-        "created",
-        "progress",
-        "last error",
-    ):
-        table.add_column(column, no_wrap=column in ("id", "status"))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column, width in (
+        ("id", 36), ("type", 10), ("queue", 7), ("status", 9), ("attempts", 3), ("created", 7),
+        ("progress", 8), ("last error", 10),
+    ):  # fmt: skip
+        table.add_column(column, min_width=width, no_wrap=True, overflow="ellipsis")
     for j in jobs:
         error = (j.last_error or {}).get("message", "") if isinstance(j.last_error, dict) else ""
         table.add_row(
