@@ -115,6 +115,11 @@ class Settings:
     lease_seconds: float = 30.0
     #: HTTP workers waiting for a lease: how often one API process asks for all of them.
     lease_poll_seconds: float = 0.25
+    #: Submits must name a job type a worker serves, with a payload its schema accepts; the
+    #: type's defaults fill what the submitter left out.
+    strict_types: bool = False
+    #: How long a type stays served after its last worker was seen (rolling deploys).
+    types_grace_seconds: float = 600.0
     #: The longest an HTTP worker's lease request waits for a job (it may ask for less).
     lease_max_wait_seconds: float = 30.0
     #: Queued jobs whose publish was not confirmed this long ago are published again.
@@ -166,7 +171,9 @@ class Settings:
                 continue
             kind = hints[f.name]
             try:
-                values[f.name] = kind(raw) if kind in (int, float) else raw
+                values[f.name] = (
+                    _flag(raw) if kind is bool else kind(raw) if kind in (int, float) else raw
+                )
             except ValueError:
                 raise ConfigError(
                     f"JOBQ_{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
@@ -284,3 +291,13 @@ class Settings:
     def sync_database_url(self) -> str:
         """The database URL as libpq/asyncpg spells it (no SQLAlchemy driver suffix)."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _flag(raw: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off), any case."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)

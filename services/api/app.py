@@ -28,9 +28,10 @@ from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, health, jobs, leases, queues
+from services.api.routes import admin, auth, health, jobs, leases, queues, types
 from services.api.submission import Intake
 from services.api.tokens import ExternalIssuer, TokenConfig
+from services.api.types import TypeCatalog
 from shared.coalesce import Coalescer
 from shared.config import Settings
 from shared.db.clients import ClientGrant, ClientStore
@@ -39,6 +40,7 @@ from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
+from shared.db.types import TypeStore
 from shared.outbox import Outbox
 from shared.runtime import service_resources
 from shared.telemetry import exporting, make_tracer_provider
@@ -66,7 +68,11 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
             lease_store = LeaseStore(engine)
             hub = LeaseHub(lease_store, outbox, settings.lease_poll_seconds)
-            intake = Intake(SubmitStore(engine), outbox, limiter, settings, accepted=hub.poke)
+            catalog = TypeCatalog(TypeStore(engine), settings.types_grace_seconds)
+            intake = Intake(
+                SubmitStore(engine), outbox, limiter, settings, accepted=hub.poke,
+                catalog=catalog if settings.strict_types else None,
+            )  # fmt: skip
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
                 clients.grants, max_items=1000, concurrency=2
             )
@@ -82,6 +88,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 outbox=outbox,
                 leases=lease_store,
                 hub=hub,
+                catalog=catalog,
             )
             try:
                 yield
@@ -119,6 +126,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 "outbox",
                 "leases",
                 "hub",
+                "catalog",
             )
         },
         "settings": constant(settings),
@@ -143,7 +151,13 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             *health.ROUTES,
             Router(
                 "/",
-                route_handlers=[*jobs.ROUTES, *leases.ROUTES, *queues.ROUTES, *admin.ROUTES],
+                route_handlers=[
+                    *jobs.ROUTES,
+                    *leases.ROUTES,
+                    *types.ROUTES,
+                    *queues.ROUTES,
+                    *admin.ROUTES,
+                ],
                 security=[{"BearerToken": []}],
             ),
         ],

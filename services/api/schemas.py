@@ -31,7 +31,8 @@ class JobIn(Struct, forbid_unknown_fields=True):
 
     type: Name
     payload: Any = None
-    queue: Name = "default"
+    #: Left out: the job type's default queue (with ``JOBQ_STRICT_TYPES``), else ``default``.
+    queue: Name | None = None
     priority: Annotated[int, Meta(ge=0, le=9)] = 5
     #: Left out (or ``null``): the queue's setting (3 and 300 unless an admin changed them).
     max_attempts: MaxAttempts | None = None
@@ -328,3 +329,18 @@ class FailIn(Struct, forbid_unknown_fields=True):
     message: ErrorText
     error_type: Annotated[str, Meta(min_length=1, max_length=200)] = "Error"
     retryable: bool = True
+
+
+class TypeOut(Struct):
+    """A job type a worker registered: its payload's JSON Schema, its defaults, when a worker
+    last said it serves it, and whether that is within the grace period."""
+
+    name: str
+    schema: dict[str, Any]
+    defaults: dict[str, Any]
+    last_seen: datetime
+    served: bool
+
+
+class TypeList(Struct):
+    items: list[TypeOut]

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 from litestar.exceptions import HTTPException, ValidationException
@@ -30,6 +30,7 @@ from shared.ids import uuid7
 if TYPE_CHECKING:
     from services.api.limits import SubmitLimiter
     from services.api.tokens import Principal
+    from services.api.types import TypeCatalog
     from shared.config import Settings
     from shared.db.submits import Outcome, SubmitStore, SubmittedJob
     from shared.outbox import Outbox
@@ -47,11 +48,16 @@ _canonical = msgspec.json.Encoder(order="sorted")
 ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+#: The queue of a job whose request (and type) named none.
+DEFAULT_QUEUE = "default"
+
+
 def request_digest(data: JobIn) -> str:
     """What a job request asks for, whatever its key order or spacing: the digest an
     idempotency key is stored with, so that reusing the key for another request is refused."""
     fields = msgspec.structs.asdict(data)
     fields.pop("idempotency_key", None)  # a batch job carries its key in the body
+    fields["queue"] = fields["queue"] or DEFAULT_QUEUE  # left out or named: the same request
     return hashlib.sha256(_canonical.encode(fields)).hexdigest()
 
 
@@ -83,7 +89,7 @@ def new_job(
         id=uuid7(),
         tenant=principal.tenant,
         type=data.type,
-        queue=data.queue,
+        queue=data.queue or DEFAULT_QUEUE,
         payload_json=payload_json,
         priority=data.priority,
         max_attempts=data.max_attempts,
@@ -100,6 +106,9 @@ def new_job(
 #: Ticket batches of one process awaiting their confirms; more waits (a slow broker slows
 #: submits instead of piling tickets up in memory).
 PUBLISHES_IN_FLIGHT = 16
+
+
+J = TypeVar("J", bound=JobIn)
 
 
 class Intake:
@@ -121,8 +130,11 @@ class Intake:
         limiter: SubmitLimiter,
         settings: Settings,
         accepted: Callable[[], None] = lambda: None,
+        catalog: TypeCatalog | None = None,
     ) -> None:
         self.submits = submits
+        #: Set with ``JOBQ_STRICT_TYPES``: submits must name a served type.
+        self.catalog = catalog
         #: Told when jobs were committed (HTTP workers waiting here may lease them now).
         self.accepted = accepted
         self.outbox = outbox
@@ -147,7 +159,9 @@ class Intake:
         traceparent: str | None,
     ) -> tuple[SubmittedJob, bool]:
         """One job: with ``False`` if its idempotency key named a job already (returned)."""
-        job = new_job(data, principal, self.settings, idempotency_key, traceparent)
+        job = new_job(
+            await self._typed(data), principal, self.settings, idempotency_key, traceparent
+        )
         self.limiter.take(principal.client_id, principal.tenant, 1)
         return await self._singles(job)
 
@@ -162,11 +176,21 @@ class Intake:
         keys = [j.idempotency_key for j in data if j.idempotency_key]
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
-        jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in data]
+        typed = [await self._typed(j) for j in data]
+        jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in typed]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
         results = await self.submits.insert(jobs)
         await self._publish(results)
         return results
+
+    async def _typed(self, data: J) -> J:
+        """With strict types: the type must be served and its schema fit the payload; the
+        type's defaults fill what the request left out."""
+        if self.catalog is None:
+            return data
+        defaults = await self.catalog.check(data.type, data.payload)
+        filled = {k: v for k, v in defaults.items() if getattr(data, k, None) is None}
+        return msgspec.structs.replace(data, **filled) if filled else data
 
     async def _insert_each(self, jobs: list[NewJob]) -> list[Outcome]:
         outcomes = await self.submits.insert_each(jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvloop
@@ -14,6 +15,7 @@ from shared.config import Settings
 from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
 from shared.db.tickets import TicketStore
+from shared.db.types import TypeStore
 from shared.errors import ConfigError
 from shared.outbox import Outbox
 from shared.runtime import service_resources, stop_on_signals
@@ -41,12 +43,28 @@ async def serve(settings: Settings) -> None:
             )
         outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
         worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
+        registering = asyncio.create_task(keep_registered(TypeStore(engine), registry))
         try:
             await worker.run(stop_on_signals())
         finally:
+            registering.cancel()
             await outbox.close()
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
     provider.shutdown()
+
+
+#: How often a worker says again which job types it serves.
+REGISTER_EVERY_SECONDS = 60.0
+
+
+async def keep_registered(types: TypeStore, registry: Registry) -> None:
+    """Register the types this worker serves now, and again every minute (``last_seen``)."""
+    while True:
+        try:
+            await types.register(registry.described())
+        except Exception as exc:  # the next round registers again
+            log.warning("job types not registered", extra={"error": repr(exc)})
+        await asyncio.sleep(REGISTER_EVERY_SECONDS)
 
 
 def main(settings: Settings) -> None:

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 from jobq.handlers import Handler, handlers_in
 
@@ -44,6 +45,13 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+    def described(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """``(name, payload JSON Schema, defaults)`` of every handler, for ``job_types``."""
+        return [
+            (h.name, h.schema(), h.defaults.as_fields())
+            for h in sorted(self._handlers.values(), key=lambda h: h.name)
+        ]
 
     @classmethod
     def from_modules(cls, modules: Iterable[str]) -> Registry:

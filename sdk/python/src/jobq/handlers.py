@@ -74,6 +74,27 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class Defaults:
+    """What a job of this type gets when its submitter leaves it out (``None``: the queue's),
+    applied by the API when it runs with ``JOBQ_STRICT_TYPES``."""
+
+    queue: str | None = None
+    max_attempts: int | None = None
+    timeout: int | None = None
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
+
+    def as_fields(self) -> dict[str, Any]:
+        """As the job fields they fill (only those set)."""
+        fields = {
+            "queue": self.queue, "max_attempts": self.max_attempts,
+            "timeout_seconds": self.timeout, "retry_backoff_seconds": self.retry_backoff,
+            "retry_backoff_max_seconds": self.retry_backoff_max,
+        }  # fmt: skip
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
 class Handler:
     """A job type's handler, as ``@handler`` declared it."""
 
@@ -82,6 +103,13 @@ class Handler:
     payload_type: Any
     wants_context: bool
     is_async: bool
+    defaults: Defaults = field(default_factory=Defaults)
+
+    def schema(self) -> dict[str, Any]:
+        """The payload's JSON Schema, from the annotation (``{}``: anything goes)."""
+        if self.payload_type is Any:
+            return {}
+        return msgspec.json.schema(self.payload_type)
 
     async def __call__(self, payload: Any, ctx: JobContext) -> Any:
         """Run it: the payload converted, a sync function in a thread."""
@@ -95,7 +123,7 @@ class Handler:
         return await asyncio.to_thread(self.func, *args)
 
     @classmethod
-    def of(cls, func: Callable[..., Any], name: str) -> Handler:
+    def of(cls, func: Callable[..., Any], name: str, defaults: Defaults | None = None) -> Handler:
         params = list(inspect.signature(func).parameters.values())
         if not params or len(params) > 2:
             raise TypeError(f"handler {name!r} must take (payload) or (payload, context)")
@@ -106,20 +134,42 @@ class Handler:
             payload_type=hints.get(params[0].name, Any),
             wants_context=len(params) == 2,
             is_async=inspect.iscoroutinefunction(func),
+            defaults=defaults or Defaults(),
         )
 
 
 @overload
 def handler(name: F, /) -> F: ...
 @overload
-def handler(name: str | None = None, /) -> Callable[[F], F]: ...
-def handler(name: str | Callable[..., Any] | None = None, /) -> Any:
+def handler(
+    name: str | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    timeout: int | None = None,
+    retry_backoff: float | None = None,
+    retry_backoff_max: float | None = None,
+) -> Callable[[F], F]: ...
+def handler(
+    name: str | Callable[..., Any] | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    timeout: int | None = None,
+    retry_backoff: float | None = None,
+    retry_backoff_max: float | None = None,
+) -> Any:
     """Mark a function as the handler of job type ``name`` (by default the function's
-    ``module.qualname``): ``@handler("images.resize")``, or bare ``@handler``."""
+    ``module.qualname``): ``@handler("images.resize")``, or bare ``@handler``. The keywords
+    are the type's defaults: what its jobs get when the submitter leaves them out (applied by
+    an API running with ``JOBQ_STRICT_TYPES``)."""
+    defaults = Defaults(queue, max_attempts, timeout, retry_backoff, retry_backoff_max)
 
     def mark(func: F) -> F:
         type_name = name if isinstance(name, str) else f"{func.__module__}.{func.__qualname__}"
-        setattr(func, MARK, Handler.of(func, type_name))
+        setattr(func, MARK, Handler.of(func, type_name, defaults))
         return func
 
     return mark(name) if callable(name) else mark
