@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from jobq import Credentials
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +53,8 @@ async def live(
         yield Live(cluster.url, engine)
     finally:
         await asyncio.to_thread(cluster.stop)
+        async with engine.connect() as conn:  # the tests declare queues of their own
+            queues = list((await conn.execute(sa.text("SELECT name FROM queues"))).scalars())
         await engine.dispose()
         await drop_database(url)
-        await delete_broker_objects(amqp_url, prefix, ("default",))
+        await delete_broker_objects(amqp_url, prefix, queues)
