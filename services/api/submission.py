@@ -176,7 +176,7 @@ class Intake:
         keys = [j.idempotency_key for j in data if j.idempotency_key]
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
-        typed = [await self._typed(j) for j in data]
+        typed = data if self.catalog is None else [await self._typed(j) for j in data]
         jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in typed]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
         results = await self.submits.insert(jobs)
