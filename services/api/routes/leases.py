@@ -6,6 +6,7 @@ out, in the same statement."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -73,7 +74,7 @@ async def lease_jobs(
     ``wait_seconds`` for one (a waiting lease counts towards the long-poll caps)."""
     wait = min(data.wait_seconds, settings.lease_max_wait_seconds)
     user = request.user
-    with waiters.slot(user.client_id, user.tenant) if wait > 0 else _no_slot():
+    with waiters.slot(user.client_id, user.tenant) if wait > 0 else contextlib.nullcontext():
         jobs = await hub.lease(
             user.tenant, data.queues, data.types, data.max_jobs,
             data.lease_seconds or settings.lease_seconds, wait,
@@ -81,14 +82,6 @@ async def lease_jobs(
     if not jobs:
         return Response(None, status_code=204)
     return Response(LeaseList(items=[_leased(j) for j in jobs]), status_code=200)
-
-
-class _no_slot:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 def held_job_route(verb: str) -> post:
