@@ -13,8 +13,8 @@ from services.api.broker_stats import BrokerFigures
 from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
 from shared.db.models import ApiClient, Queue
+from shared.db.records import JobRecord
 from shared.db.sql import JobRow
-from shared.db.submits import SubmittedJob
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
@@ -24,6 +24,8 @@ MAX_DELAY_SECONDS = 366 * 24 * 3600
 #: these put it back.
 ZERO_MINIMUM: dict[str, Any] = {"extra_json_schema": {"extra": {"minimum": 0}}}
 ZERO_EXCLUSIVE: dict[str, Any] = {"extra_json_schema": {"extra": {"exclusive_minimum": 0}}}
+BackoffSeconds = Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)]
+BackoffMaxSeconds = Annotated[float, Meta(gt=0, le=7 * 86400, **ZERO_EXCLUSIVE)]
 
 
 class JobIn(Struct, forbid_unknown_fields=True):
@@ -39,10 +41,8 @@ class JobIn(Struct, forbid_unknown_fields=True):
     timeout_seconds: TimeoutSeconds | None = None
     run_at: datetime | None = None
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
-    retry_backoff_seconds: Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)] | None = None
-    retry_backoff_max_seconds: (
-        Annotated[float, Meta(gt=0, le=7 * 86400, **ZERO_EXCLUSIVE)] | None
-    ) = None
+    retry_backoff_seconds: BackoffSeconds | None = None
+    retry_backoff_max_seconds: BackoffMaxSeconds | None = None
 
 
 #: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
@@ -85,7 +85,7 @@ class JobOut(Struct):
     progress: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, job: JobRow | SubmittedJob) -> JobOut:
+    def of(cls, job: JobRow | JobRecord) -> JobOut:
         return cls(
             id=job.id,
             type=job.type,
@@ -108,7 +108,7 @@ class JobOut(Struct):
             idempotency_key=job.idempotency_key,
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,
-            progress=getattr(job, "progress", None),  # a job just submitted has none
+            progress=cast("dict[str, Any] | None", job.progress),
         )
 
 
@@ -333,13 +333,38 @@ class FailIn(Struct, forbid_unknown_fields=True):
 
 class TypeOut(Struct):
     """A job type a worker registered: its payload's JSON Schema, its defaults, when a worker
-    last said it serves it, and whether that is within the grace period."""
+    last said it serves it, and whether that is within the grace period. ``tenant``: the tenant
+    whose HTTP workers registered it (for that tenant alone), ``null`` for jobq's own workers'."""
 
     name: str
     schema: dict[str, Any]
     defaults: dict[str, Any]
     last_seen: datetime
     served: bool
+    tenant: str | None = None
+
+
+class TypeDefaultsIn(Struct, forbid_unknown_fields=True):
+    """What a job of the type gets when its submitter leaves it out (with strict types)."""
+
+    queue: Name | None = None
+    max_attempts: MaxAttempts | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+    retry_backoff_seconds: BackoffSeconds | None = None
+    retry_backoff_max_seconds: BackoffMaxSeconds | None = None
+
+
+class TypeIn(Struct, forbid_unknown_fields=True):
+    """A job type an HTTP worker serves: the JSON Schema its payloads must fit (``{}``:
+    anything) and its defaults."""
+
+    name: Name
+    schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    defaults: TypeDefaultsIn = msgspec.field(default_factory=TypeDefaultsIn)
+
+
+class TypesIn(Struct, forbid_unknown_fields=True):
+    types: Annotated[list[TypeIn], Meta(min_length=1, max_length=100)]
 
 
 class TypeList(Struct):

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from services.api.tokens import Principal
     from services.api.types import TypeCatalog
     from shared.config import Settings
-    from shared.db.submits import Outcome, SubmitStore, SubmittedJob
+    from shared.db.records import JobRecord
+    from shared.db.submits import Outcome, SubmitStore
     from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.api")
@@ -142,7 +143,7 @@ class Intake:
         self.settings = settings
         self._room = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
         self._sending: set[asyncio.Task[object]] = set()
-        self._singles: Coalescer[NewJob, tuple[SubmittedJob, bool]] = Coalescer(
+        self._singles: Coalescer[NewJob, tuple[JobRecord, bool]] = Coalescer(
             self._insert_each,
             max_items=settings.submit_gather_max,
             concurrency=settings.submit_statements,
@@ -157,17 +158,18 @@ class Intake:
         principal: Principal,
         idempotency_key: str | None,
         traceparent: str | None,
-    ) -> tuple[SubmittedJob, bool]:
+    ) -> tuple[JobRecord, bool]:
         """One job: with ``False`` if its idempotency key named a job already (returned)."""
         job = new_job(
-            await self._typed(data), principal, self.settings, idempotency_key, traceparent
-        )
+            await self._typed(data, principal.tenant), principal, self.settings,
+            idempotency_key, traceparent,
+        )  # fmt: skip
         self.limiter.take(principal.client_id, principal.tenant, 1)
         return await self._singles(job)
 
     async def many(
         self, data: list[BatchJobIn], principal: Principal, traceparent: str | None
-    ) -> list[tuple[SubmittedJob, bool]]:
+    ) -> list[tuple[JobRecord, bool]]:
         """One batch request's jobs, all or none."""
         if len(data) > self.settings.max_batch_jobs:
             raise ValidationException(
@@ -176,19 +178,21 @@ class Intake:
         keys = [j.idempotency_key for j in data if j.idempotency_key]
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
-        typed = data if self.catalog is None else [await self._typed(j) for j in data]
+        typed = (
+            data if self.catalog is None else [await self._typed(j, principal.tenant) for j in data]
+        )
         jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in typed]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
         results = await self.submits.insert(jobs)
         await self._publish(results)
         return results
 
-    async def _typed(self, data: J) -> J:
+    async def _typed(self, data: J, tenant: str) -> J:
         """With strict types: the type must be served and its schema fit the payload; the
         type's defaults fill what the request left out."""
         if self.catalog is None:
             return data
-        defaults = await self.catalog.check(data.type, data.payload)
+        defaults = await self.catalog.check(tenant, data.type, data.payload)
         filled = {k: v for k, v in defaults.items() if getattr(data, k, None) is None}
         return msgspec.structs.replace(data, **filled) if filled else data
 
@@ -197,7 +201,7 @@ class Intake:
         await self._publish([o for o in outcomes if isinstance(o, tuple)])
         return outcomes
 
-    async def _publish(self, results: list[tuple[SubmittedJob, bool]]) -> None:
+    async def _publish(self, results: list[tuple[JobRecord, bool]]) -> None:
         tickets = [
             ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED
         ]

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import raw
+from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.db.sql import statement
 from shared.db.tickets import TICKET_COLUMNS, ticket_of
 from shared.domain import JobStatus
@@ -67,8 +68,9 @@ CLAIM = """
 
 
 #: Leases up to ``$4`` due jobs of tenant ``$1`` in queues ``$2`` (of types ``$3``, if not
-#: null) to an HTTP worker: highest priority, then oldest, first; rows another claim holds are
-#: skipped, not waited for. ``$5`` lease seconds.
+#: null) to an HTTP worker: highest priority, then oldest, first (the order of the index
+#: ``jobs_lease_order``, so the backlog is read only as far as it takes); rows another claim
+#: holds are skipped, not waited for. ``$5`` lease seconds.
 LEASE = """
     UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(),
         progress = NULL, lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),
@@ -89,6 +91,27 @@ HELD = """
         lease_expires_at
     FROM jobs WHERE id = $1 AND tenant = $2 AND lease_id = $3 AND status = 'running'
       AND lease_expires_at > now()
+"""
+
+
+#: An HTTP worker's heartbeat on job ``$1`` of tenant ``$2`` under lease ``$3``: ``$4`` more
+#: seconds, and its progress ``$5`` (JSON text) unless null.
+HEARTBEAT_HELD = """
+    UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::float8),
+        progress = CASE WHEN $5::text IS NULL THEN j.progress
+                        ELSE $5::jsonb || jsonb_build_object('at', now()) END
+    WHERE j.id = $1 AND j.tenant = $2 AND j.lease_id = $3 AND j.status = 'running'
+      AND j.lease_expires_at > now()
+    RETURNING j.cancel_requested
+"""
+
+#: An HTTP worker's success on job ``$1`` of tenant ``$2`` under lease ``$3``, result ``$4``.
+COMPLETE_HELD = f"""
+    UPDATE jobs j SET status = 'succeeded', result = $4::jsonb, finished_at = now(),
+        updated_at = now(), lease_id = NULL, lease_expires_at = NULL
+    WHERE j.id = $1 AND j.tenant = $2 AND j.lease_id = $3 AND j.status = 'running'
+      AND j.lease_expires_at > now()
+    RETURNING {RECORD_COLUMNS}
 """
 
 
@@ -162,6 +185,32 @@ class LeaseStore:
         async with raw.connection(self.engine) as conn:
             row = await conn.fetchrow(HELD, job_id, tenant, lease_id)
         return None if row is None else _claimed(row)
+
+    async def heartbeat_held(
+        self,
+        tenant: str,
+        job_id: uuid.UUID,
+        lease_id: uuid.UUID,
+        lease_seconds: float,
+        progress_json: str | None,
+    ) -> bool | None:
+        """An HTTP worker's heartbeat (with its progress), checked and written in one
+        statement: whether a cancel was requested, or ``None`` if the lease does not hold the
+        job (anything else: ran out, another lease, another tenant's job)."""
+        async with raw.connection(self.engine) as conn:
+            row = await conn.fetchrow(
+                HEARTBEAT_HELD, job_id, tenant, lease_id, lease_seconds, progress_json
+            )
+        return None if row is None else bool(row[0])
+
+    async def complete_held(
+        self, tenant: str, job_id: uuid.UUID, lease_id: uuid.UUID, result_json: str
+    ) -> JobRecord | None:
+        """An HTTP worker's success, checked and written in one statement: the job as it is
+        now, or ``None`` if the lease does not hold it (nothing written)."""
+        async with raw.connection(self.engine) as conn:
+            row = await conn.fetchrow(COMPLETE_HELD, job_id, tenant, lease_id, result_json)
+        return None if row is None else JobRecord.of(row)
 
     async def progress(self, items: Sequence[tuple[uuid.UUID, uuid.UUID, str]]) -> set[uuid.UUID]:
         """Record ``(job id, lease id, progress JSON)`` of running jobs, in one statement;

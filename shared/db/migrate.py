@@ -51,10 +51,12 @@ async def ensure_database(settings: Settings) -> bool:
 
 
 async def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` in one transaction."""
+    """Apply migrations up to ``revision`` in one transaction (Alembic's), apart from the
+    steps that must run outside one (an index built ``CONCURRENTLY``)."""
     engine = make_engine(settings, "migrate", pool_size=1)
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+            await conn.commit()
     finally:
         await engine.dispose()

@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import msgspec
 
 from shared.db import raw
 from shared.db.errors import UNDECLARED_QUEUE
+from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 
 if TYPE_CHECKING:
@@ -47,51 +47,6 @@ class NewJob:
     #: A digest of the request, kept with an idempotency key to recognise its reuse.
     request_digest: str | None = None
 
-
-class SubmittedJob(msgspec.Struct, frozen=True):
-    """A job as its submitter sees it right after the INSERT. JSON columns stay JSON text
-    (``msgspec.Raw``): the API writes them into its answer without decoding them."""
-
-    id: uuid.UUID
-    tenant: str
-    type: str
-    queue: str
-    status: str
-    payload: msgspec.Raw
-    priority: int
-    attempts: int
-    max_attempts: int
-    timeout_seconds: int
-    run_at: datetime
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    result: msgspec.Raw | None
-    last_error: msgspec.Raw | None
-    errors: msgspec.Raw
-    idempotency_key: str | None
-    cancel_requested: bool
-    traceparent: str | None
-    request_digest: str | None
-
-    @classmethod
-    def of(cls, record: Any) -> SubmittedJob:
-        """From a row of ``RETURNED``."""
-        values = list(record)
-        for i in JSON_FIELDS:
-            if values[i] is not None:
-                values[i] = msgspec.Raw(values[i].encode())
-        return cls(*values)
-
-
-#: Where ``SubmittedJob`` holds JSON: payload, result, last_error and errors.
-JSON_FIELDS = (5, 15, 16, 17)
-#: ``SubmittedJob``'s fields, JSON as text.
-RETURNED = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, j.priority, j.attempts,
-    j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at, j.started_at,
-    j.finished_at, j.result::text, j.last_error::text, j.errors::text, j.idempotency_key,
-    j.cancel_requested, j.traceparent, j.request_digest"""
 
 # By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
 # one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$16`` (strict): a job
@@ -122,17 +77,17 @@ INSERT = f"""
     WHERE q.name IS NOT NULL OR $16
     ORDER BY v.tenant, v.idem, v.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING {RETURNED}
+    RETURNING {RECORD_COLUMNS}
 """
 
 EXISTING = f"""
-    SELECT {RETURNED} FROM jobs j
+    SELECT {RECORD_COLUMNS} FROM jobs j
     JOIN unnest($1::text[], $2::text[]) AS k(tenant, idem)
       ON j.tenant = k.tenant AND j.idempotency_key = k.idem
 """
 
 #: Per job: the job and whether this call created it, or why it was refused.
-Outcome = tuple[SubmittedJob, bool] | Exception
+Outcome = tuple[JobRecord, bool] | Exception
 
 
 class SubmitStore:
@@ -141,7 +96,7 @@ class SubmitStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[SubmittedJob, bool]]:
+    async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
         """Insert the jobs of one request, all or none: each job with ``True`` if created,
         ``False`` if its idempotency key already named a job (returned instead).
 
@@ -195,9 +150,9 @@ async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Ou
         if exc.sqlstate == UNDECLARED_QUEUE:
             raise UndeclaredQueue(getattr(exc, "detail", None) or "") from None
         raise
-    created = {row[0]: SubmittedJob.of(row) for row in rows}
+    created = {row[0]: JobRecord.of(row) for row in rows}
     keyed = [j for j in jobs if j.id not in created and j.idempotency_key is not None]
-    existing: dict[tuple[str, str | None], SubmittedJob] = {}
+    existing: dict[tuple[str, str | None], JobRecord] = {}
     lookup_failed: Exception | None = None
     if keyed:
         try:
@@ -209,7 +164,7 @@ async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Ou
             # only the jobs whose key named an earlier one fail with the lookup.
             lookup_failed = exc
         else:
-            existing = {(j.tenant, j.idempotency_key): j for j in map(SubmittedJob.of, found)}
+            existing = {(j.tenant, j.idempotency_key): j for j in map(JobRecord.of, found)}
     outcomes: list[Outcome] = []
     for j in jobs:
         if j.id in created:

@@ -16,8 +16,9 @@ from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
+from shared.db.records import JobRecord
 from shared.db.sql import JobRow
-from shared.db.submits import NewJob, SubmitStore, SubmittedJob
+from shared.db.submits import NewJob, SubmitStore
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
 from shared.domain import JobStatus
@@ -40,14 +41,14 @@ def new_job(type: str = "noop", payload: object = None, **kw: object) -> NewJob:
     return NewJob(**fields)  # type: ignore[arg-type]
 
 
-async def submit(store: JobStore, broker: Broker, job: NewJob) -> SubmittedJob:
+async def submit(store: JobStore, broker: Broker, job: NewJob) -> JobRecord:
     [(row, _)] = await SubmitStore(store.engine).insert([job])
     await broker.publish(ticket(row))
     await TicketStore(store.engine).mark_published([ticket(row)])
     return row
 
 
-def ticket(row: JobRow | SubmittedJob) -> Ticket:
+def ticket(row: JobRow | JobRecord) -> Ticket:
     return Ticket(row.id, row.type, row.attempts, row.queue, row.priority)
 
 
@@ -209,7 +210,7 @@ async def test_graceful_shutdown_releases_unfinished_jobs_without_spending_an_at
     assert (await final(store, slow.id, JobStatus.SUCCEEDED)).attempts == 1
 
 
-async def started_order(store: JobStore, rows: list[SubmittedJob]) -> list[int]:
+async def started_order(store: JobStore, rows: list[JobRecord]) -> list[int]:
     done = [await final(store, r.id, JobStatus.SUCCEEDED) for r in rows]
     return [j.priority for j in sorted(done, key=lambda j: j.started_at or j.created_at)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from litestar import Request, Response, post
@@ -100,8 +100,13 @@ async def _held(
 ) -> Claimed:
     """The job under this lease, or why not: 404 (not the tenant's), 409 (lease gone)."""
     held = await leases.held(tenant, job_id, lease_id)
-    if held is not None:
-        return held
+    if held is None:
+        await _refuse(store, tenant, job_id, lease_id)
+    return held
+
+
+async def _refuse(store: JobStore, tenant: str, job_id: uuid.UUID, lease_id: uuid.UUID) -> NoReturn:
+    """Why this lease cannot write: 404 if the job is not the tenant's, else 409."""
     job = await store.get(tenant, job_id)
     if job is None:
         raise NotFoundException(detail=f"no job {job_id}")
@@ -120,15 +125,12 @@ async def heartbeat(
     """Extend the lease (and record the job's ``progress``); ``cancel_requested`` says the job
     was canceled: stop, then fail it."""
     seconds = data.lease_seconds or settings.lease_seconds
-    await _held(store, leases, request.user.tenant, job_id, data.lease_id)
-    extended = await leases.heartbeat([(job_id, data.lease_id)], seconds)
-    if job_id not in extended:  # ran out between the two statements
-        raise Conflict(detail=f"lease {data.lease_id} does not hold job {job_id}")
-    if data.progress is not None:
-        await leases.progress(
-            [(job_id, data.lease_id, msgspec.json.encode(data.progress).decode())]
-        )
-    return HeartbeatOut(lease_seconds=seconds, cancel_requested=extended[job_id])
+    progress = None if data.progress is None else msgspec.json.encode(data.progress).decode()
+    tenant = request.user.tenant
+    canceled = await leases.heartbeat_held(tenant, job_id, data.lease_id, seconds, progress)
+    if canceled is None:
+        await _refuse(store, tenant, job_id, data.lease_id)
+    return HeartbeatOut(lease_seconds=seconds, cancel_requested=bool(canceled))
 
 
 @held_job_route("complete")
@@ -143,12 +145,9 @@ async def complete(
     result = msgspec.json.encode(data.result).decode()
     if "\\u0000" in result:  # PostgreSQL's jsonb cannot hold it
         raise ValidationException(detail="result holds a NUL character (\\u0000)")
-    await _held(store, leases, request.user.tenant, job_id, data.lease_id)
-    [written] = await leases.complete([(job_id, data.lease_id, result)])
-    if not written:
-        raise Conflict(detail=f"lease {data.lease_id} does not hold job {job_id}")
-    job = await store.get(request.user.tenant, job_id)
-    assert job is not None
+    job = await leases.complete_held(request.user.tenant, job_id, data.lease_id, result)
+    if job is None:
+        await _refuse(store, request.user.tenant, job_id, data.lease_id)
     return JobOut.of(job)
 
 
