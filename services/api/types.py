@@ -5,13 +5,14 @@ the type's defaults fill what the submitter left out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jsonschema_rs
 import msgspec
 from litestar.exceptions import ValidationException
 
-from shared.db.types import JobType, TypeStore
+from shared.db.types import CLUSTER, Described, JobType, TypeStore
 
 #: How long a process trusts what it read of ``job_types``.
 CACHE_SECONDS = 2.0
@@ -24,44 +25,55 @@ class TypeCatalog:
         self.types = types
         self.grace_seconds = grace_seconds
         self._read_at = float("-inf")
-        self._known: dict[str, JobType] = {}
-        self._validators: dict[str, tuple[str, Any]] = {}
+        #: (tenant, name) -> type; tenant ``CLUSTER`` for jobq's own workers' types.
+        self._known: dict[tuple[str, str], JobType] = {}
+        self._validators: dict[tuple[str, str], tuple[str, _Validator]] = {}
 
-    async def all(self) -> list[JobType]:
+    async def seen_by(self, tenant: str) -> list[JobType]:
+        """The types ``tenant`` may submit: its HTTP workers' own, and the cluster-wide ones
+        whose names those do not take."""
         if time.monotonic() - self._read_at > CACHE_SECONDS:
-            self._known = {t.name: t for t in await self.types.all(self.grace_seconds)}
+            self._known = {(t.tenant, t.name): t for t in await self.types.all(self.grace_seconds)}
             self._read_at = time.monotonic()
-        return list(self._known.values())
+        seen = {t.name: t for (owner, _), t in self._known.items() if owner == CLUSTER}
+        seen |= {t.name: t for (owner, _), t in self._known.items() if owner == tenant != CLUSTER}
+        return sorted(seen.values(), key=lambda t: t.name)
 
-    async def check(self, type_name: str, payload: Any) -> dict[str, Any]:
-        """The type's defaults; ``422`` if no worker serves it or its schema refuses the
-        payload (naming where)."""
-        await self.all()
-        known = self._known.get(type_name)
+    async def check(self, tenant: str, type_name: str, payload: Any) -> dict[str, Any]:
+        """The type's defaults; ``422`` if no worker serves it for ``tenant`` or its schema
+        refuses the payload (naming where)."""
+        seen = {t.name: t for t in await self.seen_by(tenant)}
+        known = seen.get(type_name)
         if known is None or not known.served:
-            served = sorted(t.name for t in self._known.values() if t.served)
-            raise _invalid(
+            served = sorted(t.name for t in seen.values() if t.served)
+            raise invalid(
                 "type",
                 f"no worker serves job type {type_name!r} (served: {', '.join(served) or 'none'})",
             )
         problem = self._validator(known).first_error(payload)
         if problem is not None:
-            raise _invalid("payload", f"payload does not fit {type_name}: {problem}")
+            raise invalid("payload", f"payload does not fit {type_name}: {problem}")
         return known.defaults
+
+    async def register(self, tenant: str, types: Sequence[Described]) -> list[JobType]:
+        """An HTTP worker's types, for ``tenant`` alone; this process sees them at once."""
+        written = await self.types.register(types, tenant)
+        self._read_at = float("-inf")
+        return written
 
     def _validator(self, known: JobType) -> _Validator:
         text = msgspec.json.encode(known.schema).decode()
-        cached = self._validators.get(known.name)
+        key = (known.tenant, known.name)
+        cached = self._validators.get(key)
         if cached is None or cached[0] != text:
             cached = (text, _Validator(known.schema))
-            self._validators[known.name] = cached
-        validator: _Validator = cached[1]
-        return validator
+            self._validators[key] = cached
+        return cached[1]
 
 
 class _Validator:
     def __init__(self, schema: dict[str, Any]) -> None:
-        self._v = jsonschema_rs.validator_for(schema) if schema else None
+        self._v = compile_schema(schema) if schema else None
 
     def first_error(self, payload: Any) -> str | None:
         if self._v is None:
@@ -72,7 +84,16 @@ class _Validator:
         return None
 
 
-def _invalid(key: str, message: str) -> ValidationException:
+def compile_schema(schema: dict[str, Any]) -> Any:
+    """A validator for ``schema``; ``ValueError`` if it is not a valid JSON Schema. Never
+    fetches a ``$ref`` (a tenant's schema could name any address): only local ones resolve."""
+    try:
+        return jsonschema_rs.validator_for(schema, offline=True)
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        raise ValueError(str(exc).split("\n", 1)[0]) from None
+
+
+def invalid(key: str, message: str) -> ValidationException:
     return ValidationException(
         detail=message, extra=[{"message": message, "key": key, "source": "body"}]
     )

@@ -33,7 +33,25 @@ FAST = {
 }
 
 #: The log line each service writes once it is ready (the api answers /health/ready instead).
-READY_LINE = {"worker": "worker consuming", "scheduler": "scheduler running"}
+READY_LINE = {
+    "worker": "worker consuming",
+    "scheduler": "scheduler running",
+    "httpworker": "http worker leasing",
+}
+#: An HTTP worker's lease (the API's shortest): a killed one's jobs wait this long at most.
+HTTP_LEASE_SECONDS = 5
+
+
+def argv(service: str) -> list[str]:
+    """How a service is started: jobq's own with ``python -m services``; an HTTP worker is
+    the SDK's ``jobq-http-worker`` (with the cluster's ``http_worker`` credentials)."""
+    if service == "httpworker":
+        return [
+            str(Path(sys.executable).with_name("jobq-http-worker")), "--handlers",
+            FAST["JOBQ_HANDLERS"], "--concurrency", "4",
+            "--lease-seconds", str(HTTP_LEASE_SECONDS),
+        ]  # fmt: skip
+    return [sys.executable, "-m", "services", service]
 
 
 @dataclass
@@ -46,6 +64,8 @@ class Cluster:
     overrides: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
+    #: The HTTP workers' API client (``JOBQ_CLIENT_ID``, ``JOBQ_CLIENT_SECRET``), if any.
+    http_worker: dict[str, str] = field(default_factory=dict)
     #: Processes a fault killed or froze: their in-flight jobs may run twice.
     faulted: set[int] = field(default_factory=set)
     #: Workers that died without being told to (a ``kill`` job), restarted by ``supervise``.
@@ -67,6 +87,8 @@ class Cluster:
                 "JOBQ_BROKER_PREFIX": self.prefix,
                 "JOBQ_JWT_SECRET": self.secret,
                 "JOBQ_API_PORT": str(self.port),
+                "JOBQ_URL": self.url,
+                **self.http_worker,
                 **self.overrides,
             }
         )
@@ -80,10 +102,7 @@ class Cluster:
 
     async def start(self, service: str, within: float = 30.0) -> Proc:
         self._count += 1
-        proc = start(
-            f"{service}-{self._count}", [sys.executable, "-m", "services", service], self.env,
-            self.log_dir,
-        )  # fmt: skip
+        proc = start(f"{service}-{self._count}", argv(service), self.env, self.log_dir)
         self.procs.append(proc)
         await self.wait_ready(service, proc, within)
         return proc

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
+from shared.config import Settings
+from shared.db.clients import ClientStore
+from shared.db.engine import make_engine
 from tests.chaos import checker
 from tests.chaos.cluster import Cluster
 from tests.chaos.faults import pg_ready
@@ -76,6 +79,16 @@ class Chaos:
     async def up(self, workers: int = 2, schedulers: int = 1) -> None:
         await self.cluster.up(workers, schedulers)
         self._supervisor = asyncio.create_task(self.cluster.supervise(self._stop))
+
+    async def http_workers_for(self, tenant: str) -> None:
+        """HTTP workers started from now on take ``tenant``'s jobs (a client of its own with
+        ``jobs:work``; an HTTP worker serves one tenant)."""
+        engine = make_engine(Settings(database_url=self.cluster.database_url), "chaos", 1)
+        try:
+            client, secret = await ClientStore(engine).register("chaos-http", tenant, ["jobs:work"])
+        finally:
+            await engine.dispose()
+        self.cluster.http_worker = {"JOBQ_CLIENT_ID": str(client.id), "JOBQ_CLIENT_SECRET": secret}
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

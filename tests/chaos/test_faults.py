@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
+from datetime import datetime
 
 import aio_pika
 import pytest
 
 from tests.chaos import faults
+from tests.chaos.cluster import HTTP_LEASE_SECONDS
 from tests.chaos.harness import Chaos
 from tests.chaos.workload import jobs
 
@@ -42,6 +45,51 @@ async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
     )
     assert hit > 0, "the kills hit no running job"
     assert f.duplicate_executions <= hit
+
+
+async def test_http_worker_killed_and_frozen_mid_job(chaos: Chaos) -> None:
+    """An HTTP worker (``jobq-http-worker``, the SDK) takes one tenant's jobs beside an AMQP
+    worker on one queue; it is killed twice and frozen past its lease once. The killed one's
+    jobs come back when their leases run out; the frozen one's late writes are refused."""
+    await chaos.http_workers_for("acme")
+    chaos.cluster.overrides["JOBQ_WORKER_CONCURRENCY"] = "2"  # leave acme's jobs to share
+    await chaos.up(workers=1)
+    await chaos.cluster.start("httpworker")
+    load = asyncio.create_task(chaos.load.run(jobs(180, ms=(200, 600)), rate=40))
+    hits: list[tuple[datetime, set[uuid.UUID]]] = []
+    for fault in (signal.SIGKILL, signal.SIGSTOP, signal.SIGKILL):
+        await asyncio.sleep(1.0)
+        [victim] = chaos.cluster.of("httpworker")
+
+        async def holding(pid: int = victim.pid) -> set[uuid.UUID]:
+            return await chaos.in_flight(pid)
+
+        held = await chaos.until(bool, holding, within=10)
+        hits.append((faults.utcnow(), held))
+        chaos.cluster.signal(victim, fault)
+        if fault == signal.SIGSTOP:
+            await asyncio.sleep(HTTP_LEASE_SECONDS + 2)  # its leases run out; others rerun
+            chaos.cluster.signal(victim, signal.SIGCONT)
+            await asyncio.sleep(2)  # its next heartbeat is refused: it stops those handlers
+            chaos.cluster.signal(victim, signal.SIGTERM)
+        await chaos.cluster.start("httpworker")
+    await load
+    ended = now()
+    await chaos.quiet()
+    hit = sum(len(leases) for _, leases in hits)
+    orphaned = max([await chaos.orphan_seconds(at, leases) for at, leases in hits])
+    by_http = await chaos.fetchval(
+        "SELECT count(DISTINCT job_id) FROM chaos_executions WHERE pid = ANY($1)",
+        [p.pid for p in chaos.cluster.procs if p.name.startswith("httpworker")],
+    )
+    f = await chaos.finish(
+        "http worker kill -9 x2, SIGSTOP past lease x1", ended, in_flight_at_faults=hit,
+        max_orphan_s=orphaned, jobs_run_over_http=by_http,
+    )  # fmt: skip
+    assert f.duplicate_executions <= hit
+    assert f.stale_effects == 0
+    assert isinstance(by_http, int)
+    assert by_http > 10, "the HTTP workers took hardly any job"
 
 
 async def test_worker_sigterm_drains_without_duplicates(chaos: Chaos) -> None:

@@ -163,3 +163,86 @@ async def test_the_sdk_http_worker_runs_handlers_and_honours_cancel(live: Live) 
         assert canceled.status is jobq.JobStatus.CANCELED
         stop.set()
         await asyncio.wait_for(running, 30)
+        served = {t.name: t for t in await client.types()}  # registered for its tenant
+        assert {"sdk.double", "sdk.refuse", "sdk.slow"} <= set(served)
+        assert served["sdk.double"].schema == {"type": "integer"}
+        assert served["sdk.double"].tenant is not None
+
+
+async def test_the_sync_client_speaks_the_lease_protocol(live: Live) -> None:
+    creds = await live.credentials(scopes=SCOPES)
+    await asyncio.to_thread(_lease_protocol, live.url, creds)
+
+
+def _lease_protocol(url: str, creds: jobq.Credentials) -> None:
+    with jobq.Client(creds) as client:
+        h = {"Authorization": f"Bearer {client.token()}"}
+        httpx.post(f"{url}/v1/admin/queues", json={"name": "sdk-sync"}, headers=h)
+        jobs = [client.submit("sdk.double", i, queue="sdk-sync") for i in range(3)]
+        leases = client.lease(["sdk-sync"], max_jobs=3, lease_seconds=30)
+        assert sorted(lease.id for lease in leases) == sorted(j.id for j in jobs)
+        first, second, third = leases
+        beat = client.heartbeat(first, 30, progress=(0.5, "half"))
+        assert (beat.lease_seconds, beat.cancel_requested) == (30, False)
+        progress = client.get(first.id).progress
+        assert progress is not None
+        assert (progress.fraction, progress.message) == (0.5, "half")
+        assert client.complete(first, "done").status is jobq.JobStatus.SUCCEEDED
+        with pytest.raises(jobq.Conflict):
+            client.complete(first, "twice")
+        failed = client.fail(second, "disk full", error_type="IOError", retryable=False)
+        assert (failed.status, failed.last_error["type"]) == (jobq.JobStatus.DEAD, "IOError")
+        retried = client.fail(third, "flaky")
+        assert retried.status is jobq.JobStatus.RETRYING
+        [registered] = client.register_types([double])
+        assert (registered.name, registered.served) == ("sdk.double", True)
+        assert registered.tenant == first.tenant
+
+
+async def test_jobq_http_worker_runs_a_project_s_handlers_until_sigterm(live: Live) -> None:
+    creds = await live.credentials(scopes=SCOPES)
+    async with jobq.AsyncClient(creds) as client:
+        token = await asyncio.to_thread(_token, client)
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            h = {"Authorization": f"Bearer {token}"}
+            await http.post("/v1/admin/queues", json={"name": "sdk-cli"}, headers=h)
+        env = {
+            **os.environ, "JOBQ_URL": live.url, "JOBQ_CLIENT_ID": creds.client_id,
+            "JOBQ_CLIENT_SECRET": creds.client_secret,
+        }  # fmt: skip
+        worker = await asyncio.create_subprocess_exec(
+            str(REPO_ROOT / ".venv" / "bin" / "jobq-http-worker"), "--handlers", "myapp.jobs",
+            "--queues", "sdk-cli", "--concurrency", "2", cwd=REPO_ROOT / "examples" / "python",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            job = await client.submit("myapp.welcome", {"name": "Ada"}, queue="sdk-cli")
+            thumb = await client.submit("myapp.thumbnail", {"image": "a.png"}, queue="sdk-cli")
+            assert (await client.wait(job.id, timeout=30)).result == "Welcome, Ada!"
+            done = await client.wait(thumb.id, timeout=30)
+            assert done.result == {"thumbnail": "a.png@128px", "attempt": 1}
+        finally:
+            worker.terminate()
+            out = (await asyncio.wait_for(worker.communicate(), 30))[0].decode()
+        assert worker.returncode == 0, out
+        assert "http worker leasing" in out, out
+        assert "http worker stopped" in out, out
+        served = {t.name for t in await client.types()}
+        assert {"myapp.welcome", "myapp.thumbnail"} <= served
+
+
+def test_jobq_http_worker_refuses_a_bad_module_in_one_line() -> None:
+    bin_ = str(REPO_ROOT / ".venv" / "bin" / "jobq-http-worker")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQ_")}
+    for args, says in [
+        (["--handlers", "myapp.nope"], "cannot import handler module 'myapp.nope'"),
+        ([], "name the handler modules"),
+        (["--handlers", "myapp.jobs"], "set JOBQ_URL, JOBQ_CLIENT_ID, JOBQ_CLIENT_SECRET"),
+    ]:
+        done = subprocess.run(
+            [bin_, *args], cwd=REPO_ROOT / "examples" / "python", env=env,
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2, done
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert says in done.stderr

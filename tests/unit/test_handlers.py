@@ -32,6 +32,24 @@ def mark(func: Any) -> Handler:
     return handler
 
 
+class Opaque:
+    """A class msgspec cannot describe."""
+
+
+@jobq.handler("opaque.object")
+def takes_object(payload: object) -> None: ...
+
+
+@jobq.handler("opaque.class")
+def takes_class(payload: Opaque) -> None: ...
+
+
+def test_a_payload_msgspec_cannot_describe_has_the_empty_schema() -> None:
+    for func in (takes_object, takes_class):
+        assert mark(func).schema() == {}
+        assert mark(func).described() == {"name": mark(func).name, "schema": {}, "defaults": {}}
+
+
 def test_a_handler_carries_its_schema_and_defaults() -> None:
     h = mark(resize)
     assert (h.name, h.wants_context, h.is_async) == ("images.resize", True, True)

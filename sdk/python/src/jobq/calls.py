@@ -17,17 +17,20 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from jobq.errors import JobqError
+from jobq.handlers import Handler
 from jobq.models import (
     Batch,
     Heartbeat,
     Job,
     JobPage,
     JobStatus,
+    JobType,
     Lease,
     LeaseList,
     Queue,
     QueueList,
     Token,
+    TypeList,
 )
 
 T = TypeVar("T")
@@ -62,6 +65,7 @@ def _decoder(kind: type[T]) -> Callable[[bytes], T]:
 
 _job, _page, _batch, _token = _decoder(Job), _decoder(JobPage), _decoder(Batch), _decoder(Token)
 _queues, _leases, _beat = _decoder(QueueList), _decoder(LeaseList), _decoder(Heartbeat)
+_types = _decoder(TypeList)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,17 @@ def wait(job_id: uuid.UUID | str, seconds: float) -> Call[Job]:
 def queues() -> Call[list[Queue]]:
     """The declared queues, with the caller's jobs in each by status."""
     return Call("GET", "/v1/queues", lambda body: _queues(body).items)
+
+
+def types() -> Call[list[JobType]]:
+    """The job types the caller's tenant may submit."""
+    return Call("GET", "/v1/types", lambda body: _types(body).items)
+
+
+def register_types(handlers: list[Handler]) -> Call[list[JobType]]:
+    """HTTP workers: the types they serve, seen now (registering twice does no harm)."""
+    body = {"types": [h.described() for h in handlers]}
+    return Call("POST", "/v1/types", lambda raw: _types(raw).items, json=body)
 
 
 def lease(

@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Self, TypeVar
@@ -22,9 +22,12 @@ import httpx
 from jobq import calls, profiles
 from jobq.calls import Call, Credentials, RetryPolicy, TokenCache
 from jobq.errors import RetryAfter, Unavailable, WaitTimeout, error_from
-from jobq.models import Heartbeat, Job, Lease, Queue
+from jobq.handlers import Handler, marked
+from jobq.models import Heartbeat, Job, JobType, Lease, Queue
 
 T = TypeVar("T")
+#: A function marked with ``@jobq.handler``, or its ``Handler``.
+HandlerLike = Callable[..., Any] | Handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,50 @@ class Client(_Client[httpx.Client]):
         """The declared queues, with this client's jobs in each by status."""
         return self._send(calls.queues())
 
+    def types(self) -> builtins.list[JobType]:
+        """The job types this client's tenant may submit (with their schemas and defaults)."""
+        return self._send(calls.types())
+
+    def register_types(self, handlers: Iterable[HandlerLike]) -> builtins.list[JobType]:
+        """HTTP workers: say which types they serve (``@jobq.handler`` functions), for this
+        client's tenant; again every minute while they run (``HttpWorker`` does). Needs
+        ``jobs:work``."""
+        return self._send(calls.register_types([marked(h) for h in handlers]))
+
+    def lease(
+        self,
+        queues: Iterable[str] = ("default",),
+        *,
+        types: Iterable[str] | None = None,
+        max_jobs: int = 1,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> builtins.list[Lease]:
+        """HTTP workers: up to ``max_jobs`` jobs of this client's tenant, waiting up to
+        ``wait`` seconds (at most 30) for one; ``[]`` if none came. Needs ``jobs:work``."""
+        return self._send(_lease_call(queues, types, max_jobs, wait, lease_seconds))
+
+    def heartbeat(
+        self,
+        lease: Lease,
+        lease_seconds: float | None = None,
+        progress: tuple[float, str] | None = None,
+    ) -> Heartbeat:
+        """Keep holding ``lease`` (and report ``(fraction, message)``); ``Conflict`` once it
+        is lost (stop the job's side effects)."""
+        return self._send(calls.heartbeat(lease.id, lease.lease_id, lease_seconds, progress))
+
+    def complete(self, lease: Lease, result: Any = None) -> Job:
+        """Record the leased job's success; ``Conflict`` if the lease no longer holds it."""
+        return self._send(calls.complete(lease.id, lease.lease_id, result))
+
+    def fail(
+        self, lease: Lease, message: str, *, error_type: str = "Error", retryable: bool = True
+    ) -> Job:
+        """Record a failed attempt: retried after a backoff while attempts remain (unless
+        not ``retryable``: dead at once)."""
+        return self._send(calls.fail(lease.id, lease.lease_id, message, error_type, retryable))
+
     def wait(self, job_id: uuid.UUID | str, timeout: float | None = None) -> Job:
         """The job once it is final; ``WaitTimeout`` (with the job as last seen) if it is not
         within ``timeout`` seconds (``None``: no limit)."""
@@ -329,6 +376,12 @@ class AsyncClient(_Client[httpx.AsyncClient]):
     async def queues(self) -> builtins.list[Queue]:
         return await self._send(calls.queues())
 
+    async def types(self) -> builtins.list[JobType]:
+        return await self._send(calls.types())
+
+    async def register_types(self, handlers: Iterable[HandlerLike]) -> builtins.list[JobType]:
+        return await self._send(calls.register_types([marked(h) for h in handlers]))
+
     async def lease(
         self,
         queues: Iterable[str] = ("default",),
@@ -338,12 +391,7 @@ class AsyncClient(_Client[httpx.AsyncClient]):
         wait: float = 0.0,
         lease_seconds: float | None = None,
     ) -> builtins.list[Lease]:
-        """HTTP workers: up to ``max_jobs`` jobs of this client's tenant, waiting up to
-        ``wait`` seconds (at most 30) for one; ``[]`` if none came. Needs ``jobs:work``."""
-        call = calls.lease(
-            list(queues), None if types is None else list(types), max_jobs, wait, lease_seconds
-        )
-        return await self._send(call)
+        return await self._send(_lease_call(queues, types, max_jobs, wait, lease_seconds))
 
     async def heartbeat(
         self,
@@ -351,20 +399,14 @@ class AsyncClient(_Client[httpx.AsyncClient]):
         lease_seconds: float | None = None,
         progress: tuple[float, str] | None = None,
     ) -> Heartbeat:
-        """Keep holding ``lease`` (and report ``(fraction, message)``); ``Conflict`` once it
-        is lost (stop the job's side effects)."""
-        call = calls.heartbeat(lease.id, lease.lease_id, lease_seconds, progress)
-        return await self._send(call)
+        return await self._send(calls.heartbeat(lease.id, lease.lease_id, lease_seconds, progress))
 
     async def complete(self, lease: Lease, result: Any = None) -> Job:
-        """Record the leased job's success; ``Conflict`` if the lease no longer holds it."""
         return await self._send(calls.complete(lease.id, lease.lease_id, result))
 
     async def fail(
         self, lease: Lease, message: str, *, error_type: str = "Error", retryable: bool = True
     ) -> Job:
-        """Record a failed attempt: retried after a backoff while attempts remain (unless
-        not ``retryable``: dead at once)."""
         return await self._send(
             calls.fail(lease.id, lease.lease_id, message, error_type, retryable)
         )
@@ -379,6 +421,18 @@ class AsyncClient(_Client[httpx.AsyncClient]):
             job = await self._send(calls.wait(job_id, deadline.left()))
             if deadline.done(job):
                 return job
+
+
+def _lease_call(
+    queues: Iterable[str],
+    types: Iterable[str] | None,
+    max_jobs: int,
+    wait: float,
+    lease_seconds: float | None,
+) -> Call[builtins.list[Lease]]:
+    return calls.lease(
+        list(queues), None if types is None else list(types), max_jobs, wait, lease_seconds
+    )
 
 
 class _Deadline:

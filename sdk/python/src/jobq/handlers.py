@@ -20,9 +20,12 @@ modules it is given.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
+import os
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar, get_type_hints, overload
@@ -106,10 +109,18 @@ class Handler:
     defaults: Defaults = field(default_factory=Defaults)
 
     def schema(self) -> dict[str, Any]:
-        """The payload's JSON Schema, from the annotation (``{}``: anything goes)."""
-        if self.payload_type is Any:
+        """The payload's JSON Schema, from the annotation (``{}``: anything goes, also for an
+        annotation msgspec cannot describe, such as ``object`` or a class of your own)."""
+        if self.payload_type in (Any, object):
             return {}
-        return msgspec.json.schema(self.payload_type)
+        try:
+            return msgspec.json.schema(self.payload_type)
+        except TypeError:
+            return {}
+
+    def described(self) -> dict[str, Any]:
+        """What a worker registers of its type: name, payload JSON Schema and defaults."""
+        return {"name": self.name, "schema": self.schema(), "defaults": self.defaults.as_fields()}
 
     async def __call__(self, payload: Any, ctx: JobContext) -> Any:
         """Run it: the payload converted, a sync function in a thread."""
@@ -175,7 +186,56 @@ def handler(
     return mark(name) if callable(name) else mark
 
 
+def marked(func: Callable[..., Any] | Handler) -> Handler:
+    """The ``Handler`` that ``@handler`` left on ``func`` (``TypeError`` if it is unmarked)."""
+    h = func if isinstance(func, Handler) else getattr(func, MARK, None)
+    if not isinstance(h, Handler):
+        raise TypeError(f"{func!r} is not marked with @jobq.handler")
+    return h
+
+
 def handlers_in(module: ModuleType) -> list[Handler]:
     """The handlers a module declares (its own and those it imported by name)."""
     found = (getattr(value, MARK, None) for value in vars(module).values())
     return [h for h in found if isinstance(h, Handler)]
+
+
+class HandlerModuleError(Exception):
+    """A handler module cannot be used; the message is one line that names it."""
+
+
+def load(modules: Iterable[str]) -> list[Handler]:
+    """The handlers of ``modules``, imported with the working directory on the path (where a
+    worker runs in the user's project). Raises ``HandlerModuleError`` for a module that cannot
+    be imported, declares no handler, or gives a job type a second handler."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    by_name: dict[str, Handler] = {}
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise HandlerModuleError(
+                f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        found = handlers_in(module)
+        if not found:
+            raise HandlerModuleError(f"module {name!r} declares no handler (use @jobq.handler)")
+        for h in found:
+            add(by_name, h)
+    return list(by_name.values())
+
+
+def add(by_name: dict[str, Handler], handler: Handler) -> None:
+    """Add ``handler`` under its type's name; ``HandlerModuleError`` if another function
+    already handles that type."""
+    known = by_name.get(handler.name)
+    if known is not None and known.func is not handler.func:
+        raise HandlerModuleError(
+            f"job type {handler.name!r} has two handlers: {_where(known)} and {_where(handler)}"
+        )
+    by_name[handler.name] = handler
+
+
+def _where(handler: Handler) -> str:
+    return f"{handler.func.__module__}.{handler.func.__qualname__}"

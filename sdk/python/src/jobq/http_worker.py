@@ -18,7 +18,7 @@ from typing import Any
 
 from jobq.client import AsyncClient
 from jobq.errors import Conflict, JobqError
-from jobq.handlers import MARK, Handler, JobContext, PermanentError, Progress
+from jobq.handlers import Handler, JobContext, PermanentError, Progress, marked
 from jobq.models import Lease
 
 log = logging.getLogger("jobq.http_worker")
@@ -26,6 +26,8 @@ log = logging.getLogger("jobq.http_worker")
 
 #: Progress goes out with a heartbeat at most this often.
 PROGRESS_INTERVAL = 1.0
+#: How often a worker says again which job types it serves (as jobq's own workers do).
+REGISTER_EVERY_SECONDS = 60.0
 
 
 class _Reported:
@@ -63,12 +65,7 @@ class HttpWorker:
         wait_seconds: float = 20.0,
     ) -> None:
         self.client = client
-        self.handlers: dict[str, Handler] = {}
-        for func in handlers:
-            h = getattr(func, MARK, None)
-            if not isinstance(h, Handler):
-                raise TypeError(f"{func!r} is not marked with @jobq.handler")
-            self.handlers[h.name] = h
+        self.handlers: dict[str, Handler] = {h.name: h for h in map(marked, handlers)}
         self.queues = list(queues)
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
@@ -78,6 +75,27 @@ class HttpWorker:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Lease and run jobs until ``stop`` is set; then let the running ones finish."""
         stop = stop or asyncio.Event()
+        registering = asyncio.create_task(self._keep_registered())
+        try:
+            await self._lease_until(stop)
+        finally:
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+        if self._running:
+            await asyncio.wait(self._running)
+
+    async def _keep_registered(self) -> None:
+        """Say which types this worker serves now and every ``REGISTER_EVERY_SECONDS`` (an
+        API with strict types accepts only types served within its grace period)."""
+        while True:
+            try:
+                await self.client.register_types(self.handlers.values())
+            except JobqError as exc:  # the next round registers again
+                log.warning("job types not registered", extra={"error": str(exc)})
+            await asyncio.sleep(REGISTER_EVERY_SECONDS)
+
+    async def _lease_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Lease in batches: once half the slots are free (a lease per finished job would
             # double the requests).
@@ -97,8 +115,6 @@ class HttpWorker:
                 task = asyncio.create_task(self._run(lease))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
-        if self._running:
-            await asyncio.wait(self._running)
 
     async def _run(self, lease: Lease) -> None:
         reported = _Reported(asyncio.get_running_loop())

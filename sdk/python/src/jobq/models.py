@@ -110,6 +110,22 @@ class Heartbeat(msgspec.Struct, frozen=True):
     cancel_requested: bool
 
 
+class JobType(msgspec.Struct, kw_only=True, frozen=True):
+    """A job type a worker serves: its payload's JSON Schema and its defaults. ``tenant`` is
+    set when a tenant's HTTP workers registered it (for that tenant alone)."""
+
+    name: str
+    schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    defaults: dict[str, Any] = msgspec.field(default_factory=dict)
+    last_seen: datetime
+    served: bool
+    tenant: str | None = None
+
+
+class TypeList(msgspec.Struct, frozen=True):
+    items: list[JobType]
+
+
 class Token(msgspec.Struct, frozen=True):
     access_token: str
     expires_in: int
