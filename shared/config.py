@@ -160,6 +160,15 @@ class Settings:
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
+    #: Where the worker and the scheduler serve ``/metrics`` (Prometheus text), ``/health``
+    #: (liveness: their loops make progress) and ``/health/ready``; the API serves them on its
+    #: own port. Port ``0`` turns a service's off. ``jobq up`` gives each worker a port of its own.
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9101
+    scheduler_metrics_port: int = 9100
+    #: ``/health`` fails once a service's loop has made no progress for this long.
+    liveness_deadline_seconds: float = 60.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from ``JOBQ_*`` variables; a malformed value is a ``ConfigError``."""
@@ -214,6 +223,7 @@ class Settings:
             "JOBQ_HTTP_HEADER_TIMEOUT_SECONDS": self.http_header_timeout_seconds,
             "JOBQ_HTTP_BODY_TIMEOUT_SECONDS": self.http_body_timeout_seconds,
             "JOBQ_HTTP_MAX_HEADER_BYTES": self.http_max_header_bytes,
+            "JOBQ_LIVENESS_DEADLINE_SECONDS": self.liveness_deadline_seconds,
         }
         for name, value in positive.items():
             if not 0 < value < float("inf"):
@@ -230,6 +240,12 @@ class Settings:
                 raise ConfigError(
                     f"the burst of JOBQ_SUBMIT_{suffix} must be at least JOBQ_MAX_BATCH_JOBS"
                 )
+        for name, port in {
+            "JOBQ_WORKER_METRICS_PORT": self.worker_metrics_port,
+            "JOBQ_SCHEDULER_METRICS_PORT": self.scheduler_metrics_port,
+        }.items():
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be a port number (0: off), not {port}")
         for name, value in {
             "JOBQ_SUBMIT_MAX_IN_FLIGHT": self.submit_max_in_flight,
             "JOBQ_TOKEN_CLIENT_FAILURES_PER_MINUTE": self.token_client_failures_per_minute,
