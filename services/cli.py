@@ -77,21 +77,33 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from services.api.keys import load_keyring
-    from services.supervisor import up
+    from services.supervisor import up, worker_ports
 
     settings = _settings(args)
     load_keyring(settings)
     url = f"http://{settings.api_host}:{settings.api_port}"
+    ports = worker_ports(settings.worker_metrics_port, args.workers)
     print(
         f"jobq up: api on {url} ({settings.api_processes} process(es); OpenAPI: {url}/schema),"
         f" scheduler, {args.workers} worker(s).\n"
         f"  token:  .venv/bin/jobq token --credentials .jobq/admin.json   (written by jobq init)\n"
         f"  broker: http://127.0.0.1:15672 (RabbitMQ management, guest/guest)\n"
+        f"  metrics: {url}/metrics, {_metrics_urls(settings, ports)}\n"
         f"  Ctrl-C stops everything.",
         flush=True,
     )
     api_args = ["--processes", str(settings.api_processes)]
-    return up(args.workers, settings.shutdown_grace_seconds, worker_args(settings), api_args)
+    return up(args.workers, settings.shutdown_grace_seconds, worker_args(settings), api_args, ports)
+
+
+def _metrics_urls(settings: Settings, worker_ports: list[int]) -> str:
+    """Where the scheduler and the workers of ``jobq up`` serve their metrics."""
+    host = settings.metrics_host
+    urls = [f"scheduler http://{host}:{settings.scheduler_metrics_port}/metrics"] * bool(
+        settings.scheduler_metrics_port
+    )
+    urls += [f"worker http://{host}:{port}/metrics" for port in worker_ports if port]
+    return ", ".join(urls) or "(worker and scheduler metrics off)"
 
 
 def worker_args(settings: Settings) -> list[str]:

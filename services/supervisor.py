@@ -6,6 +6,7 @@ child gracefully (SIGTERM, then SIGKILL after the grace period).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ class Child:
     argv: list[str]
     #: File descriptors the child inherits (the API's listening socket).
     pass_fds: tuple[int, ...] = ()
+    #: Variables set for this child on top of this process's environment.
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = 1.0
@@ -29,7 +32,8 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds, env=env)
         self.started = time.monotonic()
 
 
@@ -97,12 +101,29 @@ def service_argv(service: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "services", service, *args]
 
 
-def up(workers: int, grace_seconds: float, worker_args: list[str], api_args: list[str]) -> int:
+def up(
+    workers: int,
+    grace_seconds: float,
+    worker_args: list[str],
+    api_args: list[str],
+    worker_ports: list[int],
+) -> int:
+    """``worker_ports``: each worker's metrics and health port (``JOBQ_WORKER_METRICS_PORT``)."""
     children = [
         Child("api", service_argv("api", *api_args)),
         Child("scheduler", service_argv("scheduler")),
     ]
     children += [
-        Child(f"worker-{i + 1}", service_argv("worker", *worker_args)) for i in range(workers)
+        Child(
+            f"worker-{i + 1}",
+            service_argv("worker", *worker_args),
+            env={"JOBQ_WORKER_METRICS_PORT": str(port)},
+        )
+        for i, port in zip(range(workers), worker_ports, strict=True)
     ]
     return Supervisor(children, grace_seconds).run()
+
+
+def worker_ports(first: int, workers: int) -> list[int]:
+    """One port each from ``first`` on, so workers on one host do not collide (0: all off)."""
+    return [first + i if first else 0 for i in range(workers)]

@@ -228,13 +228,21 @@ class Broker:
         return name
 
     async def queue_state(self, queue: str) -> tuple[int, int]:
-        """``(ready messages, consumers)`` of a job queue, by passive declare on a throwaway
-        channel (a missing queue closes that channel, not the publishing one)."""
+        """``(ready messages, consumers)`` of a job queue."""
+        return await self._passive(self.topology.queue_name(queue))
+
+    async def dead_letters(self) -> int:
+        """Messages in the dead-letter queue."""
+        return (await self._passive(self.topology.dead_queue))[0]
+
+    async def _passive(self, name: str) -> tuple[int, int]:
+        """``(ready messages, consumers)`` of a broker queue, by passive declare on a
+        throwaway channel (a missing queue closes that channel, not the publishing one)."""
         if self.connection is None:
             raise RuntimeError("Broker.connect() first")
         channel = await self.connection.channel(publisher_confirms=False)
         try:
-            q = await channel.declare_queue(self.topology.queue_name(queue), passive=True)
+            q = await channel.declare_queue(name, passive=True)
             result = q.declaration_result
             return int(result.message_count or 0), int(result.consumer_count or 0)
         finally:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shared.db.tickets import TicketStore
     from shared.messaging import Broker, Ticket
+    from shared.metrics import Metrics
 
 log = logging.getLogger("jobq.outbox")
 
@@ -31,10 +33,17 @@ class Outbox:
     scheduler, whose next sweep must see them).
     """
 
-    def __init__(self, tickets: TicketStore, broker: Broker, mark_delay: float) -> None:
+    def __init__(
+        self,
+        tickets: TicketStore,
+        broker: Broker,
+        mark_delay: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.tickets = tickets
         self.broker = broker
         self.mark_delay = mark_delay
+        self.metrics = metrics
         self._confirmed: list[Ticket] = []
         self._marker: asyncio.Task[None] | None = None
 
@@ -42,7 +51,10 @@ class Outbox:
         """Publish; returns the tickets the broker confirmed."""
         if not tickets:
             return []
+        started = time.perf_counter()
         confirmed = await self.broker.publish_many(tickets)
+        if confirmed and self.metrics is not None:
+            self.metrics.confirmed(time.perf_counter() - started)
         self._confirmed.extend(confirmed)
         if self.mark_delay <= 0:
             await self._flush()

@@ -103,6 +103,19 @@ def broker_problem(exc: BaseException, url: str) -> str:
     )
 
 
+async def dependencies_ready(engine: AsyncEngine, broker: Broker, within: float) -> str | None:
+    """``None`` when PostgreSQL answers a query and the broker connection is open; else why
+    not, in one line (a service's ``/health/ready``)."""
+    if not broker.connected:
+        return "RabbitMQ: not connected (reconnecting)"
+    try:
+        async with asyncio.timeout(within), engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        return f"PostgreSQL: {type(exc).__name__}"
+    return None
+
+
 @asynccontextmanager
 async def service_resources(
     settings: Settings, name: str, tracer: Tracer, pool_size: int | None = None

@@ -113,8 +113,10 @@ def free_port() -> int:
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment without any ``JOBQ_*``/``OTEL_*`` (the Makefile exports
-    ``JOBQ_JWT_SECRET_FILE``), plus ``extra``."""
+    ``JOBQ_JWT_SECRET_FILE``), plus ``extra``. Workers' and schedulers' metrics ports are off
+    unless ``extra`` gives them (the defaults would collide between processes on one host)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBQ_", "OTEL_"))}
+    env |= {"JOBQ_WORKER_METRICS_PORT": "0", "JOBQ_SCHEDULER_METRICS_PORT": "0"}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
     )

@@ -30,6 +30,7 @@ from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
 from services.api.routes import admin, auth, health, jobs, leases, queues, types
 from services.api.submission import Intake
+from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
 from services.api.types import TypeCatalog
 from shared.coalesce import Coalescer
@@ -41,13 +42,19 @@ from shared.db.queues import QueueStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
 from shared.db.types import TypeStore
+from shared.metrics import Metrics
 from shared.outbox import Outbox
 from shared.runtime import service_resources
 from shared.telemetry import exporting, make_tracer_provider
 
 
-def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> Litestar:
+def create_app(
+    settings: Settings,
+    tracer_provider: TracerProvider | None = None,
+    metrics: Metrics | None = None,
+) -> Litestar:
     tokens = token_config(settings)
+    metrics = metrics or Metrics("api")
     external = _external_issuer(settings)
     authenticator = Authenticator(tokens, external)
     provider = tracer_provider or make_tracer_provider("api")
@@ -65,12 +72,12 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             clients = ClientStore(engine)
-            outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
+            outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds, metrics)
             lease_store = LeaseStore(engine)
             hub = LeaseHub(lease_store, outbox, settings.lease_poll_seconds)
             catalog = TypeCatalog(TypeStore(engine), settings.types_grace_seconds)
             intake = Intake(
-                SubmitStore(engine), outbox, limiter, settings, accepted=hub.poke,
+                SubmitStore(engine), outbox, limiter, settings, metrics, accepted=hub.poke,
                 catalog=catalog if settings.strict_types else None,
             )  # fmt: skip
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
@@ -130,6 +137,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             )
         },
         "settings": constant(settings),
+        "metrics": constant(metrics),
         "tokens": constant(tokens),
         "waiters": constant(
             WaiterCap(
@@ -163,7 +171,10 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         ],
         lifespan=[resources],
         dependencies=dependencies,
-        middleware=[DefineMiddleware(BearerAuth, authenticator=authenticator)],
+        middleware=[
+            DefineMiddleware(SubmitTimer, metrics=metrics),
+            DefineMiddleware(BearerAuth, authenticator=authenticator),
+        ],
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
         request_class=JsonRequest,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 PUBLIC_PATHS = [
     "^/health$",
     "^/health/ready$",
+    "^/metrics$",
     "^/schema($|/)",
     "^/v1/auth/token$",
     r"^/\.well-known/jwks\.json$",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -48,11 +50,22 @@ def main_processes(
         sock = _socket(host, port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    with sock:
-        argv = service_argv("api", "--fd", str(sock.fileno()), "--host", host, "--port", str(port))
-        fds = (sock.fileno(),)
-        children = [Child(f"api-{i + 1}", argv, pass_fds=fds) for i in range(processes)]
-        return Supervisor(children, settings.shutdown_grace_seconds).run()
+    # A scrape of the port reaches any one process: each keeps its metrics in this directory,
+    # so that any of them answers for all (shared.metrics).
+    metrics_dir = tempfile.mkdtemp(prefix="jobq-api-metrics-")
+    try:
+        with sock:
+            argv = service_argv(
+                "api", "--fd", str(sock.fileno()), "--host", host, "--port", str(port)
+            )
+            env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+            children = [
+                Child(f"api-{i + 1}", argv, pass_fds=(sock.fileno(),), env=env)
+                for i in range(processes)
+            ]
+            return Supervisor(children, settings.shutdown_grace_seconds).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _socket(host: str, port: int) -> socket.socket:

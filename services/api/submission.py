@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.db.records import JobRecord
     from shared.db.submits import Outcome, SubmitStore
+    from shared.metrics import Metrics
     from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.api")
@@ -130,6 +131,7 @@ class Intake:
         outbox: Outbox,
         limiter: SubmitLimiter,
         settings: Settings,
+        metrics: Metrics,
         accepted: Callable[[], None] = lambda: None,
         catalog: TypeCatalog | None = None,
     ) -> None:
@@ -141,6 +143,7 @@ class Intake:
         self.outbox = outbox
         self.limiter = limiter
         self.settings = settings
+        self.metrics = metrics
         self._room = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
         self._sending: set[asyncio.Task[object]] = set()
         self._singles: Coalescer[NewJob, tuple[JobRecord, bool]] = Coalescer(
@@ -202,6 +205,7 @@ class Intake:
         return outcomes
 
     async def _publish(self, results: list[tuple[JobRecord, bool]]) -> None:
+        self.metrics.each_job("submitted", ((j.queue, j.type) for j, created in results if created))
         tickets = [
             ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED
         ]

@@ -19,9 +19,11 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from shared.db.errors import is_transient
+from shared.liveness import Liveness
+from shared.metrics import Metrics
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -35,6 +37,8 @@ log = logging.getLogger("jobq.scheduler")
 
 #: Batches per step per tick: bounds one tick's work so every step gets its turn.
 MAX_BATCHES = 20
+#: The scheduler's one loop, as its liveness knows it.
+TICK = "tick"
 
 
 class Scheduler:
@@ -45,17 +49,22 @@ class Scheduler:
         outbox: Outbox,
         broker: Broker,
         tracer: Tracer,
+        metrics: Metrics | None = None,
+        liveness: Liveness | None = None,
     ):
         self.settings = settings
         self.sweeps = sweeps
         self.outbox = outbox
         self.broker = broker
         self.tracer = tracer
+        self.metrics = metrics or Metrics("scheduler")
+        self.liveness = liveness or Liveness(settings.liveness_deadline_seconds, [TICK])
         self.stats: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("scheduler running", extra={"interval": self.settings.scheduler_interval_seconds})
         while not stop.is_set():
+            self.liveness.beat(TICK)  # a failed tick came round all the same
             try:
                 await self.tick()
             except Exception as exc:
@@ -74,16 +83,18 @@ class Scheduler:
         moved: Counter[str] = Counter()
         with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
             moved["promoted"] = await self._step(lambda: self.sweeps.promote_due(limit))
-            moved["expired"] = await self._step(lambda: self.sweeps.expire_leases(limit))
+            moved["expired"] = await self._step(self._expire)
             moved["republished"] = await self._step(
-                lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit)
+                lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit),
+                reason="unconfirmed",
             )
             for queue in await self.sweeps.queues_with_stale_tickets(s.lost_ticket_after_seconds):
                 if await self._queue_looks_empty(queue):
                     moved["lost"] += await self._step(
                         functools.partial(
                             self.sweeps.take_lost, queue, s.lost_ticket_after_seconds, limit
-                        )
+                        ),
+                        reason="lost",
                     )
             for key, n in moved.items():
                 span.set_attribute(f"jobq.{key}", n)
@@ -92,15 +103,32 @@ class Scheduler:
         self.stats.update(moved)
         return moved
 
-    async def _step(self, take: Callable[[], Awaitable[list[Ticket]]]) -> int:
+    async def _step(
+        self,
+        take: Callable[[], Awaitable[list[Ticket]]],
+        reason: Literal["unconfirmed", "lost"] | None = None,
+    ) -> int:
+        """Take and send batches until one is short; ``reason``: they are sent again."""
         total = 0
         for _ in range(MAX_BATCHES):
             tickets = await take()
             await self.outbox.send(tickets)
             total += len(tickets)
+            if reason is not None:
+                for queue, n in Counter(t.queue for t in tickets if not t.dead).items():
+                    self.metrics.republished(queue, reason, n)
             if len(tickets) < self.settings.scheduler_batch_size:
                 break
         return total
+
+    async def _expire(self) -> list[Ticket]:
+        """Expired leases: counted by queue, and those that ended dead or canceled by type."""
+        tickets, canceled = await self.sweeps.expire_leases(self.settings.scheduler_batch_size)
+        for queue, n in Counter([t.queue for t in tickets] + [q for q, _ in canceled]).items():
+            self.metrics.leases_expired(queue, n)
+        self.metrics.each_job("dead", ((t.queue, t.type) for t in tickets if t.dead))
+        self.metrics.each_job("canceled", canceled)
+        return tickets
 
     async def _queue_looks_empty(self, queue: str) -> bool:
         try:

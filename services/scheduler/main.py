@@ -6,12 +6,16 @@ import logging
 
 import uvloop
 
-from services.scheduler.loop import Scheduler
+from services.scheduler.figures import QueueGauges
+from services.scheduler.loop import TICK, Scheduler
 from shared.config import Settings
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
+from shared.liveness import Liveness
+from shared.metrics import Metrics
+from shared.ops_server import OpsServer, serving
 from shared.outbox import Outbox
-from shared.runtime import service_resources, stop_on_signals
+from shared.runtime import dependencies_ready, service_resources, stop_on_signals
 from shared.telemetry import make_tracer_provider
 
 log = logging.getLogger("jobq.scheduler")
@@ -20,11 +24,24 @@ log = logging.getLogger("jobq.scheduler")
 async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("scheduler")
     tracer = provider.get_tracer("jobq.scheduler")
+    metrics = Metrics("scheduler")
+    liveness = Liveness(settings.liveness_deadline_seconds, [TICK])
+    metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
+        sweeps = SweepStore(engine)
+        gauges = QueueGauges(sweeps, broker, settings.db_timeout_seconds)
+        metrics.registry.register(gauges)
+        ops = OpsServer(
+            metrics, liveness,
+            ready=lambda: dependencies_ready(engine, broker, settings.db_timeout_seconds),
+            before_scrape=gauges.refresh,
+        )  # fmt: skip
         # Confirms recorded at once: the next sweep must not take the same jobs again.
-        outbox = Outbox(TicketStore(engine), broker, mark_delay=0)
-        scheduler = Scheduler(settings, SweepStore(engine), outbox, broker, tracer)
-        await scheduler.run(stop_on_signals())
+        outbox = Outbox(TicketStore(engine), broker, mark_delay=0, metrics=metrics)
+        scheduler = Scheduler(settings, sweeps, outbox, broker, tracer, metrics, liveness)
+        port = settings.scheduler_metrics_port
+        async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
+            await scheduler.run(stop_on_signals())
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
     provider.shutdown()
 

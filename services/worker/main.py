@@ -9,7 +9,7 @@ import uvloop
 from jobq.handlers import Handler
 
 from services.worker.registry import BUILTIN, Registry
-from services.worker.runner import Worker
+from services.worker.runner import LOOPS, Worker
 from services.worker.webhook import WebhookPolicy, webhook_handler
 from shared.config import Settings
 from shared.db.leases import LeaseStore
@@ -17,8 +17,11 @@ from shared.db.queues import QueueStore
 from shared.db.tickets import TicketStore
 from shared.db.types import TypeStore
 from shared.errors import ConfigError
+from shared.liveness import Liveness
+from shared.metrics import Metrics
+from shared.ops_server import OpsServer, serving
 from shared.outbox import Outbox
-from shared.runtime import service_resources, stop_on_signals
+from shared.runtime import dependencies_ready, service_resources, stop_on_signals
 from shared.telemetry import exporting, make_tracer_provider
 
 log = logging.getLogger("jobq.worker")
@@ -34,6 +37,9 @@ async def serve(settings: Settings) -> None:
     tracer = provider.get_tracer("jobq.worker")
     # Spans cost ~25 µs a job even unsampled: make them only when something exports them.
     job_tracer = tracer if exporting() else None
+    metrics = Metrics("worker")
+    liveness = Liveness(settings.liveness_deadline_seconds, LOOPS)
+    metrics.watch(liveness)
     async with service_resources(settings, "worker", tracer, pool) as (engine, broker):
         missing = await QueueStore(engine).missing(settings.consumed_queues)
         if missing:
@@ -41,11 +47,22 @@ async def serve(settings: Settings) -> None:
                 f"queue(s) {', '.join(missing)} not declared: declare them first"
                 " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
             )
-        outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
-        worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
+        outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds, metrics)
+        worker = Worker(
+            settings, LeaseStore(engine), outbox, broker, registry, job_tracer, metrics, liveness
+        )
+        metrics.gauge("jobq_worker_in_flight_jobs", "jobs this worker holds now", worker.in_flight)
+
+        async def ready() -> str | None:
+            down = await dependencies_ready(engine, broker, settings.db_timeout_seconds)
+            return down or worker.not_ready()
+
+        ops = OpsServer(metrics, liveness, ready)
+        port = settings.worker_metrics_port
         registering = asyncio.create_task(keep_registered(TypeStore(engine), registry))
         try:
-            await worker.run(stop_on_signals())
+            async with serving(ops, settings.metrics_host, port, "JOBQ_WORKER_METRICS_PORT"):
+                await worker.run(stop_on_signals())
         finally:
             registering.cancel()
             await outbox.close()

@@ -18,12 +18,14 @@ from services.worker.execution import Failed, Outcome
 from shared.coalesce import Coalescer
 from shared.db.errors import is_transient
 from shared.domain import decide_failure
+from shared.metrics import FAILURE_EVENTS
 
 if TYPE_CHECKING:
     import uuid
 
     from shared.config import Settings
     from shared.db.leases import Claimed, LeaseStore
+    from shared.metrics import Metrics
     from shared.outbox import Outbox
 
 log = logging.getLogger("jobq.worker")
@@ -34,12 +36,18 @@ class Outcomes:
     """Records outcomes of the attempts one worker runs; counts them in ``stats``."""
 
     def __init__(
-        self, settings: Settings, leases: LeaseStore, outbox: Outbox, stats: Counter[str]
+        self,
+        settings: Settings,
+        leases: LeaseStore,
+        outbox: Outbox,
+        stats: Counter[str],
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.leases = leases
         self.outbox = outbox
         self.stats = stats
+        self.metrics = metrics
         # Successes are group-committed; a batch refused for one bad result is retried item
         # by item.
         self._completions: Coalescer[tuple[uuid.UUID, uuid.UUID, str], bool] = Coalescer(
@@ -52,7 +60,9 @@ class Outcomes:
             return
         written = await persist(lambda: self._completions((job.id, job.lease_id, outcome.result)))
         self.stats["succeeded" if written else "stale"] += 1
-        if not written:
+        if written:
+            self.metrics.jobs("succeeded", job.queue, job.type)
+        else:
             log.warning("completion refused: lease no longer held")
 
     async def _fail(self, job: Claimed, failed: Failed) -> None:
@@ -65,17 +75,21 @@ class Outcomes:
         )
         exc = failed.error
         error = {"type": type(exc).__name__, "message": str(exc)[:2000].replace("\x00", "")}
-        dead = await persist(
+        outcome = await persist(
             lambda: self.leases.fail(job, decision.status, decision.delay_seconds, error)
         )
         self.stats[f"failed_{decision.status}"] += 1
+        if outcome is not None:
+            self.metrics.jobs(FAILURE_EVENTS[outcome.status], job.queue, job.type)
+        dead = outcome.dead_letter if outcome is not None else None
         log.info("attempt failed", extra={"error": error, "next": str(decision.status)})
         if dead is not None:
             await self.outbox.send([dead])
 
     async def cancel(self, job: Claimed) -> None:
         """The job's cancel was requested while it ran: it ends canceled."""
-        await persist(lambda: self.leases.cancel_running(job))
+        if await persist(lambda: self.leases.cancel_running(job)):
+            self.metrics.jobs("canceled", job.queue, job.type)
         self.stats["canceled"] += 1
 
     async def release(self, job: Claimed) -> None:

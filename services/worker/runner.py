@@ -11,6 +11,7 @@ if this process dies. Each attempt is run by ``execution`` and its outcome writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -30,8 +31,10 @@ from services.worker.progress import ProgressWriter
 from services.worker.registry import Registry
 from shared.db.errors import is_transient
 from shared.errors import DecodeError
+from shared.liveness import Liveness
 from shared.logging import current_job_id, current_trace_id
 from shared.messaging import Ticket, decode_ticket
+from shared.metrics import Metrics
 from shared.telemetry import context_from, trace_id_of
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobq.worker")
 
 StopReason = Literal["canceled", "lease_lost", "shutdown"]
+#: The worker's loops, as its liveness knows them: taking deliveries, renewing leases.
+DELIVERIES, HEARTBEAT = "deliveries", "heartbeat"
+LOOPS = (DELIVERIES, HEARTBEAT)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Worker:
         broker: Broker,
         registry: Registry,
         tracer: Tracer | None,
+        metrics: Metrics | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.settings = settings
         self.leases = leases
@@ -77,8 +85,10 @@ class Worker:
         self.tracer = tracer
         self.concurrency = settings.worker_concurrency
         self.stats: Counter[str] = Counter()
+        self.metrics = metrics or Metrics("worker")
+        self.liveness = liveness or Liveness(settings.liveness_deadline_seconds, LOOPS)
         self._buffer = DeliveryBuffer()
-        self.outcomes = Outcomes(settings, leases, outbox, self.stats)
+        self.outcomes = Outcomes(settings, leases, outbox, self.stats, self.metrics)
         self.progress = ProgressWriter(leases)
         self._wake = asyncio.Event()
         #: Attempts running here, by lease id: an older attempt of the same job may still be
@@ -86,6 +96,16 @@ class Worker:
         self._running: dict[uuid.UUID, Running] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._db_ok = True
+
+    def in_flight(self) -> int:
+        """Jobs this worker holds now."""
+        return len(self._running)
+
+    def not_ready(self) -> str | None:
+        """Why this worker takes no work now, if it does not (``/health/ready``)."""
+        if not self._consumers:
+            return "not consuming yet"
+        return None if self._db_ok else "PostgreSQL: claims failing"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -173,9 +193,14 @@ class Worker:
     async def _dispatch_loop(self) -> None:
         backoff = 0.1
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # idle, it still comes round (liveness)
+                await asyncio.wait_for(
+                    self._wake.wait(), self.settings.liveness_deadline_seconds / 4
+                )
+            self.liveness.beat(DELIVERIES)
             self._wake.clear()
             while self._buffer and (free := self.concurrency - len(self._running)) > 0:
+                self.liveness.beat(DELIVERIES)
                 batch = self._buffer.take(free)
                 try:
                     await self._claim(batch)
@@ -206,6 +231,9 @@ class Worker:
             job = by_id.pop(d.ticket.job_id, None)
             if job is not None:
                 self.stats["claimed"] += 1
+                if job.waited_seconds is not None:  # a fresh start, not a retried claim's
+                    self.metrics.jobs("started", job.queue, job.type)
+                    self.metrics.waited(job.queue, job.type, job.waited_seconds)
                 task = asyncio.create_task(self._run_job(job))
                 self._running[job.lease_id] = Running(job, task)
                 task.add_done_callback(functools.partial(self._slot_freed, job.lease_id))
@@ -257,6 +285,7 @@ class Worker:
             job.id, job.tenant, job.type, job.attempts, job.max_attempts, job.lease_id,
             reporter=self.progress.reporter(job.id, job.lease_id),
         )  # fmt: skip
+        started = time.perf_counter()
         try:
             outcome = await attempt(
                 lambda: self.registry.get(job.type)(job.payload, ctx), job.timeout_seconds
@@ -264,6 +293,7 @@ class Worker:
         except asyncio.CancelledError:
             await self._stopped(job)
             return
+        self.metrics.ran(job.queue, job.type, time.perf_counter() - started)
         if span is not None and isinstance(outcome, Failed):
             span.set_status(Status(StatusCode.ERROR, str(outcome.error)[:200]))
         # The handler is done and its outcome is being written: neither a heartbeat (which
@@ -286,6 +316,7 @@ class Worker:
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            self.liveness.beat(HEARTBEAT)  # also when PostgreSQL is down: the loop is not stuck
             try:
                 await self._heartbeat()
             except Exception as exc:

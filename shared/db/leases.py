@@ -41,8 +41,20 @@ class Claimed:
     retry_backoff_max_seconds: float | None
     traceparent: str | None
     tenant: str
+    #: Seconds from due (``run_at``) to this start, on the database clock; ``None`` when the
+    #: claim handed back an attempt already started (a retried claim).
+    waited_seconds: float | None = None
     #: Set by ``lease`` (HTTP workers are told when their lease runs out).
     lease_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a failed attempt's write made of its job: ``retrying``, ``dead`` (with the ticket
+    for the dead-letter exchange) or ``canceled``."""
+
+    status: JobStatus
+    dead_letter: Ticket | None = None
 
 
 #: Moves queued jobs to running; see ``LeaseStore.claim``. ``$1`` ids, ``$2`` lease ids,
@@ -63,7 +75,8 @@ CLAIM = """
       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant
+        j.traceparent, j.tenant,
+        CASE WHEN j.started_at = now() THEN EXTRACT(EPOCH FROM now() - j.run_at)::float8 END
 """
 
 
@@ -81,13 +94,14 @@ LEASE = """
                    ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant, j.lease_expires_at
+        j.traceparent, j.tenant, EXTRACT(EPOCH FROM now() - j.run_at)::float8,
+        j.lease_expires_at
 """
 
 #: The running job ``$1`` of tenant ``$2`` held under lease ``$3`` (not expired).
 HELD = """
     SELECT id, type, queue, priority, payload::text, attempts, max_attempts, timeout_seconds,
-        lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant,
+        lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant, NULL,
         lease_expires_at
     FROM jobs WHERE id = $1 AND tenant = $2 AND lease_id = $3 AND status = 'running'
       AND lease_expires_at > now()
@@ -281,12 +295,10 @@ class LeaseStore:
 
     async def fail(
         self, job: Claimed, status: JobStatus, delay_seconds: float, error: dict[str, str]
-    ) -> Ticket | None:
-        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead``.
-
-        Returns the dead-letter ticket for a dead job, ``None`` otherwise or if the lease
-        was stale (nothing written then).
-        """
+    ) -> Failure | None:
+        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead`` (or
+        ``canceled``, if a cancel was requested meanwhile); ``None`` if the lease was stale
+        (nothing written then)."""
         err = json.dumps({**error, "attempt": job.attempts})
         async with self._autocommit.connect() as conn:
             row = (
@@ -319,9 +331,10 @@ class LeaseStore:
                     },
                 )
             ).first()
-        if row is None or row.status != JobStatus.DEAD:
+        if row is None:
             return None
-        return ticket_of(row)
+        dead = row.status == JobStatus.DEAD
+        return Failure(JobStatus(row.status), ticket_of(row) if dead else None)
 
     async def release(self, job: Claimed) -> Ticket | None:
         """Hand a held job back to the queue without counting the attempt (graceful

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.db import raw
 from shared.db.sql import statement
 from shared.db.tickets import TICKET_COLUMNS, ticket_of
 from shared.domain import JobStatus
@@ -35,10 +37,11 @@ class SweepStore:
             limit=limit,
         )
 
-    async def expire_leases(self, limit: int) -> list[Ticket]:
+    async def expire_leases(self, limit: int) -> tuple[list[Ticket], list[tuple[str, str]]]:
         """Running jobs whose lease expired: queued again while attempts remain, else dead
-        (canceled if a cancel was requested)."""
-        return await self._take(
+        (canceled if a cancel was requested). Returns the tickets to send, and the ``(queue,
+        type)`` of the jobs it canceled (they need none)."""
+        rows = await self._rows(
             f"""
             UPDATE jobs SET
                 status = CASE WHEN cancel_requested THEN 'canceled'
@@ -59,6 +62,8 @@ class SweepStore:
         """,
             limit=limit,
         )
+        canceled = [(r.queue, r.type) for r in rows if r.status == JobStatus.CANCELED]
+        return [ticket_of(r) for r in rows if r.status != JobStatus.CANCELED], canceled
 
     async def take_unpublished(self, older_than: float, limit: int) -> list[Ticket]:
         """Queued and dead jobs whose ticket was not confirmed ``older_than`` seconds after it
@@ -107,7 +112,55 @@ class SweepStore:
             queue=queue,
         )
 
+    async def queue_figures(self) -> list[QueueFigures]:
+        """What every declared queue holds now, by what it waits for (docs/operations.md §2).
+        Each part reads the partial index of its status, never the finished jobs."""
+        async with raw.connection(self.engine) as conn:
+            rows = await conn.fetch(FIGURES)
+        return [QueueFigures(*row) for row in rows]
+
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
+        return [ticket_of(r) for r in await self._rows(sql, **params) if r.status != "canceled"]
+
+    async def _rows(self, sql: str, **params: Any) -> list[Any]:
         async with self._autocommit.connect() as conn:
-            rows = (await conn.execute(statement(sql, "last_error"), params)).all()
-        return [ticket_of(row) for row in rows if row.status != JobStatus.CANCELED]
+            return list((await conn.execute(statement(sql, "last_error"), params)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """One queue's jobs by what they wait for; ``oldest_ready_seconds``: how long the oldest
+    ready job has been due (0 with none)."""
+
+    queue: str
+    ready: int
+    delayed: int
+    retrying: int
+    running: int
+    oldest_ready_seconds: float
+    unconfirmed: int
+
+
+#: ``QueueFigures`` of every declared queue, each status counted through its partial index:
+#: ``jobs_queued_by_queue``, ``jobs_due`` and ``jobs_lease_expiry``.
+FIGURES = """
+    WITH queued AS (
+        SELECT queue, count(*) FILTER (WHERE run_at <= now()) AS ready,
+            coalesce(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)
+                AS oldest,
+            count(*) FILTER (WHERE published_at IS NULL) AS unconfirmed
+        FROM jobs WHERE status = 'queued' GROUP BY queue),
+    waiting AS (
+        SELECT queue, count(*) FILTER (WHERE status = 'scheduled') AS delayed,
+            count(*) FILTER (WHERE status = 'retrying') AS retrying
+        FROM jobs WHERE status IN ('scheduled', 'retrying') GROUP BY queue),
+    running AS (SELECT queue, count(*) AS running FROM jobs WHERE status = 'running' GROUP BY queue)
+    SELECT q.name, coalesce(queued.ready, 0), coalesce(waiting.delayed, 0),
+        coalesce(waiting.retrying, 0), coalesce(running.running, 0),
+        coalesce(queued.oldest, 0)::float8, coalesce(queued.unconfirmed, 0)
+    FROM queues q
+    LEFT JOIN queued ON queued.queue = q.name
+    LEFT JOIN waiting ON waiting.queue = q.name
+    LEFT JOIN running ON running.queue = q.name
+    ORDER BY q.name
+"""

@@ -66,6 +66,8 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
     #: The HTTP workers' API client (``JOBQ_CLIENT_ID``, ``JOBQ_CLIENT_SECRET``), if any.
     http_worker: dict[str, str] = field(default_factory=dict)
+    #: Process name -> the port its metrics and health are served on (workers, schedulers).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     #: Processes a fault killed or froze: their in-flight jobs may run twice.
     faulted: set[int] = field(default_factory=set)
     #: Workers that died without being told to (a ``kill`` job), restarted by ``supervise``.
@@ -102,7 +104,11 @@ class Cluster:
 
     async def start(self, service: str, within: float = 30.0) -> Proc:
         self._count += 1
-        proc = start(f"{service}-{self._count}", argv(service), self.env, self.log_dir)
+        name, env = f"{service}-{self._count}", self.env
+        if service in ("worker", "scheduler"):
+            self.metrics_ports[name] = free_port()
+            env[f"JOBQ_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
+        proc = start(name, argv(service), env, self.log_dir)
         self.procs.append(proc)
         await self.wait_ready(service, proc, within)
         return proc

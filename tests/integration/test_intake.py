@@ -19,6 +19,7 @@ from shared.db.submits import NewJob, Outcome, SubmitStore
 from shared.db.tickets import TicketStore
 from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 from shared.messaging import Broker
+from shared.metrics import Metrics
 from shared.outbox import Outbox
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ def make_intake(settings: Settings, engine: AsyncEngine, broker: Broker) -> Inta
         Outbox(TicketStore(engine), broker, settings.mark_delay_seconds),
         unlimited,
         settings,
+        Metrics("api"),
     )
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.jobs import JobStore
-from shared.db.leases import LeaseStore
+from shared.db.leases import Failure, LeaseStore
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
 from shared.db.submits import NewJob, SubmitStore
@@ -260,7 +260,8 @@ async def test_a_cancel_request_holds_when_the_attempt_ends_without_its_heartbea
         before, _ = await store.cancel("acme", job.id)
         assert before == JobStatus.RUNNING
     # When one attempt fails (retryable) and the other's worker vanishes
-    assert await leases.fail(failed, JobStatus.RETRYING, 0, {"type": "X", "message": "m"}) is None
+    error = {"type": "X", "message": "m"}
+    assert await leases.fail(failed, JobStatus.RETRYING, 0, error) == Failure(JobStatus.CANCELED)
     await asyncio.sleep(0.3)
     assert (await scheduler.tick())["expired"] == 0  # nothing to publish
     # Then both end canceled instead of running again

@@ -531,13 +531,16 @@ class JobStoreMachine(RuleBasedStateMachine):
                 rand=lambda: jitter,
             )
             error = {"type": "Boom", "message": "the handler raised"}
-            dead = self.pg.run(
+            failure = self.pg.run(
                 self.pg.leases.fail(claim, decision.status, decision.delay_seconds, error)
             )
             written = self.row(claim.id) != was
             expected = decision.status
             if expected == JobStatus.RETRYING and was["cancel_requested"]:
                 expected = JobStatus.CANCELED
+            assert (failure is not None) == written
+            assert failure is None or failure.status == expected
+            dead = failure.dead_letter if failure is not None else None
             assert (dead is not None) == (written and expected == JobStatus.DEAD)
             if dead is not None:
                 self.publish(lambda: data.draw(FATES), [dead])

@@ -1,4 +1,4 @@
-"""Liveness and readiness (no token needed)."""
+"""Liveness, readiness and metrics (no token needed; docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.di import NamedDependency
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.errors import problem
 from services.api.openapi import problems
 from shared.db.jobs import JobStore
 from shared.messaging import Broker
+from shared.metrics import Metrics
 
 
 @get("/health")
@@ -34,4 +36,10 @@ async def ready(store: NamedDependency[JobStore], broker: NamedDependency[Broker
     return Response({"status": "ready"})
 
 
-ROUTES = [health, ready]
+@get("/metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=True)
+async def metrics(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    """This API's metrics in Prometheus text (every API process's, behind one port)."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES = [health, ready, metrics]

@@ -29,6 +29,7 @@ from shared.db.jobs import JobStore
 from shared.db.sql import JobRow
 from shared.domain import TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
+from shared.metrics import Metrics
 from shared.outbox import Outbox
 from shared.telemetry import job_traceparent
 
@@ -199,7 +200,10 @@ async def list_jobs(
     responses=problems(401, 403, 404, 409, 503),
 )
 async def cancel_job(
-    request: AuthRequest, job_id: FromPath[uuid.UUID], store: NamedDependency[JobStore]
+    request: AuthRequest,
+    job_id: FromPath[uuid.UUID],
+    store: NamedDependency[JobStore],
+    metrics: NamedDependency[Metrics],
 ) -> JobOut:
     """Cancel a waiting job now, or ask a running one's worker to stop; terminal: 409."""
     before, job = await store.cancel(request.user.tenant, job_id)
@@ -207,6 +211,8 @@ async def cancel_job(
         raise NotFoundException(detail=f"no job {job_id}")
     if before in TERMINAL:
         raise Conflict(detail=f"job is already {before}")
+    if job.status == JobStatus.CANCELED:  # a running one ends canceled at its worker
+        metrics.jobs("canceled", job.queue, job.type)
     return JobOut.of(job)
 
 

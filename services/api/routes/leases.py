@@ -37,6 +37,7 @@ from shared.config import Settings
 from shared.db.jobs import JobStore
 from shared.db.leases import Claimed, LeaseStore
 from shared.domain import decide_failure
+from shared.metrics import FAILURE_EVENTS, Metrics
 from shared.outbox import Outbox
 
 AuthRequest = Request[Principal, str, Any]
@@ -69,6 +70,7 @@ async def lease_jobs(
     hub: NamedDependency[LeaseHub],
     waiters: NamedDependency[WaiterCap],
     settings: NamedDependency[Settings],
+    metrics: NamedDependency[Metrics],
 ) -> Response[LeaseList | None]:
     """Lease up to ``max_jobs`` due jobs of the caller's tenant, waiting up to
     ``wait_seconds`` for one (a waiting lease counts towards the long-poll caps)."""
@@ -81,6 +83,9 @@ async def lease_jobs(
         )  # fmt: skip
     if not jobs:
         return Response(None, status_code=204)
+    for j in jobs:
+        metrics.jobs("started", j.queue, j.type)
+        metrics.waited(j.queue, j.type, j.waited_seconds or 0.0)
     return Response(LeaseList(items=[_leased(j) for j in jobs]), status_code=200)
 
 
@@ -140,6 +145,7 @@ async def complete(
     data: JSONBody[CompleteIn],
     store: NamedDependency[JobStore],
     leases: NamedDependency[LeaseStore],
+    metrics: NamedDependency[Metrics],
 ) -> JobOut:
     """Record the job's success with its ``result`` (any JSON): once, under this lease."""
     result = msgspec.json.encode(data.result).decode()
@@ -148,6 +154,7 @@ async def complete(
     job = await leases.complete_held(request.user.tenant, job_id, data.lease_id, result)
     if job is None:
         await _refuse(store, request.user.tenant, job_id, data.lease_id)
+    metrics.jobs("succeeded", job.queue, job.type)
     return JobOut.of(job)
 
 
@@ -160,6 +167,7 @@ async def fail(
     leases: NamedDependency[LeaseStore],
     outbox: NamedDependency[Outbox],
     settings: NamedDependency[Settings],
+    metrics: NamedDependency[Metrics],
 ) -> JobOut:
     """Record a failed attempt: ``retrying`` after a backoff while attempts remain and it is
     ``retryable``, else ``dead`` (and on the dead-letter queue); a canceled job ends canceled."""
@@ -170,13 +178,14 @@ async def fail(
         cap=job.retry_backoff_max_seconds or settings.retry_backoff_max_seconds,
     )  # fmt: skip
     error = {"type": data.error_type, "message": data.message.replace("\x00", "")}
-    dead = await leases.fail(job, decision.status, decision.delay_seconds, error)
-    if dead is not None:
-        await outbox.send([dead])
+    failure = await leases.fail(job, decision.status, decision.delay_seconds, error)
+    if failure is None:  # the lease ran out before the write: nothing written
+        raise Conflict(detail=f"lease {data.lease_id} does not hold job {job_id}")
+    metrics.jobs(FAILURE_EVENTS[failure.status], job.queue, job.type)
+    if failure.dead_letter is not None:
+        await outbox.send([failure.dead_letter])
     after = await store.get(request.user.tenant, job_id)
     assert after is not None
-    if after.lease_id == data.lease_id:  # the lease ran out before the write: nothing written
-        raise Conflict(detail=f"lease {data.lease_id} does not hold job {job_id}")
     return JobOut.of(after)
 
 
