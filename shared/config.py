@@ -160,6 +160,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
+    #: Count jobs and time them for ``/metrics``; off, the services count nothing (``make
+    #: bench`` measures what that saves) and ``/metrics`` shows only the scrape-time gauges.
+    metrics: bool = True
     #: Where the worker and the scheduler serve ``/metrics`` (Prometheus text), ``/health``
     #: (liveness: their loops make progress) and ``/health/ready``; the API serves them on its
     #: own port. Port ``0`` turns a service's off. ``jobq up`` gives each worker a port of its own.

@@ -50,10 +50,14 @@ SHORT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 
 
 class Metrics:
-    """What one process counts. ``service`` labels the publish-confirm latency."""
+    """What one process counts. ``service`` labels the publish-confirm latency; with
+    ``counting`` off (``JOBQ_METRICS=false``) nothing is counted or timed."""
 
-    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, service: str, registry: CollectorRegistry | None = None, counting: bool = True
+    ) -> None:
         self.service = service
+        self.counting = counting
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self._jobs = {
@@ -93,10 +97,13 @@ class Metrics:
         return name
 
     def jobs(self, event: JobEvent, queue: str, type: str, n: int = 1) -> None:
-        self._jobs[event].labels(queue, self._type(type)).inc(n)
+        if self.counting:
+            self._jobs[event].labels(queue, self._type(type)).inc(n)
 
     def each_job(self, event: JobEvent, jobs: Iterable[tuple[str, str]]) -> None:
         """Count ``(queue, type)`` pairs, one statement's jobs at a time."""
+        if not self.counting:
+            return
         counted: dict[tuple[str, str], int] = {}
         for key in jobs:
             counted[key] = counted.get(key, 0) + 1
@@ -104,23 +111,29 @@ class Metrics:
             self.jobs(event, queue, type_, n)
 
     def ran(self, queue: str, type: str, seconds: float) -> None:
-        self._run.labels(queue, self._type(type)).observe(seconds)
+        if self.counting:
+            self._run.labels(queue, self._type(type)).observe(seconds)
 
     def waited(self, queue: str, type: str, seconds: float) -> None:
-        self._wait.labels(queue, self._type(type)).observe(max(0.0, seconds))
+        if self.counting:
+            self._wait.labels(queue, self._type(type)).observe(max(0.0, seconds))
 
     def leases_expired(self, queue: str, n: int = 1) -> None:
-        self._expired.labels(queue).inc(n)
+        if self.counting:
+            self._expired.labels(queue).inc(n)
 
     def republished(self, queue: str, reason: Literal["unconfirmed", "lost"], n: int = 1) -> None:
-        self._republished.labels(queue, reason).inc(n)
+        if self.counting:
+            self._republished.labels(queue, reason).inc(n)
 
     def submitted_in(self, route: str, seconds: float) -> None:
         """A submit request (``single`` or ``batch``) was answered in ``seconds``."""
-        self._submit.labels(route).observe(seconds)
+        if self.counting:
+            self._submit.labels(route).observe(seconds)
 
     def confirmed(self, seconds: float) -> None:
-        self._confirm.labels(self.service).observe(seconds)
+        if self.counting:
+            self._confirm.labels(self.service).observe(seconds)
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped (a worker's in-flight jobs)."""

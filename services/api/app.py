@@ -54,7 +54,7 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> Litestar:
     tokens = token_config(settings)
-    metrics = metrics or Metrics("api")
+    metrics = metrics or Metrics("api", counting=settings.metrics)
     external = _external_issuer(settings)
     authenticator = Authenticator(tokens, external)
     provider = tracer_provider or make_tracer_provider("api")

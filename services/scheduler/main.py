@@ -24,7 +24,7 @@ log = logging.getLogger("jobq.scheduler")
 async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("scheduler")
     tracer = provider.get_tracer("jobq.scheduler")
-    metrics = Metrics("scheduler")
+    metrics = Metrics("scheduler", counting=settings.metrics)
     liveness = Liveness(settings.liveness_deadline_seconds, [TICK])
     metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):

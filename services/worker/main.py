@@ -37,7 +37,7 @@ async def serve(settings: Settings) -> None:
     tracer = provider.get_tracer("jobq.worker")
     # Spans cost ~25 µs a job even unsampled: make them only when something exports them.
     job_tracer = tracer if exporting() else None
-    metrics = Metrics("worker")
+    metrics = Metrics("worker", counting=settings.metrics)
     liveness = Liveness(settings.liveness_deadline_seconds, LOOPS)
     metrics.watch(liveness)
     async with service_resources(settings, "worker", tracer, pool) as (engine, broker):

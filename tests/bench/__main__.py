@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import sys
@@ -31,7 +32,10 @@ from tests.bench.report import CELERY, CELERY_PG, OpenLoop, Result, render
 from tests.procs import ProcessDied
 
 #: What ``--systems`` takes, in the order each round measures them.
-PHASES = ("batch", "single", "open", "celery", "celery-pg", "dramatiq", "dramatiq-confirm")
+PHASES = (
+    "batch", "batch-nometrics", "single", "open", "celery", "celery-pg", "dramatiq",
+    "dramatiq-confirm",
+)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -142,18 +146,26 @@ async def bench(
     later run fails), stop."""
     want = args.systems
     prefix = args.broker_prefix
-    jobq = JobqStack(
-        JobqConfig(
-            database_url=args.database_url,
-            amqp_url=args.amqp_url,
-            broker_prefix=prefix,
-            api_processes=args.api_processes,
-            workers=args.workers,
-            concurrency=args.concurrency,
-            stall_seconds=args.stall,
+    config = JobqConfig(
+        database_url=args.database_url,
+        amqp_url=args.amqp_url,
+        broker_prefix=prefix,
+        api_processes=args.api_processes,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        stall_seconds=args.stall,
+    )
+    jobq = JobqStack(config, log_dir)
+    # The same system with JOBQ_METRICS=false, on a database and broker prefix of its own.
+    uncounted = JobqStack(
+        dataclasses.replace(
+            config, metrics=False, broker_prefix=f"{prefix}nm",
+            database_url=pg.respell(
+                args.database_url, database=f"{pg.database_of(args.database_url)}_nometrics"
+            ),
         ),
         log_dir,
-    )
+    )  # fmt: skip
     results_url = pg.respell(
         args.database_url, database=f"{pg.database_of(args.database_url)}_celery"
     )
@@ -185,6 +197,7 @@ async def bench(
         log_dir,
     )
     use_jobq = bool(want & {"batch", "single", "open"})
+    use_uncounted = "batch-nometrics" in want
     use_dramatiq = bool(want & {"dramatiq", "dramatiq-confirm"})
 
     def record(r: Result) -> None:
@@ -196,6 +209,8 @@ async def bench(
         keep = record if run else (lambda r: None)
         if "batch" in want:
             keep(await jobq.run_batch(jobs, args.batch_size, args.in_flight, run))
+        if use_uncounted:
+            keep(await uncounted.run_batch(jobs, args.batch_size, args.in_flight, run))
         if "single" in want:
             keep(await jobq.run_single(single_jobs, args.clients, run))
         if "open" in want and run:
@@ -212,6 +227,8 @@ async def bench(
         print("starting " + ", ".join(sorted(want)) + " ...", flush=True)
         if use_jobq:
             await jobq.start()
+        if use_uncounted:
+            await uncounted.start()
         for celery in celeries.values():
             await celery.start()
         if use_dramatiq:
@@ -222,8 +239,9 @@ async def bench(
         for run in range(1, args.runs + 1):
             await round_(run, args.jobs, args.single_jobs)
     finally:
-        await jobq.close()
-        jobq.stop()
+        for stack in (jobq, uncounted):
+            await stack.close()
+            stack.stop()
         for celery in celeries.values():
             celery.stop()
         dramatiq.stop()

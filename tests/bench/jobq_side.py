@@ -21,7 +21,7 @@ import httpx
 from tests.bench import BenchError, amqp, pg, tails
 from tests.bench.loadgen import Tally, Target, closed_loop, open_loop
 from tests.bench.procstat import Probe
-from tests.bench.report import BATCH, SINGLE, OpenLoop, Result, percentile
+from tests.bench.report import BATCH, BATCH_NO_METRICS, SINGLE, OpenLoop, Result, percentile
 from tests.procs import REPO_ROOT, Proc, check_alive, clean_env, free_port, start, stop_all
 
 TENANT = "bench"
@@ -40,6 +40,12 @@ class JobqConfig:
     concurrency: int
     #: A drain that makes no progress for this long fails the run.
     stall_seconds: float
+    #: ``JOBQ_METRICS``: off, the services count nothing (what metrics cost, measured).
+    metrics: bool = True
+
+    @property
+    def batch_system(self) -> str:
+        return BATCH if self.metrics else BATCH_NO_METRICS
 
 
 class JobqStack:
@@ -64,6 +70,7 @@ class JobqStack:
                 # the bench measures capacity, so the submit limits are off
                 "JOBQ_SUBMIT_RATE_PER_SECOND": "0",
                 "JOBQ_SUBMIT_RATE_PER_TENANT": "0",
+                "JOBQ_METRICS": str(config.metrics).lower(),
             }
         )
         self.procs: list[Proc] = []
@@ -257,7 +264,9 @@ class JobqStack:
             t_enqueued = time.perf_counter()
         t_done = await self._wait_succeeded(jobs)
         usage = self.probe.usage_since(cpu_before, jobs)
-        return Result(BATCH, run, jobs, t_enqueued - t0, t_done - t0, usage=usage)
+        return Result(
+            self.config.batch_system, run, jobs, t_enqueued - t0, t_done - t0, usage=usage
+        )
 
     async def run_single(self, jobs: int, clients: int, run: int) -> Result:
         """Submit ``jobs`` as single ``POST /v1/jobs`` requests from ``clients`` at once

@@ -12,9 +12,11 @@ from typing import TypeVar
 from tests.bench.procstat import BENCH, POSTGRES, RABBITMQ, Usage
 
 BATCH, SINGLE = "jobq batch", "jobq single"
+#: The batch run again on a second jobq with ``JOBQ_METRICS=false``: what counting costs.
+BATCH_NO_METRICS = "jobq batch, no metrics"
 CELERY, CELERY_PG = "celery", "celery+pg"
 DRAMATIQ, DRAMATIQ_CONFIRM = "dramatiq", "dramatiq+confirm"
-JOBQ = (BATCH, SINGLE)
+JOBQ = (BATCH, BATCH_NO_METRICS, SINGLE)
 PEERS = (CELERY, CELERY_PG, DRAMATIQ, DRAMATIQ_CONFIRM)
 SYSTEMS = JOBQ + PEERS
 #: The services' roles in the CPU table, in order; the bench process comes after their sum.

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import jobq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import Settings
 from shared.db.clients import ClientStore
@@ -77,7 +78,8 @@ async def system(
     prefix = f"jobqprom{secrets.token_hex(3)}"
     cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
     cluster.overrides |= {
-        "JOBQ_QUEUES": "parked", "JOBQ_WORKER_CONCURRENCY": "4",
+        # Two api processes behind one port: a scrape reaching either must count both.
+        "JOBQ_QUEUES": "parked", "JOBQ_WORKER_CONCURRENCY": "4", "JOBQ_API_PROCESSES": "2",
         "JOBQ_RETRY_BACKOFF_SECONDS": "3600", "JOBQ_RETRY_BACKOFF_MAX_SECONDS": "3600",
     }  # fmt: skip
     prom: asyncio.subprocess.Process | None = None
@@ -114,6 +116,23 @@ async def system(
         await delete_broker_objects(amqp_url, prefix, ("default", "parked"))
 
 
+async def _submit_alone(url: str, headers: dict[str, str]) -> str:
+    """A noop submitted on a connection of its own: it may reach either api process."""
+    async with httpx.AsyncClient() as fresh:
+        r = await fresh.post(f"{url}/v1/jobs", json={"type": "noop"}, headers=headers)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def _total(exposition: str, name: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == name
+    )
+
+
 async def test_prometheus_sees_what_the_database_holds(
     system: tuple[Cluster, Prometheus, str],
 ) -> None:
@@ -134,8 +153,9 @@ async def test_prometheus_sees_what_the_database_holds(
         await c.submit_many([{"type": "noop", "delay": 3600}] * 3)
         failing = [await c.submit("fail", {"message": "boom"}, max_attempts=3) for _ in range(2)]
         sleeper = await c.submit("sleep", {"seconds": 60})
-        done = await c.submit_many([{"type": "noop"}] * 20)
-        await asyncio.gather(*(c.wait(j.id, timeout=30) for j in done))
+        token = {"Authorization": f"Bearer {await c.token()}"}
+        done = [await _submit_alone(cluster.url, token) for _ in range(20)]
+        await asyncio.gather(*(c.wait(j, timeout=30) for j in done))
         for j in [*failing, sleeper]:
             await until(
                 functools.partial(c.get, j.id),
@@ -178,9 +198,14 @@ async def test_prometheus_sees_what_the_database_holds(
 
     got = await until(seen, lambda s: s == expected, within=30)
     assert got == expected
+    # Each scrape reaches one of the two api processes; every one counts both.
+    for _ in range(10):
+        async with httpx.AsyncClient() as fresh:
+            text = (await fresh.get(f"{cluster.url}/metrics")).text
+        assert _total(text, "jobq_jobs_submitted_total") == sum(db.values())
     # ... and the rest of the story.
     assert (await prom.one('max(jobq_queue_oldest_ready_age_seconds{queue="parked"})') or 0) > 0
-    assert await prom.one('sum(jobq_submit_seconds_count{route="batch"})') == 3
+    assert await prom.one('sum(jobq_submit_seconds_count{route="batch"})') == 2
     assert (await prom.one("sum(jobq_publish_confirm_seconds_count)") or 0) > 0
     ages = await prom.query("jobq_loop_progress_age_seconds")
     assert {k.split("loop=")[1].split(",")[0] for k in ages} == {"deliveries", "heartbeat", "tick"}

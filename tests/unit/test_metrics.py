@@ -145,3 +145,16 @@ async def test_a_taken_port_is_one_line_naming_the_setting() -> None:
         with pytest.raises(ConfigError, match="JOBQ_WORKER_METRICS_PORT") as refused:
             await ops.start("127.0.0.1", port, "JOBQ_WORKER_METRICS_PORT")
         assert "\n" not in str(refused.value)
+
+
+def test_with_counting_off_nothing_is_counted() -> None:
+    m = Metrics("api", counting=False)
+    m.jobs("submitted", "default", "a")
+    m.each_job("dead", [("default", "a")])
+    m.ran("default", "a", 1.0)
+    m.waited("default", "a", 1.0)
+    m.submitted_in("single", 0.01)
+    m.confirmed(0.01)
+    m.leases_expired("default")
+    m.republished("default", "lost")
+    assert not [k for k, v in samples(m).items() if v and not k[0].endswith("_created")]

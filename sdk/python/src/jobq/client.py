@@ -330,6 +330,13 @@ class AsyncClient(_Client[httpx.AsyncClient]):
             renewed = renewed or outcome.renew
             await asyncio.sleep(outcome.delay)
 
+    async def token(self) -> str:
+        if self._s.bearer_call() is not None:
+            async with self._token_lock:
+                if (first := self._s.bearer_call()) is not None:
+                    self._s.store_token(await self._send(first))
+        return self._s.static_token or self._s.tokens.value or ""
+
     async def submit(
         self,
         type: str,
