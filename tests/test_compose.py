@@ -4,7 +4,8 @@ No Docker engine runs on the development machines or in CI, so the container set
 started by a test. These checks keep it from drifting away from the code instead: the services
 and ports the docs promise exist, workers stay scalable, every ``JOBQ_*`` variable is a real
 setting (a misspelt one would be silently ignored), every command is a real ``jobq``
-subcommand, and the image installs exactly the hashed lock.
+subcommand, and the image installs exactly the hashed runtime lock (tests/test_locks.py holds
+that lock to requirements.lock).
 """
 
 from __future__ import annotations
@@ -128,12 +129,44 @@ def test_services_start_after_migrations(name: str) -> None:
     assert depends_on.get("migrate", {}).get("condition") == "service_completed_successfully"
 
 
-def test_dockerfile() -> None:
+def final_stage() -> str:
+    """The Dockerfile's last stage: what the image holds."""
+    return re.split(r"^FROM ", DOCKERFILE.read_text(), flags=re.MULTILINE)[-1]
+
+
+def test_the_image_installs_the_runtime_lock_with_hashes() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^RUN .*requirements\.lock", text, re.MULTILINE)
-    assert re.search(r"^RUN .*--require-hashes", text, re.MULTILINE)
+    assert re.search(r"^RUN .*--require-hashes.* requirements\.runtime\.lock$", text, re.MULTILINE)
+    assert re.search(r"^COPY deploy/requirements\.runtime\.lock ", text, re.MULTILINE)
+    assert not re.search(r"^COPY .*\brequirements\.lock", text, re.MULTILINE), "the dev lock"
+
+
+def test_the_last_stage_holds_only_what_the_build_stage_installed() -> None:
+    assert len(re.findall(r"^FROM ", DOCKERFILE.read_text(), re.MULTILINE)) >= 2
+    final = final_stage()
+    assert re.search(r"^COPY --from=build ", final, re.MULTILINE)
+    installs = [
+        ln for ln in final.splitlines() if ln.startswith("RUN ") and re.search(r"\b(pip|uv)\b", ln)
+    ]
+    assert not installs, "the final stage installs something itself"
+
+
+def test_the_image_runs_as_a_numeric_non_root_user() -> None:
+    users = re.findall(r"^USER (\S+)", final_stage(), re.MULTILINE)
+    assert users, "the image runs as root"
+    uid = users[-1].partition(":")[0]
+    assert uid.isdigit(), "Kubernetes' runAsNonRoot can check only a numeric user"
+    assert int(uid) != 0
+
+
+def test_the_image_checks_its_health_with_jobq_health() -> None:
+    lines = re.findall(r"^HEALTHCHECK .*\bCMD (\[.*\])$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert lines, "deploy/Dockerfile has no HEALTHCHECK in exec form"
+    argv = json.loads(lines[-1])
+    assert argv[0] == "jobq"
+    assert build_parser().parse_args(argv[1:]).command == "health"
+
+
+def test_the_entrypoint_is_jobq_and_the_command_a_subcommand() -> None:
     assert dockerfile_exec_form("ENTRYPOINT") == ["jobq"]
     build_parser().parse_args(dockerfile_exec_form("CMD"))
-    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
-    assert users, "the image runs as root"
-    assert users[-1] not in ("root", "0")
