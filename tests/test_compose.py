@@ -10,54 +10,29 @@ that lock to requirements.lock).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import re
-import shlex
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from services.cli import build_parser
-from shared.config import Settings
+from tests.compose_file import (
+    COMPOSE,
+    JOBQ_SERVICES,
+    command,
+    container_ports,
+    environment,
+    jobq_settings,
+    served_by,
+    services,
+)
+from tests.deploy_contract import READ_VARS, ROOT, SDK_VARS, THIRD_PARTY_PORTS, url_ports
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DEPLOY_README = ROOT / "deploy" / "README.md"
-JOBQ_SERVICES = ("migrate", "api", "scheduler", "worker")
-SETTINGS_VARS = frozenset(f"JOBQ_{f.name.upper()}" for f in dataclasses.fields(Settings))
-
-
-@functools.cache
-def services() -> dict[str, dict[str, Any]]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    found = data.get("services")
-    assert isinstance(found, dict)
-    return found
-
-
-def environment(name: str) -> dict[str, str]:
-    """A service's environment, from either compose spelling (mapping or ``KEY=VALUE`` list)."""
-    env = services()[name].get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.partition("=")[::2] for item in env)
-    return {key: str(value) for key, value in env.items()}
-
-
-def container_ports(name: str) -> set[int]:
-    """The container ports a service publishes (short ``[IP:]HOST:CONTAINER`` or long syntax)."""
-    ports: set[int] = set()
-    for port in services()[name].get("ports") or []:
-        if isinstance(port, dict):
-            ports.add(int(port["target"]))
-        else:
-            ports.add(int(str(port).rsplit(":", 1)[-1].split("/")[0]))
-    return ports
+#: The services that run until stopped, and answer ``jobq health``.
+LONG_RUNNING = ("api", "scheduler", "worker")
 
 
 def tracing_ui() -> str:
@@ -76,7 +51,7 @@ def dockerfile_exec_form(instruction: str) -> list[str]:
 
 
 def test_services_exist() -> None:
-    for name in ("postgres", "rabbitmq", *JOBQ_SERVICES):
+    for name in ("postgres", "rabbitmq", *JOBQ_SERVICES, "prometheus", "grafana"):
         assert name in services(), f"no {name} service"
     tracing_ui()
 
@@ -85,11 +60,39 @@ def test_published_ports() -> None:
     assert 8080 in container_ports("api")
     assert {5672, 15672} <= container_ports("rabbitmq")
     assert 16686 in container_ports(tracing_ui())
+    assert 9090 in container_ports("prometheus")
+    assert 3000 in container_ports("grafana")
 
 
-@pytest.mark.parametrize("name", ["postgres", "rabbitmq", "api"])
+@pytest.mark.parametrize("name", list(services()))
+def test_every_published_port_is_one_its_service_serves(name: str) -> None:
+    assert name in JOBQ_SERVICES or name in THIRD_PARTY_PORTS, f"{name}: whose ports?"
+    assert container_ports(name) <= served_by(name)
+
+
+@pytest.mark.parametrize("name", list(services()))
+def test_every_url_in_an_environment_names_a_service_and_a_port_it_serves(name: str) -> None:
+    for value in environment(name).values():
+        for host, port in url_ports(value):
+            assert host in services(), f"{name}: {host} is no service of docker-compose.yml"
+            assert port in served_by(host), f"{name}: {host} does not serve {port}"
+
+
+@pytest.mark.parametrize("name", ["postgres", "rabbitmq", *LONG_RUNNING])
 def test_healthcheck(name: str) -> None:
     assert services()[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_each_jobq_service_checks_its_own_health_with_jobq_health(name: str) -> None:
+    test = services()[name]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "jobq"]
+    args = build_parser().parse_args(test[2:])
+    assert (args.command, args.service) == ("health", name)
+
+
+def test_the_migration_has_no_health_to_check() -> None:
+    assert services()["migrate"]["healthcheck"] == {"disable": True}
 
 
 def test_worker_is_scalable() -> None:
@@ -99,9 +102,29 @@ def test_worker_is_scalable() -> None:
 
 
 @pytest.mark.parametrize("path", [COMPOSE, DOCKERFILE, DEPLOY_README], ids=lambda p: p.name)
-def test_every_jobq_variable_is_a_setting(path: Path) -> None:
+def test_every_jobq_variable_is_one_jobq_reads(path: Path) -> None:
     named = set(re.findall(r"\bJOBQ_[A-Z0-9_]+", path.read_text()))
-    assert named - SETTINGS_VARS == set(), "not fields of shared.config.Settings"
+    assert named - READ_VARS == set(), "not Settings fields, nor read by the SDK"
+
+
+def test_the_jobq_variables_beyond_settings_are_ones_the_sdk_reads() -> None:
+    sdk = "".join(path.read_text() for path in (ROOT / "sdk" / "python" / "src").rglob("*.py"))
+    assert all(f'"{name}"' in sdk for name in SDK_VARS)
+
+
+@pytest.mark.parametrize("name", JOBQ_SERVICES)
+def test_every_variable_a_jobq_service_is_given_is_one_jobq_reads(name: str) -> None:
+    assert set(environment(name)) - READ_VARS == set()
+
+
+@pytest.mark.parametrize("name", JOBQ_SERVICES)
+def test_each_jobq_service_has_valid_settings(name: str) -> None:
+    jobq_settings(name)
+
+
+@pytest.mark.parametrize("name", ["scheduler", "worker"])
+def test_metrics_are_served_on_the_container_network(name: str) -> None:
+    assert jobq_settings(name).metrics_host == "0.0.0.0"
 
 
 @pytest.mark.parametrize("name", JOBQ_SERVICES)
@@ -114,8 +137,7 @@ def test_service_has_required_env(name: str) -> None:
 
 @pytest.mark.parametrize("name", JOBQ_SERVICES)
 def test_command_is_a_jobq_subcommand(name: str) -> None:
-    command = services()[name].get("command")
-    argv = shlex.split(command) if isinstance(command, str) else [str(c) for c in command or []]
+    argv = command(name)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:
