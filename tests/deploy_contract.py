@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import opentelemetry.sdk.environment_variables as otel_environment
+import yaml
 
 from shared.config import Settings
 
@@ -78,3 +81,15 @@ def queried_metrics(expr: str) -> set[str]:
         histogram = re.sub(r"_(bucket|sum|count)$", "", name)
         found.add(histogram if metrics.get(histogram) == "histogram" else name)
     return found
+
+
+def promql_problems(exprs: Iterable[str], workdir: Path) -> str | None:
+    """What Prometheus's own parser (``promtool check rules``) says of these expressions, each
+    made a recording rule; None when it accepts them all."""
+    promtool = shutil.which("promtool")
+    assert promtool, "no promtool"
+    rules = [{"record": f"jobq:check:{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path = workdir / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "check", "rules": rules}]}))
+    done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    return None if done.returncode == 0 else done.stdout + done.stderr

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -30,6 +31,7 @@ from tests.deploy_contract import (
     ROOT,
     THIRD_PARTY_PORTS,
     exported_metrics,
+    promql_problems,
     queried_metrics,
     served_ports,
     url_ports,
@@ -298,6 +300,13 @@ def test_workers_scale_on_the_most_any_scheduler_reports_of_ready_jobs() -> None
     queues = set(re.findall(r'queue="([^"]+)"', query))
     assert queues, "the query names no queue"
     assert queues <= set(settings(container).consumed_queues), "a queue these workers never take"
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="no promtool (Prometheus)")
+def test_the_scaler_query_is_promql_prometheus_parses(tmp_path: Path) -> None:
+    (scaled,) = the("ScaledObject")
+    queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    assert promql_problems(queries, tmp_path) is None
 
 
 def test_the_autoscaler_owns_the_worker_count() -> None:

@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import PurePosixPath
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.compose_file import served_by, services
-from tests.deploy_contract import ROOT, exported_metrics, queried_metrics, url_ports
+from tests.deploy_contract import (
+    ROOT,
+    exported_metrics,
+    promql_problems,
+    queried_metrics,
+    url_ports,
+)
 
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus.yml"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 SCRAPED = {"api", "scheduler", "worker"}
+#: Grafana's variables, as a query would see them with every queue chosen.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$queue": ".*"}
+no_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="no promtool (Prometheus)")
 #: What an operator watches (docs/operations.md §2); the dashboard must show each.
 WATCHED = {
     "jobq_queue_ready_jobs",
@@ -58,9 +69,13 @@ def dashboards() -> dict[str, dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in DASHBOARDS.glob("*.json")}
 
 
+def panel_queries(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
 def queries(dashboard: dict[str, Any]) -> list[str]:
-    """Every PromQL expression of a dashboard: its panels' targets and its variables."""
-    found = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    """Every query of a dashboard: its panels' PromQL and its variables' label queries."""
+    found = panel_queries(dashboard)
     for variable in dashboard.get("templating", {}).get("list", []):
         query = variable.get("query")
         found.append(query["query"] if isinstance(query, dict) else str(query))
@@ -91,6 +106,14 @@ def test_prometheus_scrapes_every_jobq_service_on_the_port_it_serves_metrics_on(
                 assert discovery["port"] in served_by(name), f"{name} serves no {discovery['port']}"
                 scraped.add(name)
     assert scraped == SCRAPED
+
+
+@no_promtool
+def test_prometheus_accepts_its_config() -> None:
+    done = subprocess.run(
+        ["promtool", "check", "config", str(PROMETHEUS)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_prometheus_finds_replicas_by_service_name_so_scaled_workers_are_scraped() -> None:
@@ -140,3 +163,15 @@ def test_every_panel_reads_the_provisioned_datasource(name: str) -> None:
     for panel in panels:
         uids = {panel["datasource"]["uid"], *(t["datasource"]["uid"] for t in panel["targets"])}
         assert uids == {datasource_uid()}, panel["title"]
+
+
+@no_promtool
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_every_panel_query_is_promql_prometheus_parses(name: str, tmp_path: Path) -> None:
+    exprs = []
+    for expr in panel_queries(dashboards()[name]):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"a Grafana variable this test does not know: {expr}"
+        exprs.append(expr)
+    assert promql_problems(exprs, tmp_path) is None
