@@ -48,11 +48,14 @@ bench: install
 soak: install
 	$(PY) -m tests.chaos.soak $(SOAK_ARGS)
 
-## Re-resolve dependencies and export the hashed lock (uv.lock itself is never committed).
+## Re-resolve dependencies and export the hashed locks (uv.lock itself is never committed):
+## requirements.lock with every group, and the same resolution without the dev group for the
+## image (deploy/requirements.runtime.lock).
+EXPORT = $(UV) export --quiet --format requirements-txt --no-emit-project --no-emit-package jobq-client
 lock: | $(UV)
 	$(UV) lock
-	$(UV) export --quiet --format requirements-txt --no-emit-project --no-emit-package jobq-client \
-		--all-groups -o requirements.lock
+	$(EXPORT) --all-groups -o requirements.lock
+	$(EXPORT) --no-dev -o deploy/requirements.runtime.lock
 
 clean:
 	rm -rf $(VENV) .uv .mypy_cache .ruff_cache .pytest_cache

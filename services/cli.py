@@ -1,5 +1,5 @@
-"""The ``jobq`` command: the three services, local supervision, migrations, clients, and a
-small HTTP client for humans. Each subcommand imports its service lazily, so ``jobq worker``
+"""The ``jobq`` command: the three services, local supervision, migrations, clients, a health
+check for containers, and a small HTTP client for humans. Each subcommand imports its service lazily, so ``jobq worker``
 never imports Litestar."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import jobq.errors
 
+from services.healthcheck import SERVICES
 from shared.config import Settings, csv_list
 from shared.errors import ConfigError, DependencyUnavailable
 
@@ -114,6 +115,14 @@ def worker_args(settings: Settings) -> list[str]:
         "--concurrency", str(settings.worker_concurrency),
         *(["--handlers", settings.handlers] if settings.handlers else []),
     ]  # fmt: skip
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from services.healthcheck import probe
+
+    healthy, line = probe(args.service, ready=args.ready, timeout=args.timeout)
+    print(line, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -298,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create the database if missing and migrate it").set_defaults(
         func=cmd_migrate
     )
+
+    health = sub.add_parser(
+        "health", help="exit 0 if this container's service (or SERVICE) answers /health, else 1"
+    )
+    health.add_argument("service", nargs="?", choices=SERVICES, help="default: the container's")
+    health.add_argument("--ready", action="store_true", help="ask /health/ready instead")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.set_defaults(func=cmd_health)
 
     init = sub.add_parser("init", help="first run: secret, database, migrations, admin client")
     init.add_argument(
