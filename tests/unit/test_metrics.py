@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.scheduler.figures import QueueGauges
+from shared.db.sweeps import QueueFigures
 from shared.errors import ConfigError
 from shared.liveness import Liveness
 from shared.metrics import MAX_TYPES, OTHER, Metrics
 from shared.ops_server import OpsServer
+from tests.deploy_contract import exported_metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -158,3 +163,36 @@ def test_with_counting_off_nothing_is_counted() -> None:
     m.leases_expired("default")
     m.republished("default", "lost")
     assert not [k for k, v in samples(m).items() if v and not k[0].endswith("_created")]
+
+
+class Figures:
+    """What ``QueueGauges`` reads, without PostgreSQL or RabbitMQ."""
+
+    async def queue_figures(self) -> list[QueueFigures]:
+        return [QueueFigures("default", 1, 2, 3, 4, 5.0, 6)]
+
+    async def dead_letters(self) -> int:
+        return 7
+
+
+async def test_the_documented_metrics_are_those_the_services_export() -> None:
+    """docs/operations.md and the README's Operations section list exactly what the code
+    registers, with its type."""
+    m = Metrics("worker")
+    m.watch(Liveness(10, ["tick"]))
+    m.gauge("jobq_worker_in_flight_jobs", "held", lambda: 0)
+    gauges = QueueGauges(Figures(), Figures(), 1)  # type: ignore[arg-type]
+    await gauges.refresh()
+    m.registry.register(gauges)
+    code = {
+        f.name + ("_total" if f.type == "counter" else ""): f.type
+        for f in m.registry.collect()
+        if f.name.startswith("jobq_")
+    }
+    assert exported_metrics() == code
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Operations") : readme.index("## Deployment")]
+    rows = re.findall(r"^\| `(jobq_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", section, re.M)
+    assert dict(rows) == code
+    assert samples(m)[("jobq_queue_running_jobs", (("queue", "default"),))] == 4
+    assert samples(m)[("jobq_dead_letter_messages", ())] == 7
