@@ -114,6 +114,14 @@ class Proxy:
             await self._server.wait_closed()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        # In a task of its own, which ``cut`` cancels: asyncio logs a connection callback's
+        # cancellation as an error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.create_task(self._forward(client_r, client_w))
+
+    async def _forward(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         link = Link(client_w, task)
