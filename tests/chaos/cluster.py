@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,15 @@ class Cluster:
             if p.name.startswith(service) and p.alive() and p.pid not in self._retired
         ]  # fmt: skip
 
-    async def start(self, service: str, within: float = 30.0) -> Proc:
+    async def start(
+        self, service: str, within: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start one process of ``service``; ``env`` overrides this process's settings (its
+        ``JOBQ_DATABASE_URL`` through a proxy, say)."""
         self._count += 1
         proc = start(
-            f"{service}-{self._count}", [sys.executable, "-m", "services", service], self.env,
-            self.log_dir,
+            f"{service}-{self._count}", [sys.executable, "-m", "services", service],
+            {**self.env, **(env or {})}, self.log_dir,
         )  # fmt: skip
         self.procs.append(proc)
         await self.wait_ready(service, proc, within)
