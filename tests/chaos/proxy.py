@@ -66,6 +66,9 @@ class Proxy:
         self.port = 0
         self._forwarding = asyncio.Event()
         self._forwarding.set()
+        #: When each connection was accepted (loop time): a client that gave up on a silent
+        #: connection shows as a new one.
+        self.opened: list[float] = []
         self._links: set[Link] = set()
         self._server: asyncio.Server | None = None
 
@@ -116,6 +119,7 @@ class Proxy:
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         # In a task of its own, which ``cut`` cancels: asyncio logs a connection callback's
         # cancellation as an error.
+        self.opened.append(asyncio.get_running_loop().time())
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.create_task(self._forward(client_r, client_w))
 
@@ -146,13 +150,18 @@ class Proxy:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction
     ) -> None:
-        """Forward one direction until its end of file, each chunk once its latency passed."""
+        """Forward one direction, each chunk once its latency passed, until the end of file or
+        a reset; both wait their turn like any chunk, so a blackhole hides a peer's close too."""
         loop = asyncio.get_running_loop()
-        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(HELD_CHUNKS)
+        held: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(HELD_CHUNKS)
 
         async def receive() -> None:
             while True:
-                chunk = await reader.read(CHUNK)
+                chunk: bytes | None
+                try:
+                    chunk = await reader.read(CHUNK)
+                except OSError:
+                    chunk = None  # reset
                 await held.put((loop.time() + self.latency[direction], chunk))
                 if not chunk:
                     return
@@ -162,6 +171,8 @@ class Proxy:
             while True:
                 due, chunk = await held.get()
                 await self._until(due)
+                if chunk is None:
+                    raise ConnectionResetError(f"the {direction}stream peer reset its connection")
                 if not chunk:
                     if writer.can_write_eof():
                         writer.write_eof()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,17 +17,24 @@ from tests.chaos.proxy import Proxy
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
+class Echo:
+    """An echo server that keeps its side of every connection (to reset one)."""
+
+    def __init__(self) -> None:
+        self.sides: list[asyncio.StreamWriter] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sides.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
 
 
 @asynccontextmanager
-async def echo_proxy() -> AsyncIterator[Proxy]:
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+async def echo_proxy(echo: Echo | None = None) -> AsyncIterator[Proxy]:
+    server = await asyncio.start_server(echo or Echo(), "127.0.0.1", 0)
     proxy = await Proxy.to(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
         yield proxy
@@ -97,6 +106,23 @@ async def test_a_blackhole_answers_nothing_and_holds_every_connection_until_heal
             proxy.pass_through()
             for reader, _ in (old, new):
                 assert await asyncio.wait_for(reader.readexactly(4), 1) == b"held"
+
+
+async def test_a_blackhole_hides_the_servers_reset_until_healed() -> None:
+    echo = Echo()
+    async with echo_proxy(echo) as proxy, connected(proxy) as (reader, writer):
+        assert await round_trip((reader, writer), b"up") == b"up"
+        proxy.blackhole()
+        side = echo.sides[0]
+        side.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        side.transport.abort()  # a reset (RST), not a close
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.3)
+        proxy.pass_through()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(1), 1)
 
 
 async def test_cut_resets_every_open_connection() -> None:
