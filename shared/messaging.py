@@ -229,17 +229,19 @@ class Broker:
 
     async def queue_state(self, queue: str) -> tuple[int, int]:
         """``(ready messages, consumers)`` of a job queue, by passive declare on a throwaway
-        channel (a missing queue closes that channel, not the publishing one)."""
+        channel (a missing queue closes that channel, not the publishing one); ``TimeoutError``
+        if RabbitMQ does not answer within the publish timeout."""
         if self.connection is None:
             raise RuntimeError("Broker.connect() first")
-        channel = await self.connection.channel(publisher_confirms=False)
-        try:
-            q = await channel.declare_queue(self.topology.queue_name(queue), passive=True)
-            result = q.declaration_result
-            return int(result.message_count or 0), int(result.consumer_count or 0)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        async with asyncio.timeout(self.settings.publish_timeout_seconds):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                q = await channel.declare_queue(self.topology.queue_name(queue), passive=True)
+                result = q.declaration_result
+                return int(result.message_count or 0), int(result.consumer_count or 0)
+            finally:  # a declare cut short by the timeout has closed the channel already
+                if not channel.is_closed:
+                    await channel.close()
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a job queue's broker queue, tickets and all; ``QueueInUse`` while a consumer
