@@ -213,11 +213,12 @@ class Broker:
         return self._channel
 
     async def ensure_queue(self, queue: str, *, redeclare: bool = False) -> str:
-        """Declare and bind ``jobq.q.<queue>`` once per process; returns the queue's name."""
+        """Declare and bind ``jobq.q.<queue>`` once per process; returns the queue's name.
+        ``TimeoutError`` if RabbitMQ does not answer within the publish timeout."""
         name = self.topology.queue_name(queue)
         if name in self._declared and not redeclare:
             return name
-        async with self._declare_lock:
+        async with asyncio.timeout(self.settings.publish_timeout_seconds), self._declare_lock:
             if name in self._declared and not redeclare:
                 return name  # declared while this call waited for the lock
             q = await self.channel.declare_queue(

@@ -80,6 +80,22 @@ async def test_a_scheduler_tick_ends_in_time_while_the_broker_is_silent(
         await silent.close()
 
 
+async def test_declaring_a_queue_gives_up_in_time_while_the_broker_is_silent(
+    through: Settings, link: Proxy
+) -> None:
+    """As ``POST /v1/admin/queues`` and the scheduler's redeclare of a deleted queue do."""
+    silent = Broker(through, "jobq-test-admin")
+    await silent.connect()
+    try:
+        link.blackhole()
+        declare = asyncio.ensure_future(silent.ensure_queue("default", redeclare=True))
+        await ends_within(4 * TIMEOUT, declare)
+        assert isinstance(declare.exception(), TimeoutError)
+    finally:
+        link.pass_through()
+        await silent.close()
+
+
 async def test_a_worker_stops_in_time_while_the_broker_is_silent(
     start_worker: StartWorker, through: Settings, link: Proxy
 ) -> None:
