@@ -214,7 +214,7 @@ class Chaos:
             if supervisor is not None:
                 await supervisor
         finally:  # a failed restart must not leave the other processes running
-            for proxy in self.proxies:  # processes drain cleanly only while they reach PostgreSQL
+            for proxy in self.proxies:  # processes drain cleanly only while they reach servers
                 proxy.pass_through()
             try:
                 await asyncio.to_thread(self.cluster.stop)

@@ -139,7 +139,7 @@ class Proxy:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump(client_r, link.server, "up"))
                 tg.create_task(self._pump(server_r, client_w, "down"))
-        except* (OSError, EOFError):
+        except* OSError:
             link.abort()  # one side was reset: so is the other
         finally:
             self._links.discard(link)

@@ -69,8 +69,8 @@ def jobs(
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One request's answer: when it was sent (loop time), its status (0: none) and how long
-    it took."""
+    """One request's answer: its tenant, when it was sent (loop time), its status (0: none)
+    and how long it took."""
 
     tenant: str
     sent: float
