@@ -213,11 +213,12 @@ class Broker:
         return self._channel
 
     async def ensure_queue(self, queue: str, *, redeclare: bool = False) -> str:
-        """Declare and bind ``jobq.q.<queue>`` once per process; returns the queue's name."""
+        """Declare and bind ``jobq.q.<queue>`` once per process; returns the queue's name.
+        ``TimeoutError`` if RabbitMQ does not answer within the publish timeout."""
         name = self.topology.queue_name(queue)
         if name in self._declared and not redeclare:
             return name
-        async with self._declare_lock:
+        async with asyncio.timeout(self.settings.publish_timeout_seconds), self._declare_lock:
             if name in self._declared and not redeclare:
                 return name  # declared while this call waited for the lock
             q = await self.channel.declare_queue(
@@ -237,17 +238,19 @@ class Broker:
 
     async def _passive(self, name: str) -> tuple[int, int]:
         """``(ready messages, consumers)`` of a broker queue, by passive declare on a
-        throwaway channel (a missing queue closes that channel, not the publishing one)."""
+        throwaway channel (a missing queue closes that channel, not the publishing one);
+        ``TimeoutError`` if RabbitMQ does not answer within the publish timeout."""
         if self.connection is None:
             raise RuntimeError("Broker.connect() first")
-        channel = await self.connection.channel(publisher_confirms=False)
-        try:
-            q = await channel.declare_queue(name, passive=True)
-            result = q.declaration_result
-            return int(result.message_count or 0), int(result.consumer_count or 0)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        async with asyncio.timeout(self.settings.publish_timeout_seconds):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                q = await channel.declare_queue(name, passive=True)
+                result = q.declaration_result
+                return int(result.message_count or 0), int(result.consumer_count or 0)
+            finally:  # a declare cut short by the timeout has closed the channel already
+                if not channel.is_closed:
+                    await channel.close()
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a job queue's broker queue, tickets and all; ``QueueInUse`` while a consumer

@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
+import aiormq
+
 from shared.db.errors import is_transient
 from shared.liveness import Liveness
 from shared.metrics import Metrics
@@ -134,8 +136,9 @@ class Scheduler:
         try:
             ready, _ = await self.broker.queue_state(queue)
             return ready == 0
-        except Exception as exc:
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
             # The queue itself is gone (deleted): declare it again; its tickets are lost.
+            # (Any other error, a silent broker's timeout say, ends the tick: the next asks.)
             log.warning(
                 "queue missing; declaring it again", extra={"queue": queue, "error": repr(exc)}
             )

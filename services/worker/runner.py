@@ -159,8 +159,8 @@ class Worker:
         """Stop taking deliveries, let running jobs finish within the grace period, then
         release the rest to be re-run elsewhere."""
         for q, tag in self._consumers:
-            try:
-                await q.cancel(tag)
+            try:  # a silent broker would hold this until its heartbeat gives up: minutes
+                await q.cancel(tag, timeout=self.settings.publish_timeout_seconds)
             except Exception as exc:  # broker gone: its deliveries return by themselves
                 log.warning("could not cancel consumer", extra={"error": repr(exc)})
         await self._buffer.settle(self._buffer.take_all(), "nack")

@@ -49,7 +49,11 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         try:
             yield driver
         except BaseException as exc:
-            lost = isinstance(exc, LOST) or driver.is_closed()
+            # TimeoutError is an OSError, but it says only that this statement was slow (a
+            # lock, a slow link): the other connections of the pool stay.
+            lost = driver.is_closed() or (
+                isinstance(exc, LOST) and not isinstance(exc, TimeoutError)
+            )
             if not lost and isinstance(exc, Exception) and not isinstance(exc, UNSETTLED):
                 raise
             # Replaced at its next checkout (no I/O here: this may be a cancelled task).

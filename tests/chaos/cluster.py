@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,13 +103,17 @@ class Cluster:
             if p.name.startswith(service) and p.alive() and p.pid not in self._retired
         ]  # fmt: skip
 
-    async def start(self, service: str, within: float = 30.0) -> Proc:
+    async def start(
+        self, service: str, within: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start one process of ``service``; ``env`` overrides this process's settings (its
+        ``JOBQ_DATABASE_URL`` through a proxy, say)."""
         self._count += 1
-        name, env = f"{service}-{self._count}", self.env
+        name, settings = f"{service}-{self._count}", {**self.env, **(env or {})}
         if service in ("worker", "scheduler"):
             self.metrics_ports[name] = free_port()
-            env[f"JOBQ_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
-        proc = start(name, argv(service), env, self.log_dir)
+            settings[f"JOBQ_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
+        proc = start(name, argv(service), settings, self.log_dir)
         self.procs.append(proc)
         await self.wait_ready(service, proc, within)
         return proc

@@ -5,6 +5,8 @@ runs that a crash cut short), then the payload's flags apply: ``kill`` ends the 
 (every attempt), ``fail`` = ``always`` or ``once`` raises. The job's effect is written to
 ``chaos_effects`` only while its fencing token (the lease id) is current, checked and locked in
 the same statement: a worker that lost its lease has ``applied = false`` recorded instead.
+Both tables are written to the worker's own database, or to the one ``CHAOS_HANDLER_DSN``
+names: a path of the handler's own, apart from its worker's (``tests.chaos.proxy``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ async def _db() -> asyncpg.Pool:
     global _pool
     async with _pool_lock:
         if _pool is None:
-            url = Settings.from_env().sync_database_url
+            url = os.environ.get("CHAOS_HANDLER_DSN") or Settings.from_env().sync_database_url
             _pool = await asyncpg.create_pool(url, min_size=1, max_size=4, command_timeout=5)
     return _pool
 

@@ -24,6 +24,7 @@ from shared.db.engine import make_engine
 from tests.chaos import checker
 from tests.chaos.cluster import Cluster
 from tests.chaos.faults import pg_ready
+from tests.chaos.proxy import Proxy
 from tests.chaos.workload import Load
 from tests.services import create_database, drop_database, dsn
 
@@ -61,6 +62,8 @@ class Chaos:
     report: Callable[[checker.Figures], None] = lambda figures: None
     #: Leases held when a fault struck everything at once (a database outage).
     excused: set[uuid.UUID] = field(default_factory=set)
+    #: Proxies started by ``proxy``: healed before the processes stop, closed after.
+    proxies: list[Proxy] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -89,6 +92,13 @@ class Chaos:
         finally:
             await engine.dispose()
         self.cluster.http_worker = {"JOBQ_CLIENT_ID": str(client.id), "JOBQ_CLIENT_SECRET": secret}
+
+    async def proxy(self, url: str) -> Proxy:
+        """A proxy in front of the server of ``url`` (the database or the broker); processes
+        started with its ``url`` reach that server through it."""
+        proxy = await Proxy.to(url)
+        self.proxies.append(proxy)
+        return proxy
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -217,7 +227,13 @@ class Chaos:
             if supervisor is not None:
                 await supervisor
         finally:  # a failed restart must not leave the other processes running
-            await asyncio.to_thread(self.cluster.stop)
+            for proxy in self.proxies:  # processes drain cleanly only while they reach servers
+                proxy.pass_through()
+            try:
+                await asyncio.to_thread(self.cluster.stop)
+            finally:
+                for proxy in self.proxies:
+                    await proxy.close()
 
     async def dead_letters(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Everything in the dead-letter queue (taken off it)."""

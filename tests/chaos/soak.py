@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.bench.procstat import rss_kib
 from tests.chaos import faults
 from tests.chaos.cluster import Cluster
 from tests.chaos.harness import CHAOS_QUEUES, Chaos, chaos_database
 from tests.chaos.workload import Load, jobs
 from tests.conftest import TEST_SECRET
-from tests.procs import Proc
 from tests.services import LOCAL_AMQP_URL, LOCAL_DATABASE_URL, delete_broker_objects
 
 Fault = Callable[[Chaos], Awaitable[str]]
@@ -101,17 +101,6 @@ FAULTS: list[Fault] = [
 ]  # fmt: skip
 
 
-def rss_kib(proc: Proc) -> int:
-    """Resident memory of a live process, in KiB (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Memory:
     """Resident memory of every process, sampled every few seconds while it lives."""
@@ -121,7 +110,7 @@ class Memory:
     async def sample(self, cluster: Cluster, every: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
             for p in cluster.procs:
-                if p.alive() and (kib := rss_kib(p)):
+                if p.alive() and (kib := rss_kib(p.pid)):
                     self.samples.setdefault(p.pid, (p.name, []))[1].append((time.monotonic(), kib))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)

@@ -8,7 +8,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +38,9 @@ def jobs(
     kill: Iterable[int] = (),
     max_attempts: int = 5,
     delay_every: int = 0,
+    tenants: Sequence[str] = TENANTS,
 ) -> list[Spec]:
-    """``n`` chaos.work jobs over the tenants; every ``fail_always_every``-th fails on every
+    """``n`` chaos.work jobs over ``tenants``; every ``fail_always_every``-th fails on every
     attempt, every ``fail_once_every``-th on its first; indices in ``kill`` kill their worker;
     every ``delay_every``-th starts ``scheduled`` (a 0.5-1.5 s delay)."""
     rnd = random.Random(seed)
@@ -62,8 +63,19 @@ def jobs(
         }
         if delay_every and i % delay_every == 0:
             body["delay_seconds"] = 0.5 + rnd.random()
-        out.append(Spec(str(uuid.uuid4()), TENANTS[i % len(TENANTS)], body))
+        out.append(Spec(str(uuid.uuid4()), tenants[i % len(tenants)], body))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request's answer: its tenant, when it was sent (loop time), its status (0: none)
+    and how long it took."""
+
+    tenant: str
+    sent: float
+    status: int
+    seconds: float
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Load:
     accepted: dict[str, uuid.UUID] = field(default_factory=dict)
     #: HTTP status -> answers; 0 counts requests that got no answer at all.
     http: Counter[int] = field(default_factory=Counter)
+    answers: list[Answer] = field(default_factory=list)
     retries: int = 0
     replays: int = 0
 
@@ -94,9 +107,16 @@ class Load:
         return {**self.auth[spec.tenant], "Idempotency-Key": spec.key}
 
     async def run(
-        self, specs: list[Spec], *, rate: float = 0, clients: int = 8, give_up_after: float = 120
+        self,
+        specs: list[Spec],
+        *,
+        rate: float = 0,
+        clients: int = 8,
+        give_up_after: float = 120,
+        retry_refused: bool = True,
     ) -> None:
-        """Submit every spec (at ``rate`` jobs/s if given), each retried until accepted."""
+        """Submit every spec (at ``rate`` jobs/s if given), each retried until accepted; with
+        ``retry_refused=False`` a 429 or 503 ends its spec (it never became a job)."""
         todo = iter(enumerate(specs))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -107,19 +127,26 @@ class Load:
                 for i, spec in todo:
                     if rate:
                         await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
-                    await self._submit(client, spec, loop.time() + give_up_after)
+                    await self._submit(client, spec, loop.time() + give_up_after, retry_refused)
 
             await asyncio.gather(*(one_client() for _ in range(clients)))
 
-    async def _submit(self, client: httpx.AsyncClient, spec: Spec, deadline: float) -> None:
+    async def _submit(
+        self, client: httpx.AsyncClient, spec: Spec, deadline: float, retry_refused: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         while True:
+            sent = loop.time()
             try:
                 r = await client.post("/v1/jobs", json=spec.body, headers=self.headers(spec))
-                self.http[r.status_code] += 1
             except httpx.HTTPError:
-                self.http[0] += 1
                 r = None
+            status = 0 if r is None else r.status_code
+            self.http[status] += 1
+            self.answers.append(Answer(spec.tenant, sent, status, loop.time() - sent))
+            if status in (429, 503) and not retry_refused:
+                return
             if r is not None and r.status_code in (200, 202):
                 job_id = uuid.UUID(r.json()["id"])
                 previous = self.accepted.setdefault(spec.key, job_id)
@@ -128,7 +155,7 @@ class Load:
                 return
             if r is not None and r.status_code < 500 and r.status_code != 429:
                 raise AssertionError(f"{spec.key}: {r.status_code} {r.text}")
-            if asyncio.get_running_loop().time() > deadline:
+            if loop.time() > deadline:
                 raise AssertionError(f"{spec.key}: not accepted in time ({r and r.status_code})")
             self.retries += 1
             await asyncio.sleep(backoff)

@@ -4,7 +4,9 @@ handed out again, and a lost one is a transient ``DependencyUnavailable``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.config import Settings
 from shared.db import raw
 from shared.db.engine import make_engine
+from shared.db.errors import is_transient
 from shared.errors import DependencyUnavailable
 
 pytestmark = pytest.mark.integration
@@ -88,3 +91,31 @@ async def test_a_statement_cancelled_midway_never_hands_its_connection_out_again
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await backend(one) != pid
+
+
+async def test_a_statement_timeout_replaces_its_own_connection_and_keeps_the_others(
+    settings: Settings,
+) -> None:
+    """A timeout says that one statement was slow (a lock, a slow link), not that the server
+    went away: the pool's other connections, their statements prepared, stay."""
+    two = make_engine(replace(settings, db_timeout_seconds=0.5), "raw-test", pool_size=2)
+    try:
+        before = await backends(two, 2)
+
+        async def slow() -> None:
+            async with raw.connection(two) as conn:
+                await conn.execute("SELECT pg_sleep(3)")
+
+        with pytest.raises(TimeoutError) as timed_out:
+            await slow()
+        assert is_transient(timed_out.value)
+        assert len(before & await backends(two, 2)) == 1
+    finally:
+        await two.dispose()
+
+
+async def backends(engine: AsyncEngine, n: int) -> set[int]:
+    """The backends of ``n`` connections checked out at once."""
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(raw.connection(engine)) for _ in range(n)]
+        return {await conn.fetchval("SELECT pg_backend_pid()") for conn in conns}
