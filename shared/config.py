@@ -139,6 +139,16 @@ class Settings:
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 600.0
 
+    #: Finished jobs are deleted this long after they finished (0: kept forever), unless their
+    #: queue says otherwise (``/v1/admin/queues``); an idempotency key lives as long as its job.
+    retention_succeeded_seconds: float = 7 * 86400.0
+    retention_dead_seconds: float = 30 * 86400.0
+    retention_canceled_seconds: float = 30 * 86400.0
+    #: Jobs one DELETE takes (each statement locks only those rows, briefly).
+    retention_batch_size: int = 1000
+    #: How often the scheduler looks for jobs past their retention.
+    retention_interval_seconds: float = 60.0
+
     #: Queues declared at every service's start (comma-separated), besides ``default``, which
     #: always exists; admins declare more with ``POST /v1/admin/queues``. Jobs may name only
     #: declared queues.
@@ -227,10 +237,15 @@ class Settings:
             "JOBQ_HTTP_BODY_TIMEOUT_SECONDS": self.http_body_timeout_seconds,
             "JOBQ_HTTP_MAX_HEADER_BYTES": self.http_max_header_bytes,
             "JOBQ_LIVENESS_DEADLINE_SECONDS": self.liveness_deadline_seconds,
+            "JOBQ_RETENTION_BATCH_SIZE": self.retention_batch_size,
+            "JOBQ_RETENTION_INTERVAL_SECONDS": self.retention_interval_seconds,
         }
         for name, value in positive.items():
             if not 0 < value < float("inf"):
                 raise ConfigError(f"{name} must be a positive number, not {value}")
+        for status in ("succeeded", "dead", "canceled"):
+            if not 0 <= getattr(self, f"retention_{status}_seconds") < float("inf"):
+                raise ConfigError(f"JOBQ_RETENTION_{status.upper()}_SECONDS must be >= 0 (0: keep)")
         if not 0 <= self.jwt_leeway_seconds <= 300:
             raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
         for rate, burst, suffix in (

@@ -70,6 +70,10 @@ class Metrics:
         self._republished = Counter(
             "jobq_tickets_republished", "tickets published again", ["queue", "reason"], registry=r
         )
+        self._deleted = Counter(
+            "jobq_jobs_deleted", "finished jobs deleted past their retention",
+            ["queue", "status"], registry=r,
+        )  # fmt: skip
         self._run = Histogram(
             "jobq_job_run_seconds", "one attempt's run time, handler start to outcome",
             ["queue", "type"], buckets=LONG, registry=r,
@@ -125,6 +129,10 @@ class Metrics:
     def republished(self, queue: str, reason: Literal["unconfirmed", "lost"], n: int = 1) -> None:
         if self.counting:
             self._republished.labels(queue, reason).inc(n)
+
+    def deleted(self, queue: str, status: str, n: int) -> None:
+        if self.counting and n:
+            self._deleted.labels(queue, status).inc(n)
 
     def submitted_in(self, route: str, seconds: float) -> None:
         """A submit request (``single`` or ``batch``) was answered in ``seconds``."""

@@ -196,21 +196,39 @@ class Problem(Struct):
 Description = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
+#: How long a queue keeps its finished jobs of one status: ``0`` forever; up to 10 years.
+RetentionSeconds = Annotated[int, Meta(ge=0, le=3650 * 86400, **ZERO_MINIMUM)]
+
+
 class QueueIn(Struct, forbid_unknown_fields=True):
-    """A queue to declare; its settings fill what a submit to it leaves out."""
+    """A queue to declare; its settings fill what a submit to it leaves out. A retention left
+    out (or ``null``) is the ``JOBQ_RETENTION_*`` setting."""
 
     name: Name
     max_attempts: MaxAttempts = 3
     timeout_seconds: TimeoutSeconds = 300
     description: Description = ""
+    retention_succeeded_seconds: RetentionSeconds | None = None
+    retention_dead_seconds: RetentionSeconds | None = None
+    retention_canceled_seconds: RetentionSeconds | None = None
+
+
+#: The queue settings a ``PATCH`` may set back to ``null`` (the ``JOBQ_RETENTION_*`` setting).
+NULLABLE_QUEUE_SETTINGS = frozenset(
+    {"retention_succeeded_seconds", "retention_dead_seconds", "retention_canceled_seconds"}
+)
 
 
 class QueuePatch(Struct, forbid_unknown_fields=True):
-    """Settings to change (those left out stay); jobs already accepted keep theirs."""
+    """Settings to change (those left out stay; a retention set to ``null`` follows the
+    ``JOBQ_RETENTION_*`` setting again); jobs already accepted keep theirs."""
 
     max_attempts: MaxAttempts | None = None
     timeout_seconds: TimeoutSeconds | None = None
     description: Description | None = None
+    retention_succeeded_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
+    retention_dead_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
+    retention_canceled_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class QueueOut(Struct):
@@ -221,6 +239,10 @@ class QueueOut(Struct):
     max_attempts: int
     timeout_seconds: int
     description: str
+    #: ``null``: the ``JOBQ_RETENTION_*`` setting; ``0``: kept forever.
+    retention_succeeded_seconds: int | None
+    retention_dead_seconds: int | None
+    retention_canceled_seconds: int | None
     created_at: datetime
     updated_at: datetime
     counts: dict[str, int]
@@ -233,6 +255,9 @@ class QueueOut(Struct):
             max_attempts=queue.max_attempts,
             timeout_seconds=queue.timeout_seconds,
             description=queue.description,
+            retention_succeeded_seconds=queue.retention_succeeded_seconds,
+            retention_dead_seconds=queue.retention_dead_seconds,
+            retention_canceled_seconds=queue.retention_canceled_seconds,
             created_at=queue.created_at,
             updated_at=queue.updated_at,
             counts=counts,

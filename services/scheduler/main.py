@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvloop
 
 from services.scheduler.figures import QueueGauges
 from services.scheduler.loop import TICK, Scheduler
+from services.scheduler.retention import RETENTION, Retention
 from shared.config import Settings
+from shared.db.queues import QueueStore
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
 from shared.liveness import Liveness
@@ -25,7 +28,7 @@ async def serve(settings: Settings) -> None:
     provider = make_tracer_provider("scheduler")
     tracer = provider.get_tracer("jobq.scheduler")
     metrics = Metrics("scheduler", counting=settings.metrics)
-    liveness = Liveness(settings.liveness_deadline_seconds, [TICK])
+    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION])
     metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
         sweeps = SweepStore(engine)
@@ -39,9 +42,11 @@ async def serve(settings: Settings) -> None:
         # Confirms recorded at once: the next sweep must not take the same jobs again.
         outbox = Outbox(TicketStore(engine), broker, mark_delay=0, metrics=metrics)
         scheduler = Scheduler(settings, sweeps, outbox, broker, tracer, metrics, liveness)
+        retention = Retention(settings, sweeps, QueueStore(engine), metrics, liveness)
         port = settings.scheduler_metrics_port
+        stop = stop_on_signals()
         async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
-            await scheduler.run(stop_on_signals())
+            await asyncio.gather(scheduler.run(stop), retention.run(stop))
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
     provider.shutdown()
 

@@ -101,5 +101,10 @@ class Queue(SQLModel, table=True):
     description: str = Field(
         default="", sa_column=sa.Column(sa.Text, nullable=False, server_default="")
     )
+    #: How long its finished jobs are kept, by status (``None``: the ``JOBQ_RETENTION_*``
+    #: setting; ``0``: forever).
+    retention_succeeded_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    retention_dead_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    retention_canceled_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)

@@ -112,6 +112,20 @@ class SweepStore:
             queue=queue,
         )
 
+    async def delete_finished(self, queue: str, status: str, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` of a queue's jobs that ended ``status`` more than
+        ``older_than`` seconds ago, oldest first; returns how many. One short statement: it
+        locks only the rows it deletes (and skips rows locked by anything else)."""
+        async with raw.connection(self.engine) as conn:
+            done = await conn.execute(DELETE_FINISHED, queue, status, older_than, limit)
+        return int(done.split()[-1])
+
+    async def queues_with_finished(self) -> list[str]:
+        """The queues that hold finished jobs, declared or not (a deleted queue's finished
+        jobs stay until their retention ends): one short index probe per queue."""
+        async with raw.connection(self.engine) as conn:
+            return [row[0] for row in await conn.fetch(QUEUES_WITH_FINISHED)]
+
     async def queue_figures(self) -> list[QueueFigures]:
         """What every declared queue holds now, by what it waits for (docs/operations.md §2).
         Each part reads the partial index of its status, never the finished jobs."""
@@ -140,6 +154,29 @@ class QueueFigures:
     oldest_ready_seconds: float
     unconfirmed: int
 
+
+#: Finished jobs of queue ``$1`` in status ``$2`` finished over ``$3`` seconds ago, at most
+#: ``$4``, read in the order of ``jobs_finished``.
+DELETE_FINISHED = """
+    DELETE FROM jobs WHERE id IN (
+        SELECT id FROM jobs
+        WHERE queue = $1 AND status = $2 AND status IN ('succeeded', 'dead', 'canceled')
+          AND finished_at < now() - make_interval(secs => $3::float8)
+        ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+"""
+
+#: A loose scan of ``jobs_finished``: each step jumps to the next queue name.
+QUEUES_WITH_FINISHED = """
+    WITH RECURSIVE q(queue) AS (
+        (SELECT queue FROM jobs WHERE status IN ('succeeded', 'dead', 'canceled')
+         ORDER BY queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.queue FROM jobs j
+                WHERE j.status IN ('succeeded', 'dead', 'canceled') AND j.queue > q.queue
+                ORDER BY j.queue LIMIT 1)
+        FROM q WHERE q.queue IS NOT NULL)
+    SELECT queue FROM q WHERE queue IS NOT NULL
+"""
 
 #: ``QueueFigures`` of every declared queue, each status counted through its partial index:
 #: ``jobs_queued_by_queue``, ``jobs_due`` and ``jobs_lease_expiry``.

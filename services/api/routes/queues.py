@@ -21,7 +21,13 @@ from services.api.auth import requires_scopes
 from services.api.broker_stats import BrokerStats
 from services.api.errors import Conflict
 from services.api.openapi import problems
-from services.api.schemas import QueueIn, QueueList, QueueOut, QueuePatch
+from services.api.schemas import (
+    NULLABLE_QUEUE_SETTINGS,
+    QueueIn,
+    QueueList,
+    QueueOut,
+    QueuePatch,
+)
 from services.api.tokens import Principal
 from shared.config import QUEUE_NAME
 from shared.db.jobs import JobStore
@@ -71,14 +77,7 @@ async def declare_queue(
     broker: NamedDependency[Broker],
 ) -> Response[QueueOut]:
     """Declare a queue, here and on RabbitMQ; one of that name exists: ``409``."""
-    created = await queue_store.create(
-        Queue(
-            name=data.name,
-            max_attempts=data.max_attempts,
-            timeout_seconds=data.timeout_seconds,
-            description=data.description,
-        )
-    )
+    created = await queue_store.create(Queue(**msgspec.structs.asdict(data)))
     if created is None:
         raise Conflict(detail=f"queue {data.name!r} is already declared")
     try:
@@ -146,7 +145,11 @@ async def change_queue(
     """Change a queue's settings; jobs already accepted keep the ones they were given."""
     if not QUEUE_NAME.fullmatch(name):
         raise _no_queue(name)
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+    changes = {
+        k: v
+        for k, v in msgspec.structs.asdict(data).items()
+        if v is not msgspec.UNSET and (v is not None or k in NULLABLE_QUEUE_SETTINGS)
+    }
     changed = await queue_store.update(name, changes) if changes else await queue_store.get(name)
     if changed is None:
         raise _no_queue(name)
