@@ -273,6 +273,51 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_redeclare(args: argparse.Namespace) -> int:
+    """Recreate broker queues that do not fit the settings (a new queue type, delivery limit or
+    dead-letter bound): RabbitMQ cannot change them in place."""
+    from shared.db.engine import make_engine
+    from shared.db.queues import QueueStore
+    from shared.db.tickets import TicketStore
+    from shared.runtime import connect_broker
+
+    settings = _settings(args)
+
+    async def go() -> list[str]:
+        engine = make_engine(settings, "cli", pool_size=1)
+        broker = await connect_broker(settings, "jobq-cli", declare=not args.dead_letters)
+        done = []
+        try:
+            if args.dead_letters:
+                held = await broker.dead_letters_held()
+                if held and not args.yes:
+                    raise ConfigError(
+                        f"{broker.topology.dead_queue} holds {held} messages, which recreating it"
+                        " drops (PostgreSQL keeps every dead job): add --yes"
+                    )
+                await broker.redeclare_dead_letters()
+                done.append(f"{broker.topology.dead_queue}: recreated, {held} messages dropped")
+            queues = args.queues or ([] if args.dead_letters else settings.declared_queues)
+            missing = await QueueStore(engine).missing(queues)
+            if missing:
+                raise ConfigError(f"not declared: {', '.join(missing)}")
+            for queue in queues:
+                held = await broker.redeclare_queue(queue)
+                jobs = await TicketStore(engine).republish(queue)
+                done.append(
+                    f"{broker.topology.queue_name(queue)}: recreated; {held} tickets dropped,"
+                    f" {jobs} queued jobs published again by the scheduler"
+                )
+        finally:
+            await broker.close()
+            await engine.dispose()
+        return done
+
+    for line in _run_db(go(), settings):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobq", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -322,6 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--admin-file", default=".jobq/admin.json")
     init.set_defaults(func=cmd_init)
+
+    broker = sub.add_parser("broker", help="RabbitMQ's queues").add_subparsers(
+        dest="broker_command", required=True
+    )
+    redeclare = broker.add_parser(
+        "redeclare",
+        help="recreate queues that do not fit the settings (stop the workers first)",
+        description=cmd_broker_redeclare.__doc__,
+    )
+    redeclare.add_argument(
+        "queues", nargs="*", help="job queues to recreate (default: every declared one)"
+    )
+    redeclare.add_argument(
+        "--dead-letters", action="store_true", help="recreate the dead-letter queue too"
+    )
+    redeclare.add_argument("--yes", action="store_true", help="drop its messages without asking")
+    redeclare.set_defaults(func=cmd_broker_redeclare)
 
     clients = sub.add_parser("clients", help="manage API clients").add_subparsers(
         dest="action", required=True

@@ -42,6 +42,10 @@ class Settings:
     queue_type: QueueType = "quorum"
     #: Poison backstop on quorum queues: deliveries of one ticket before it is dead-lettered.
     delivery_limit: int = 10
+    #: The most messages ``jobq.dead`` keeps (0: no bound); past it the oldest are dropped
+    #: (PostgreSQL keeps every dead job). Changing it recreates the queue: ``jobq broker
+    #: redeclare --dead-letters``.
+    dead_letter_max_length: int = 0
 
     jwt_secret: str = ""
     jwt_secret_file: str = ""
@@ -258,6 +262,8 @@ class Settings:
                 raise ConfigError(
                     f"the burst of JOBQ_SUBMIT_{suffix} must be at least JOBQ_MAX_BATCH_JOBS"
                 )
+        if self.dead_letter_max_length < 0:
+            raise ConfigError("JOBQ_DEAD_LETTER_MAX_LENGTH must be >= 0 (0: no bound)")
         for name, port in {
             "JOBQ_WORKER_METRICS_PORT": self.worker_metrics_port,
             "JOBQ_SCHEDULER_METRICS_PORT": self.scheduler_metrics_port,

@@ -55,3 +55,8 @@ class IdempotencyKeyReused(JobqError):
     def __init__(self, key: str) -> None:
         super().__init__("this Idempotency-Key was used with a different request")
         self.key = key
+
+
+class TopologyMismatch(ConfigError):
+    """A broker queue exists with other arguments than the settings ask for; RabbitMQ cannot
+    change a queue's type or arguments in place (docs/design.md §4)."""

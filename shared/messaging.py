@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +29,7 @@ from aiormq.abc import ChannelFrame
 from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
 from shared import frames
-from shared.errors import DecodeError, DependencyUnavailable, QueueInUse
+from shared.errors import DecodeError, DependencyUnavailable, QueueInUse, TopologyMismatch
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -107,10 +109,14 @@ class Topology:
     prefix: str
     queue_type: str
     delivery_limit: int
+    dead_letter_max_length: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
-        return cls(settings.broker_prefix, settings.queue_type, settings.delivery_limit)
+        return cls(
+            settings.broker_prefix, settings.queue_type, settings.delivery_limit,
+            settings.dead_letter_max_length,
+        )  # fmt: skip
 
     @property
     def jobs_exchange(self) -> str:
@@ -143,7 +149,30 @@ class Topology:
         return args
 
     def dead_queue_arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": self.queue_type}
+        """Past ``dead_letter_max_length`` the oldest dead letters go (``drop-head``): with
+        ``reject-publish`` a full queue would refuse jobq's own dead-letter tickets, which the
+        scheduler would publish again and again; PostgreSQL keeps every dead job anyway."""
+        args: dict[str, Any] = {"x-queue-type": self.queue_type}
+        if self.dead_letter_max_length:
+            args |= {"x-max-length": self.dead_letter_max_length, "x-overflow": "drop-head"}
+        return args
+
+
+@asynccontextmanager
+async def _refusing_mismatch(name: str, redeclare: str) -> AsyncIterator[None]:
+    """A declare RabbitMQ refused because ``name`` exists with other arguments (another
+    queue type, delivery limit or bound) becomes one line saying what to do: never a silent
+    redeclare (docs/design.md §4)."""
+    try:
+        yield
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        found = re.search(r"inequivalent arg '[^']+'.*?current is '[^']*'", str(exc))
+        why = found.group(0) if found else str(exc)
+        raise TopologyMismatch(
+            f"RabbitMQ's {name} exists with other arguments than these settings ask for ({why});"
+            " RabbitMQ cannot change them in place: set the setting back, or recreate it with"
+            f" `jobq broker redeclare {redeclare}` (see the README, Queues)"
+        ) from None
 
 
 class Broker:
@@ -163,7 +192,9 @@ class Broker:
         self._declared: set[str] = set()
         self._declare_lock = asyncio.Lock()
 
-    async def connect(self) -> None:
+    async def connect(self, declare: bool = True) -> None:
+        """Connect, and declare the exchanges and the dead-letter queue (unless ``declare`` is
+        off: ``jobq broker redeclare`` recreates a queue that does not fit the settings)."""
         self.connection = await aio_pika.connect_robust(
             self.settings.amqp_url,
             client_properties={"connection_name": self.connection_name},
@@ -175,12 +206,40 @@ class Broker:
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        await self._declare_exchanges(self._channel)
+        if declare:
+            await self._declare_exchanges(self._channel)
 
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
+
+    async def dead_letters_held(self) -> int:
+        """Messages in the dead-letter queue; 0 if it does not exist."""
+        try:
+            return await self.dead_letters()
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+
+    async def redeclare_dead_letters(self) -> None:
+        """Delete the dead-letter queue and declare it as the settings say (its messages are
+        gone from RabbitMQ; PostgreSQL keeps every dead job)."""
+        await self.channel.queue_delete(self.topology.dead_queue)
+        await self._declare_exchanges(self.channel)
+
+    async def redeclare_queue(self, queue: str) -> int:
+        """Delete a job queue's broker queue and declare it as the settings say; returns how
+        many tickets it held. ``QueueInUse`` while a consumer is attached (stop the workers)."""
+        try:
+            held, consumers = await self.queue_state(queue)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            held, consumers = 0, 0
+        if consumers:
+            raise QueueInUse(f"queue {queue!r} has {consumers} consumers; stop its workers first")
+        await self.channel.queue_delete(self.topology.queue_name(queue))
+        self._declared.discard(self.topology.queue_name(queue))
+        await self.ensure_queue(queue)
+        return held
 
     async def _declare_exchanges(self, channel: AbstractChannel) -> None:
         t = self.topology
@@ -188,9 +247,10 @@ class Broker:
             t.jobs_exchange, ExchangeType.DIRECT, durable=True
         )
         self._dlx = await channel.declare_exchange(t.dlx, ExchangeType.FANOUT, durable=True)
-        dead = await channel.declare_queue(
-            t.dead_queue, durable=True, arguments=t.dead_queue_arguments()
-        )
+        async with _refusing_mismatch(t.dead_queue, "--dead-letters"):
+            dead = await channel.declare_queue(
+                t.dead_queue, durable=True, arguments=t.dead_queue_arguments()
+            )
         await dead.bind(self._dlx)
 
     @property
@@ -221,9 +281,10 @@ class Broker:
         async with asyncio.timeout(self.settings.publish_timeout_seconds), self._declare_lock:
             if name in self._declared and not redeclare:
                 return name  # declared while this call waited for the lock
-            q = await self.channel.declare_queue(
-                name, durable=True, arguments=self.topology.queue_arguments()
-            )
+            async with _refusing_mismatch(name, queue):
+                q = await self.channel.declare_queue(
+                    name, durable=True, arguments=self.topology.queue_arguments()
+                )
             await q.bind(self.topology.jobs_exchange, routing_key=queue)
             self._declared.add(name)
         return name

@@ -17,7 +17,7 @@ from shared.db.diagnose import database_problem, redact
 from shared.db.engine import make_engine
 from shared.db.migrate import behind
 from shared.db.queues import QueueStore
-from shared.errors import DependencyUnavailable
+from shared.errors import DependencyUnavailable, TopologyMismatch
 from shared.messaging import Broker
 
 if TYPE_CHECKING:
@@ -57,14 +57,20 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
-async def connect_broker(settings: Settings, name: str, tracer: Tracer | None = None) -> Broker:
-    """A connected broker, or one clear line saying why not."""
+async def connect_broker(
+    settings: Settings, name: str, tracer: Tracer | None = None, declare: bool = True
+) -> Broker:
+    """A connected broker (its topology declared, unless ``declare`` is off), or one clear line
+    saying why not."""
     broker = Broker(settings, name, tracer)
     aiormq_log = logging.getLogger("aiormq")
     level = aiormq_log.level
     aiormq_log.setLevel(logging.CRITICAL)  # its own "error when creating transport" line
     try:
-        await broker.connect()
+        await broker.connect(declare)
+    except TopologyMismatch:
+        await broker.close()
+        raise
     except (
         OSError,
         TimeoutError,

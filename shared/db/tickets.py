@@ -66,3 +66,16 @@ class TicketStore:
                 """),
                 {"ids": [t.job_id for t in tickets], "attempts": [t.attempt for t in tickets]},
             )
+
+    async def republish(self, queue: str) -> int:
+        """Have the scheduler publish again the tickets of the queue's queued jobs at its next
+        tick (their broker queue was recreated, empty); returns how many jobs."""
+        async with self._autocommit.connect() as conn:
+            done = await conn.execute(
+                statement("""
+                    UPDATE jobs SET published_at = NULL, dispatched_at = now() - interval '1 day'
+                    WHERE status = 'queued' AND queue = :queue
+                """),
+                {"queue": queue},
+            )
+        return int(done.rowcount)
