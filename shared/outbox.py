@@ -38,11 +38,12 @@ class Outbox:
         self._confirmed: list[Ticket] = []
         self._marker: asyncio.Task[None] | None = None
 
-    async def send(self, tickets: list[Ticket]) -> list[Ticket]:
-        """Publish; returns the tickets the broker confirmed."""
+    async def send(self, tickets: list[Ticket], why: str | None = None) -> list[Ticket]:
+        """Publish; returns the tickets the broker confirmed. ``why`` names what made the
+        publish, on its spans."""
         if not tickets:
             return []
-        confirmed = await self.broker.publish_many(tickets)
+        confirmed = await self.broker.publish_many(tickets, why)
         self._confirmed.extend(confirmed)
         if self.mark_delay <= 0:
             await self._flush()

@@ -109,7 +109,7 @@ class LeaseHub:
     async def _hand_back(self, jobs: list[Claimed]) -> None:
         """Jobs leased for waiters that left meanwhile: back to the queue, attempt unspent."""
         tickets = [t for job in jobs if (t := await self.leases.release(job)) is not None]
-        await self.outbox.send(tickets)
+        await self.outbox.send(tickets, "released")
 
     async def close(self) -> None:
         if self._loop is not None:

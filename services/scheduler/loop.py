@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import NoOpTracer
+
 from shared.db.errors import is_transient
 
 if TYPE_CHECKING:
@@ -44,13 +46,14 @@ class Scheduler:
         sweeps: SweepStore,
         outbox: Outbox,
         broker: Broker,
-        tracer: Tracer,
+        tracer: Tracer | None,
     ):
         self.settings = settings
         self.sweeps = sweeps
         self.outbox = outbox
         self.broker = broker
-        self.tracer = tracer
+        #: Without one (nothing exports spans) a tick is no span.
+        self.tracer = tracer or NoOpTracer()
         self.stats: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,17 +76,21 @@ class Scheduler:
         s, limit = self.settings, self.settings.scheduler_batch_size
         moved: Counter[str] = Counter()
         with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
-            moved["promoted"] = await self._step(lambda: self.sweeps.promote_due(limit))
-            moved["expired"] = await self._step(lambda: self.sweeps.expire_leases(limit))
+            moved["promoted"] = await self._step("due", lambda: self.sweeps.promote_due(limit))
+            moved["expired"] = await self._step(
+                "lease_expired", lambda: self.sweeps.expire_leases(limit)
+            )
             moved["republished"] = await self._step(
-                lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit)
+                "unconfirmed",
+                lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit),
             )
             for queue in await self.sweeps.queues_with_stale_tickets(s.lost_ticket_after_seconds):
                 if await self._queue_looks_empty(queue):
                     moved["lost"] += await self._step(
+                        "lost",
                         functools.partial(
                             self.sweeps.take_lost, queue, s.lost_ticket_after_seconds, limit
-                        )
+                        ),
                     )
             for key, n in moved.items():
                 span.set_attribute(f"jobq.{key}", n)
@@ -92,11 +99,12 @@ class Scheduler:
         self.stats.update(moved)
         return moved
 
-    async def _step(self, take: Callable[[], Awaitable[list[Ticket]]]) -> int:
+    async def _step(self, why: str, take: Callable[[], Awaitable[list[Ticket]]]) -> int:
+        """Take and publish batches until one is short; ``why`` goes on the publishes' spans."""
         total = 0
         for _ in range(MAX_BATCHES):
             tickets = await take()
-            await self.outbox.send(tickets)
+            await self.outbox.send(tickets, why)
             total += len(tickets)
             if len(tickets) < self.settings.scheduler_batch_size:
                 break

@@ -19,7 +19,7 @@ from shared.db.types import TypeStore
 from shared.errors import ConfigError
 from shared.outbox import Outbox
 from shared.runtime import service_resources, stop_on_signals
-from shared.telemetry import exporting, make_tracer_provider
+from shared.telemetry import start_tracing
 
 log = logging.getLogger("jobq.worker")
 
@@ -29,11 +29,10 @@ async def serve(settings: Settings) -> None:
     # Built here, not at import like the other built-ins: its policy comes from the settings.
     webhook = webhook_handler(WebhookPolicy.from_settings(settings))
     registry.add(Handler.of(webhook, "webhook"))
-    provider = make_tracer_provider("worker")
+    # Spans cost ~25 µs a job even unsampled: made only when something exports them.
+    provider = start_tracing("worker", consumer=True)
+    tracer = provider.get_tracer("jobq.worker") if provider else None
     pool = min(settings.worker_concurrency + 4, 40)
-    tracer = provider.get_tracer("jobq.worker")
-    # Spans cost ~25 µs a job even unsampled: make them only when something exports them.
-    job_tracer = tracer if exporting() else None
     async with service_resources(settings, "worker", tracer, pool) as (engine, broker):
         missing = await QueueStore(engine).missing(settings.consumed_queues)
         if missing:
@@ -42,7 +41,7 @@ async def serve(settings: Settings) -> None:
                 " (POST /v1/admin/queues, or JOBQ_QUEUES on every service)"
             )
         outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds)
-        worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, job_tracer)
+        worker = Worker(settings, LeaseStore(engine), outbox, broker, registry, tracer)
         registering = asyncio.create_task(keep_registered(TypeStore(engine), registry))
         try:
             await worker.run(stop_on_signals())
@@ -50,7 +49,8 @@ async def serve(settings: Settings) -> None:
             registering.cancel()
             await outbox.close()
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
-    provider.shutdown()
+    if provider:
+        provider.shutdown()
 
 
 #: How often a worker says again which job types it serves.

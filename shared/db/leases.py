@@ -41,6 +41,9 @@ class Claimed:
     retry_backoff_max_seconds: float | None
     traceparent: str | None
     tenant: str
+    tracestate: str | None
+    #: The span of the attempt that failed last (a ``traceparent``): this one retries it.
+    attempt_span: str | None
     #: Set by ``lease`` (HTTP workers are told when their lease runs out).
     lease_expires_at: datetime | None = None
 
@@ -63,7 +66,7 @@ CLAIM = """
       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant
+        j.traceparent, j.tenant, j.tracestate, j.attempt_span
 """
 
 
@@ -81,14 +84,14 @@ LEASE = """
                    ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant, j.lease_expires_at
+        j.traceparent, j.tenant, j.tracestate, j.attempt_span, j.lease_expires_at
 """
 
 #: The running job ``$1`` of tenant ``$2`` held under lease ``$3`` (not expired).
 HELD = """
     SELECT id, type, queue, priority, payload::text, attempts, max_attempts, timeout_seconds,
         lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant,
-        lease_expires_at
+        tracestate, attempt_span, lease_expires_at
     FROM jobs WHERE id = $1 AND tenant = $2 AND lease_id = $3 AND status = 'running'
       AND lease_expires_at > now()
 """
@@ -280,9 +283,15 @@ class LeaseStore:
         return [item[0] in done for item in items]
 
     async def fail(
-        self, job: Claimed, status: JobStatus, delay_seconds: float, error: dict[str, str]
+        self,
+        job: Claimed,
+        status: JobStatus,
+        delay_seconds: float,
+        error: dict[str, str],
+        span: str | None = None,
     ) -> Ticket | None:
-        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead``.
+        """Record a failed attempt as ``retrying`` (due after the delay) or ``dead``, with the
+        ``traceparent`` of the attempt's ``span`` (the next attempt's span links to it).
 
         Returns the dead-letter ticket for a dead job, ``None`` otherwise or if the lease
         was stale (nothing written then).
@@ -303,7 +312,7 @@ class LeaseStore:
                                            THEN now() END,
                         dispatched_at = CASE WHEN :status = 'dead' THEN now() END,
                         published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
-                        updated_at = now()
+                        attempt_span = CAST(:span AS text), updated_at = now()
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
                       AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
@@ -311,6 +320,7 @@ class LeaseStore:
                         "last_error",
                     ),
                     {
+                        "span": span,
                         "status": str(status),
                         "err": err,
                         "delay": delay_seconds,
