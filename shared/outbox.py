@@ -12,6 +12,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from shared.telemetry import in_background
+
 if TYPE_CHECKING:
     from shared.db.tickets import TicketStore
     from shared.messaging import Broker, Ticket
@@ -48,7 +50,7 @@ class Outbox:
         if self.mark_delay <= 0:
             await self._flush()
         elif self._confirmed and (self._marker is None or self._marker.done()):
-            self._marker = asyncio.create_task(self._mark_later())
+            self._marker = in_background(self._mark_later())
         return confirmed
 
     async def _mark_later(self) -> None:

@@ -13,9 +13,11 @@ endpoint, headers and timeouts, the batch processor's delays.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 _propagator = TraceContextTextMapPropagator()
 _ids = RandomIdGenerator()
+T = TypeVar("T")
 
 #: ``OTEL_TRACES_EXPORTER`` values jobq can honour (the OTLP exporter installed is HTTP/protobuf).
 EXPORTERS = ("otlp", "console", "none")
@@ -210,3 +213,11 @@ def context_from(traceparent: str | None, tracestate: str | None = None) -> Cont
     """The parent context W3C headers name (``None`` if absent or invalid)."""
     ctx = remote(traceparent, tracestate)
     return None if ctx is None else trace.set_span_in_context(trace.NonRecordingSpan(ctx))
+
+
+def in_background(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task for work that serves many jobs over time (a poll loop, marks for a batch of
+    confirms), begun in a fresh context: no part of the trace, nor of the log context, of the
+    request or attempt that happened to start it. (Its statements, outside any span, are no
+    spans at all: ``QueriesInSpans``.)"""
+    return asyncio.create_task(work, context=contextvars.Context())
