@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import aio_pika
+import asyncpg
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,6 +20,7 @@ from shared.telemetry import (
     exporters,
     job_trace,
     make_tracer_provider,
+    start_tracing,
     traceparent_of,
 )
 
@@ -127,3 +130,13 @@ def test_a_query_outside_any_span_starts_no_trace_but_one_inside_is_sampled() ->
     assert inside.decision is Decision.RECORD_AND_SAMPLE
     other = sampler.should_sample(None, 1, "POST /v1/jobs", SpanKind.SERVER, {})
     assert other.decision is Decision.RECORD_AND_SAMPLE
+
+
+def test_with_no_exporter_nothing_is_instrumented() -> None:
+    assert start_tracing("worker", consumer=True, env={}) is None
+    assert (
+        start_tracing("api", env={"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"})
+        is None
+    )
+    assert not hasattr(asyncpg.Connection.fetch, "__wrapped__")
+    assert not hasattr(aio_pika.Queue.consume, "__wrapped__")
