@@ -47,8 +47,8 @@ def short_string(value: str) -> bytes:
 
 def field_table(table: Mapping[str, str | int]) -> bytes:
     """A headers table as pamqp encodes it (keys sorted, strings as long strings), without its
-    dispatch on each value's type: a ticket carries half a dozen headers, and this halves what
-    encoding them costs."""
+    dispatch on each value's type: a ticket carries half a dozen headers, which this encodes in
+    about a third less time (2.8 against 4.4 µs here)."""
     parts = []
     for key, value in sorted(table.items()):
         parts.append(short_string(key))
