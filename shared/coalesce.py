@@ -4,6 +4,10 @@ call (docs/design.md §7).
 No timer holds a call back. A call that finds a free runner starts one at once, so a lone call
 costs one round trip; calls that arrive while every runner is busy gather and go together in the
 next run. Batches therefore grow with the load and shrink with it, by themselves.
+
+A run takes the trace context of the first call of its batch: its statement is a span in the
+trace of a call it serves (a lone submit's INSERT under its request), never under a call that
+a runner served long before.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import copy
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from opentelemetry import context
+from opentelemetry.context import Context
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,14 +51,14 @@ class Coalescer(Generic[T, R]):
         self.max_items = max_items
         self.concurrency = concurrency
         self.isolate = isolate
-        self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._waiting: deque[tuple[T, asyncio.Future[R], Context]] = deque()
         self._runners: set[asyncio.Task[None]] = set()
         #: Runners not yet returned (a finished task leaves ``_runners`` a step later).
         self._active = 0
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
+        self._waiting.append((item, future, context.get_current()))
         if self._active < self.concurrency:
             self._active += 1
             runner = asyncio.create_task(self._drain())
@@ -68,12 +75,19 @@ class Coalescer(Generic[T, R]):
 
     async def _run_next(self) -> None:
         batch: list[tuple[T, asyncio.Future[R]]] = []
+        first: Context | None = None
         while self._waiting and len(batch) < self.max_items:
-            item, future = self._waiting.popleft()
+            item, future, ctx = self._waiting.popleft()
             if not future.cancelled():  # its caller left before the run: nothing done yet
                 batch.append((item, future))
-        if batch:
-            await self._run_batch(batch)
+                if first is None:
+                    first = ctx
+        if batch and first is not None:
+            token = context.attach(first)
+            try:
+                await self._run_batch(batch)
+            finally:
+                context.detach(token)
 
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

@@ -26,12 +26,14 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from aiormq.abc import ChannelFrame
-from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 
 from shared import frames
 from shared.errors import DecodeError, DependencyUnavailable, QueueInUse, TopologyMismatch
+from shared.publish_spans import PublishSpans
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from shared.config import Settings
 
 log = logging.getLogger("jobq.broker")
@@ -49,7 +51,8 @@ class TicketBody(msgspec.Struct, forbid_unknown_fields=False):
 class Ticket:
     """Everything needed to publish one job's message.
 
-    ``dead`` tickets go to the dead-letter exchange with ``reason``; the rest to the job's queue.
+    ``dead`` tickets go to the dead-letter exchange with ``reason`` and the last error's class
+    (``error_type``); the rest to the job's queue. ``attempt`` is the job's attempts so far.
     """
 
     job_id: uuid.UUID
@@ -61,6 +64,8 @@ class Ticket:
     dead: bool = False
     reason: str | None = None
     tenant: str | None = None
+    tracestate: str | None = None
+    error_type: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -71,16 +76,30 @@ def encode_ticket(ticket: Ticket) -> bytes:
     return _encoder.encode(TicketBody(ticket.job_id, ticket.type, ticket.attempt))
 
 
-def _headers(ticket: Ticket) -> dict[str, str]:
-    headers: dict[str, str] = {}
+def headers(ticket: Ticket, message_id: str) -> dict[str, str | int]:
+    """A ticket's headers: what an operator reads of a message in RabbitMQ's console (README,
+    "The RabbitMQ console"), and the W3C trace context.
+
+    ``x-jobq-attempt`` is the attempt the ticket starts (1 for a new job); on a dead letter,
+    the last attempt made, with ``x-jobq-reason`` (the last error) and ``x-jobq-error-type``
+    (its class).
+    """
+    h: dict[str, str | int] = {
+        "x-jobq-job-id": message_id,
+        "x-jobq-type": ticket.type,
+        "x-jobq-attempt": ticket.attempt if ticket.dead else ticket.attempt + 1,
+    }
+    if ticket.tenant:
+        h["x-jobq-tenant"] = ticket.tenant
     if ticket.traceparent:
-        headers["traceparent"] = ticket.traceparent
+        h["traceparent"] = ticket.traceparent
+    if ticket.tracestate:
+        h["tracestate"] = ticket.tracestate
     if ticket.dead:
-        headers["x-jobq-reason"] = (ticket.reason or "dead")[:1000]
-        headers["x-jobq-queue"] = ticket.queue
-        if ticket.tenant:
-            headers["x-jobq-tenant"] = ticket.tenant
-    return headers
+        h["x-jobq-reason"] = (ticket.reason or "dead")[:1000]
+        h["x-jobq-error-type"] = ticket.error_type or "unknown"
+        h["x-jobq-queue"] = ticket.queue
+    return h
 
 
 def _forget(channel: aiormq.Channel, message_id: str) -> Callable[[object], None]:
@@ -182,7 +201,8 @@ class Broker:
         self, settings: Settings, connection_name: str, tracer: Tracer | None = None
     ) -> None:
         self.settings = settings
-        self.tracer = tracer or NoOpTracer()
+        #: Publishes are spans only with a tracer (``shared.publish_spans``).
+        self.tracer = tracer
         self.topology = Topology.from_settings(settings)
         self.connection_name = connection_name
         self.connection: AbstractRobustConnection | None = None
@@ -334,17 +354,32 @@ class Broker:
         except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as exc:
             raise DependencyUnavailable(f"RabbitMQ did not delete {name}: {exc!r}") from None
 
-    async def publish(self, ticket: Ticket) -> None:
+    async def publish(self, ticket: Ticket, why: str | None = None) -> None:
         """Publish one ticket and wait for its confirm; raises if returned, nacked or late."""
-        async with asyncio.timeout(self.settings.publish_timeout_seconds):
-            if not ticket.dead:
-                await self.ensure_queue(ticket.queue)
-            [confirm] = await self._write(await self._underlay(), [ticket])
-            try:
-                await confirm
-            except aiormq.exceptions.PublishError:
-                self._returned(ticket)
-                raise
+        spans = self._spans([ticket], why)
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_seconds):
+                if not ticket.dead:
+                    await self.ensure_queue(ticket.queue)
+                [confirm] = await self._write(
+                    await self._underlay(), spans.tickets if spans else [ticket]
+                )
+                try:
+                    await confirm
+                except aiormq.exceptions.PublishError:
+                    self._returned(ticket)
+                    raise
+        except BaseException as exc:
+            if spans:
+                spans.end([exc])
+            raise
+        if spans:
+            spans.end([None])
+
+    def _spans(self, tickets: list[Ticket], why: str | None) -> PublishSpans | None:
+        if self.tracer is None:  # nothing exports spans: make none (docs/design.md §7)
+            return None
+        return PublishSpans(self.tracer, self.topology, tickets, why)
 
     async def _underlay(self) -> aiormq.Channel:
         """aiormq's channel under the robust one (replaced after a reconnect)."""
@@ -364,6 +399,7 @@ class Broker:
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         t = self.topology
+        ids = [str(ticket.job_id) for ticket in tickets]
         payload = b"".join(
             frames.publish(
                 channel.number,
@@ -371,22 +407,22 @@ class Broker:
                 ticket.queue,
                 encode_ticket(ticket),
                 max_content=channel.max_content_size,
-                message_id=str(ticket.job_id),
+                message_id=message_id,
                 message_type=ticket.type,
                 priority=ticket.priority,
-                headers=_headers(ticket),
+                headers=headers(ticket, message_id),
             )
-            for ticket in tickets
+            for ticket, message_id in zip(tickets, ids, strict=True)
         )
         confirms: list[asyncio.Future[Any]] = []
         async with channel.lock:
             await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-            for ticket in tickets:  # no await from the put to here: the broker cannot answer yet
+            for message_id in ids:  # no await from the put to here: the broker cannot answer yet
                 channel.delivery_tag += 1
                 confirm = channel.create_future()
                 channel.confirmations[channel.delivery_tag] = confirm
-                channel.message_id_delivery_tag[str(ticket.job_id)] = channel.delivery_tag
-                confirm.add_done_callback(_forget(channel, str(ticket.job_id)))
+                channel.message_id_delivery_tag[message_id] = channel.delivery_tag
+                confirm.add_done_callback(_forget(channel, message_id))
                 confirms.append(confirm)
         return confirms
 
@@ -394,45 +430,21 @@ class Broker:
         """Returned: nothing is bound for it (a deleted queue). Declare it again next time."""
         self._declared.discard(self.topology.queue_name(ticket.queue))
 
-    async def publish_many(self, tickets: list[Ticket]) -> list[Ticket]:
+    async def publish_many(self, tickets: list[Ticket], why: str | None = None) -> list[Ticket]:
         """Publish tickets with their confirms in flight together; returns those confirmed.
 
         A ticket that is returned, nacked or times out is logged and left out: its job stays
-        unpublished in PostgreSQL and the scheduler publishes it again.
+        unpublished in PostgreSQL and the scheduler publishes it again. ``why`` names what made
+        the publish, on its spans.
         """
         if not tickets:
             return []
-        with self.tracer.start_as_current_span(
-            f"publish {self.topology.jobs_exchange}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.batch.message_count": len(tickets),
-            },
-        ):
-            # One deadline for the batch, not a timer per message; queues declared once first.
-            deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_seconds
-            try:
-                async with asyncio.timeout_at(deadline):
-                    for queue in {t.queue for t in tickets if not t.dead}:
-                        await self.ensure_queue(queue)
-                    confirms = await self._write(await self._underlay(), tickets)
-            except Exception as exc:
-                log.warning("publish failed; the scheduler will retry", extra={"error": repr(exc)})
-                return []
-            await asyncio.wait(
-                confirms, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
-            )
+        spans = self._spans(tickets, why)
+        errors = await self._send(spans.tickets if spans else tickets)
+        if spans:
+            spans.end(errors)
         confirmed = []
-        for ticket, confirm in zip(tickets, confirms, strict=True):
-            error: BaseException | None
-            if not confirm.done():
-                confirm.cancel()
-                error = TimeoutError("no confirm within the publish timeout")
-            elif confirm.cancelled():  # aiormq cancels pending confirms when a channel closes
-                error = ConnectionError("channel closed before the confirm")
-            else:
-                error = confirm.exception()
+        for ticket, error in zip(tickets, errors, strict=True):
             if isinstance(error, aiormq.exceptions.PublishError):
                 self._returned(ticket)
             if error is not None:
@@ -443,3 +455,28 @@ class Broker:
             else:
                 confirmed.append(ticket)
         return confirmed
+
+    async def _send(self, tickets: list[Ticket]) -> list[BaseException | None]:
+        """Write the tickets and wait for their confirms: what became of each (``None``:
+        confirmed)."""
+        # One deadline for the batch, not a timer per message; queues declared once first.
+        deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                for queue in {t.queue for t in tickets if not t.dead}:
+                    await self.ensure_queue(queue)
+                confirms = await self._write(await self._underlay(), tickets)
+        except Exception as exc:
+            log.warning("publish failed; the scheduler will retry", extra={"error": repr(exc)})
+            return [exc] * len(tickets)
+        await asyncio.wait(confirms, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        errors: list[BaseException | None] = []
+        for confirm in confirms:
+            if not confirm.done():
+                confirm.cancel()
+                errors.append(TimeoutError("no confirm within the publish timeout"))
+            elif confirm.cancelled():  # aiormq cancels pending confirms when a channel closes
+                errors.append(ConnectionError("channel closed before the confirm"))
+            else:
+                errors.append(confirm.exception())
+        return errors

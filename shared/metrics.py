@@ -126,7 +126,8 @@ class Metrics:
         if self.counting:
             self._expired.labels(queue).inc(n)
 
-    def republished(self, queue: str, reason: Literal["unconfirmed", "lost"], n: int = 1) -> None:
+    def republished(self, queue: str, reason: str, n: int = 1) -> None:
+        """Tickets sent again: ``unconfirmed`` (no confirm in time) or ``lost`` (queue empty)."""
         if self.counting:
             self._republished.labels(queue, reason).inc(n)
 

@@ -13,6 +13,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from shared.telemetry import in_background
+
 if TYPE_CHECKING:
     from shared.db.tickets import TicketStore
     from shared.messaging import Broker, Ticket
@@ -47,19 +49,20 @@ class Outbox:
         self._confirmed: list[Ticket] = []
         self._marker: asyncio.Task[None] | None = None
 
-    async def send(self, tickets: list[Ticket]) -> list[Ticket]:
-        """Publish; returns the tickets the broker confirmed."""
+    async def send(self, tickets: list[Ticket], why: str | None = None) -> list[Ticket]:
+        """Publish; returns the tickets the broker confirmed. ``why`` names what made the
+        publish, on its spans."""
         if not tickets:
             return []
         started = time.perf_counter()
-        confirmed = await self.broker.publish_many(tickets)
+        confirmed = await self.broker.publish_many(tickets, why)
         if confirmed and self.metrics is not None:
             self.metrics.confirmed(time.perf_counter() - started)
         self._confirmed.extend(confirmed)
         if self.mark_delay <= 0:
             await self._flush()
         elif self._confirmed and (self._marker is None or self._marker.done()):
-            self._marker = asyncio.create_task(self._mark_later())
+            self._marker = in_background(self._mark_later())
         return confirmed
 
     async def _mark_later(self) -> None:

@@ -124,7 +124,7 @@ async def dependencies_ready(engine: AsyncEngine, broker: Broker, within: float)
 
 @asynccontextmanager
 async def service_resources(
-    settings: Settings, name: str, tracer: Tracer, pool_size: int | None = None
+    settings: Settings, name: str, tracer: Tracer | None, pool_size: int | None = None
 ) -> AsyncIterator[tuple[AsyncEngine, Broker]]:
     """The engine and broker a service runs on, checked before use and closed after; the
     queues the settings name (``JOBQ_QUEUES`` and ``default``) are declared."""

@@ -45,7 +45,6 @@ from shared.db.types import TypeStore
 from shared.metrics import Metrics
 from shared.outbox import Outbox
 from shared.runtime import service_resources
-from shared.telemetry import exporting, make_tracer_provider
 
 
 def create_app(
@@ -53,14 +52,13 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     metrics: Metrics | None = None,
 ) -> Litestar:
+    """The API; requests, publishes and statements are spans only with a ``tracer_provider``
+    (``shared.telemetry.start_tracing``, when spans are exported): the middleware alone costs
+    ~60 µs a request even for spans never sampled, and jobs get a trace id all the same."""
     tokens = token_config(settings)
     metrics = metrics or Metrics("api", counting=settings.metrics)
     external = _external_issuer(settings)
     authenticator = Authenticator(tokens, external)
-    provider = tracer_provider or make_tracer_provider("api")
-    # Requests are spans only if someone collects them: the middleware costs ~60 µs a
-    # request even for spans never sampled (jobs get a trace id all the same).
-    traced = tracer_provider is not None or exporting()
     limiter = SubmitLimiter(
         Budget(settings.submit_rate_per_second, settings.submit_burst),
         Budget(settings.submit_rate_per_tenant, settings.submit_burst_per_tenant),
@@ -68,7 +66,7 @@ def create_app(
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        tracer = provider.get_tracer("jobq.api")
+        tracer = tracer_provider.get_tracer("jobq.api") if tracer_provider else None
         async with service_resources(settings, "api", tracer) as (engine, broker):
             store = JobStore(engine)
             clients = ClientStore(engine)
@@ -180,10 +178,15 @@ def create_app(
         request_class=JsonRequest,
         plugins=[
             OpenTelemetryPlugin(
-                OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["send", "receive"])
+                OpenTelemetryConfig(
+                    tracer_provider=tracer_provider,
+                    exclude_spans=["send", "receive"],
+                    # Probes, every few seconds, are not worth a trace each.
+                    exclude=["^/health", "^/metrics"],
+                )
             )
         ]
-        if traced
+        if tracer_provider is not None
         else [],
         openapi_config=OpenAPIConfig(
             title="jobq",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from shared.db.leases import Claimed, LeaseStore
 from shared.outbox import Outbox
+from shared.telemetry import in_background
 
 log = logging.getLogger("jobq.api")
 
@@ -71,7 +72,7 @@ class LeaseHub:
         self._waiting.append(waiter)
         self.poke()
         if self._loop is None or self._loop.done():
-            self._loop = asyncio.create_task(self._serve())
+            self._loop = in_background(self._serve())
         try:
             await asyncio.wait([waiter.done], timeout=wait_seconds)
         finally:
@@ -109,7 +110,7 @@ class LeaseHub:
     async def _hand_back(self, jobs: list[Claimed]) -> None:
         """Jobs leased for waiters that left meanwhile: back to the queue, attempt unspent."""
         tickets = [t for job in jobs if (t := await self.leases.release(job)) is not None]
-        await self.outbox.send(tickets)
+        await self.outbox.send(tickets, "released")
 
     async def close(self) -> None:
         if self._loop is not None:

@@ -15,6 +15,7 @@ from services.api.shedding import LoadShedder
 from services.supervisor import Child, Supervisor, service_argv
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.telemetry import start_tracing
 
 if TYPE_CHECKING:
     from services.api.shedding import ASGIApp
@@ -24,7 +25,7 @@ def main(
     settings: Settings, host: str | None = None, port: int | None = None, fd: int | None = None
 ) -> None:
     """Serve in this process; ``fd``: on a listening socket inherited from ``main_processes``."""
-    app: ASGIApp = create_app(settings)
+    app: ASGIApp = create_app(settings, start_tracing("api"))
     if settings.submit_max_in_flight > 0:
         app = LoadShedder(app, settings.submit_max_in_flight)
     config = server_config(settings, app, host, port)

@@ -315,6 +315,8 @@ class LeasedJob(Struct):
     lease_expires_at: datetime
     traceparent: str | None
     tenant: str
+    #: The W3C ``tracestate`` that goes with ``traceparent``, to continue the job's trace.
+    tracestate: str | None = None
 
 
 class LeaseList(Struct):

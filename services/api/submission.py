@@ -69,6 +69,7 @@ def new_job(
     settings: Settings,
     idempotency_key: str | None,
     traceparent: str | None,
+    tracestate: str | None = None,
 ) -> NewJob:
     """Validate what the schema cannot express and build the row to insert."""
     if data.run_at is not None and data.delay_seconds is not None:
@@ -102,6 +103,7 @@ def new_job(
         retry_backoff_seconds=data.retry_backoff_seconds,
         retry_backoff_max_seconds=data.retry_backoff_max_seconds,
         traceparent=traceparent,
+        tracestate=tracestate,
     )
 
 
@@ -161,17 +163,22 @@ class Intake:
         principal: Principal,
         idempotency_key: str | None,
         traceparent: str | None,
+        tracestate: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """One job: with ``False`` if its idempotency key named a job already (returned)."""
         job = new_job(
             await self._typed(data, principal.tenant), principal, self.settings,
-            idempotency_key, traceparent,
+            idempotency_key, traceparent, tracestate,
         )  # fmt: skip
         self.limiter.take(principal.client_id, principal.tenant, 1)
         return await self._singles(job)
 
     async def many(
-        self, data: list[BatchJobIn], principal: Principal, traceparent: str | None
+        self,
+        data: list[BatchJobIn],
+        principal: Principal,
+        traceparent: str | None,
+        tracestate: str | None = None,
     ) -> list[tuple[JobRecord, bool]]:
         """One batch request's jobs, all or none."""
         if len(data) > self.settings.max_batch_jobs:
@@ -184,7 +191,10 @@ class Intake:
         typed = (
             data if self.catalog is None else [await self._typed(j, principal.tenant) for j in data]
         )
-        jobs = [new_job(j, principal, self.settings, j.idempotency_key, traceparent) for j in typed]
+        jobs = [
+            new_job(j, principal, self.settings, j.idempotency_key, traceparent, tracestate)
+            for j in typed
+        ]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
         results = await self.submits.insert(jobs)
         await self._publish(results)

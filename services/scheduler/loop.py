@@ -19,9 +19,10 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import aiormq
+from opentelemetry.trace import NoOpTracer
 
 from shared.db.errors import is_transient
 from shared.liveness import Liveness
@@ -41,6 +42,8 @@ log = logging.getLogger("jobq.scheduler")
 MAX_BATCHES = 20
 #: The scheduler's one loop, as its liveness knows it.
 TICK = "tick"
+#: The steps that send tickets again (``jobq_tickets_republished_total``'s reasons).
+REPUBLISHED = ("unconfirmed", "lost")
 
 
 class Scheduler:
@@ -50,7 +53,7 @@ class Scheduler:
         sweeps: SweepStore,
         outbox: Outbox,
         broker: Broker,
-        tracer: Tracer,
+        tracer: Tracer | None,
         metrics: Metrics | None = None,
         liveness: Liveness | None = None,
     ):
@@ -58,7 +61,8 @@ class Scheduler:
         self.sweeps = sweeps
         self.outbox = outbox
         self.broker = broker
-        self.tracer = tracer
+        #: Without one (nothing exports spans) a tick is no span.
+        self.tracer = tracer or NoOpTracer()
         self.metrics = metrics or Metrics("scheduler")
         self.liveness = liveness or Liveness(settings.liveness_deadline_seconds, [TICK])
         self.stats: Counter[str] = Counter()
@@ -84,19 +88,19 @@ class Scheduler:
         s, limit = self.settings, self.settings.scheduler_batch_size
         moved: Counter[str] = Counter()
         with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
-            moved["promoted"] = await self._step(lambda: self.sweeps.promote_due(limit))
-            moved["expired"] = await self._step(self._expire)
+            moved["promoted"] = await self._step("due", lambda: self.sweeps.promote_due(limit))
+            moved["expired"] = await self._step("lease_expired", self._expire)
             moved["republished"] = await self._step(
+                "unconfirmed",
                 lambda: self.sweeps.take_unpublished(s.republish_after_seconds, limit),
-                reason="unconfirmed",
             )
             for queue in await self.sweeps.queues_with_stale_tickets(s.lost_ticket_after_seconds):
                 if await self._queue_looks_empty(queue):
                     moved["lost"] += await self._step(
+                        "lost",
                         functools.partial(
                             self.sweeps.take_lost, queue, s.lost_ticket_after_seconds, limit
                         ),
-                        reason="lost",
                     )
             for key, n in moved.items():
                 span.set_attribute(f"jobq.{key}", n)
@@ -105,20 +109,17 @@ class Scheduler:
         self.stats.update(moved)
         return moved
 
-    async def _step(
-        self,
-        take: Callable[[], Awaitable[list[Ticket]]],
-        reason: Literal["unconfirmed", "lost"] | None = None,
-    ) -> int:
-        """Take and send batches until one is short; ``reason``: they are sent again."""
+    async def _step(self, why: str, take: Callable[[], Awaitable[list[Ticket]]]) -> int:
+        """Take and publish batches until one is short; ``why`` goes on the publishes' spans,
+        and tickets sent again (``unconfirmed``, ``lost``) are counted by it."""
         total = 0
         for _ in range(MAX_BATCHES):
             tickets = await take()
-            await self.outbox.send(tickets)
+            await self.outbox.send(tickets, why)
             total += len(tickets)
-            if reason is not None:
+            if why in REPUBLISHED:
                 for queue, n in Counter(t.queue for t in tickets if not t.dead).items():
-                    self.metrics.republished(queue, reason, n)
+                    self.metrics.republished(queue, why, n)
             if len(tickets) < self.settings.scheduler_batch_size:
                 break
         return total

@@ -19,14 +19,14 @@ from shared.metrics import Metrics
 from shared.ops_server import OpsServer, serving
 from shared.outbox import Outbox
 from shared.runtime import dependencies_ready, service_resources, stop_on_signals
-from shared.telemetry import make_tracer_provider
+from shared.telemetry import start_tracing
 
 log = logging.getLogger("jobq.scheduler")
 
 
 async def serve(settings: Settings) -> None:
-    provider = make_tracer_provider("scheduler")
-    tracer = provider.get_tracer("jobq.scheduler")
+    provider = start_tracing("scheduler")
+    tracer = provider.get_tracer("jobq.scheduler") if provider else None
     metrics = Metrics("scheduler", counting=settings.metrics)
     liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION])
     metrics.watch(liveness)
@@ -48,7 +48,8 @@ async def serve(settings: Settings) -> None:
         async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
             await asyncio.gather(scheduler.run(stop), retention.run(stop))
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
-    provider.shutdown()
+    if provider:
+        provider.shutdown()
 
 
 def main(settings: Settings) -> None:

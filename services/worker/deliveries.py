@@ -20,6 +20,8 @@ from services.worker.acks import Outstanding
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from opentelemetry.trace import SpanContext
+
     from shared.messaging import TicketBody
 
 log = logging.getLogger("jobq.worker")
@@ -61,6 +63,8 @@ class Delivery:
     #: ones (``tried``), whose claim may have committed with its reply lost.
     lease: uuid.UUID = field(compare=False, default_factory=uuid.uuid4)
     tried: list[uuid.UUID] = field(compare=False, default_factory=list)
+    #: The span of its delivery (aio-pika's instrumentation), for the attempt to link.
+    delivered: SpanContext | None = field(compare=False, default=None)
 
     @property
     def tag(self) -> int:
@@ -84,8 +88,18 @@ class DeliveryBuffer:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, message: Message, ticket: TicketBody, priority: int, channel: int) -> None:
-        d = Delivery((-priority, next(self._seq)), message, ticket, time.monotonic(), channel)
+    def add(
+        self,
+        message: Message,
+        ticket: TicketBody,
+        priority: int,
+        channel: int,
+        delivered: SpanContext | None = None,
+    ) -> None:
+        d = Delivery(
+            (-priority, next(self._seq)), message, ticket, time.monotonic(), channel,
+            delivered=delivered,
+        )  # fmt: skip
         self._outstanding.add(d.channel, d.tag)
         heapq.heappush(self._heap, d)
 

@@ -22,7 +22,7 @@ from shared.metrics import Metrics
 from shared.ops_server import OpsServer, serving
 from shared.outbox import Outbox
 from shared.runtime import dependencies_ready, service_resources, stop_on_signals
-from shared.telemetry import exporting, make_tracer_provider
+from shared.telemetry import start_tracing
 
 log = logging.getLogger("jobq.worker")
 
@@ -32,11 +32,10 @@ async def serve(settings: Settings) -> None:
     # Built here, not at import like the other built-ins: its policy comes from the settings.
     webhook = webhook_handler(WebhookPolicy.from_settings(settings))
     registry.add(Handler.of(webhook, "webhook"))
-    provider = make_tracer_provider("worker")
+    # Spans cost ~25 µs a job even unsampled: made only when something exports them.
+    provider = start_tracing("worker", consumer=True)
+    tracer = provider.get_tracer("jobq.worker") if provider else None
     pool = min(settings.worker_concurrency + 4, 40)
-    tracer = provider.get_tracer("jobq.worker")
-    # Spans cost ~25 µs a job even unsampled: make them only when something exports them.
-    job_tracer = tracer if exporting() else None
     metrics = Metrics("worker", counting=settings.metrics)
     liveness = Liveness(settings.liveness_deadline_seconds, LOOPS)
     metrics.watch(liveness)
@@ -49,7 +48,7 @@ async def serve(settings: Settings) -> None:
             )
         outbox = Outbox(TicketStore(engine), broker, settings.mark_delay_seconds, metrics)
         worker = Worker(
-            settings, LeaseStore(engine), outbox, broker, registry, job_tracer, metrics, liveness
+            settings, LeaseStore(engine), outbox, broker, registry, tracer, metrics, liveness
         )
         metrics.gauge("jobq_worker_in_flight_jobs", "jobs this worker holds now", worker.in_flight)
 
@@ -67,7 +66,8 @@ async def serve(settings: Settings) -> None:
             registering.cancel()
             await outbox.close()
         log.info("worker stopped", extra={"stats": dict(worker.stats)})
-    provider.shutdown()
+    if provider:
+        provider.shutdown()
 
 
 #: How often a worker says again which job types it serves.

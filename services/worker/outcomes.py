@@ -54,9 +54,11 @@ class Outcomes:
             leases.complete, max_items=500, isolate=lambda exc: not is_transient(exc)
         )
 
-    async def record(self, job: Claimed, outcome: Outcome) -> None:
+    async def record(self, job: Claimed, outcome: Outcome, span: str | None = None) -> None:
+        """Write ``outcome``; ``span``: the ``traceparent`` of the attempt's span, kept with a
+        failure for the retry's span to link."""
         if isinstance(outcome, Failed):
-            await self._fail(job, outcome)
+            await self._fail(job, outcome, span)
             return
         written = await persist(lambda: self._completions((job.id, job.lease_id, outcome.result)))
         self.stats["succeeded" if written else "stale"] += 1
@@ -65,7 +67,7 @@ class Outcomes:
         else:
             log.warning("completion refused: lease no longer held")
 
-    async def _fail(self, job: Claimed, failed: Failed) -> None:
+    async def _fail(self, job: Claimed, failed: Failed, span: str | None) -> None:
         decision = decide_failure(
             job.attempts,
             job.max_attempts,
@@ -76,7 +78,7 @@ class Outcomes:
         exc = failed.error
         error = {"type": type(exc).__name__, "message": str(exc)[:2000].replace("\x00", "")}
         outcome = await persist(
-            lambda: self.leases.fail(job, decision.status, decision.delay_seconds, error)
+            lambda: self.leases.fail(job, decision.status, decision.delay_seconds, error, span)
         )
         self.stats[f"failed_{decision.status}"] += 1
         if outcome is not None:
@@ -97,7 +99,7 @@ class Outcomes:
         ticket = await persist(lambda: self.leases.release(job))
         self.stats["released"] += 1
         if ticket is not None:
-            await self.outbox.send([ticket])
+            await self.outbox.send([ticket], "released")
 
     async def close(self) -> None:
         """Wait for the successes still being written."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from jobq.handlers import Progress
 
 from shared.db.leases import LeaseStore
+from shared.telemetry import in_background
 
 log = logging.getLogger("jobq.worker")
 
@@ -37,7 +38,7 @@ class ProgressWriter:
     def _note(self, job_id: uuid.UUID, lease_id: uuid.UUID, text: str) -> None:
         self._pending[job_id] = (lease_id, text)
         if self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._write_soon())
+            self._flush = in_background(self._write_soon())
 
     async def _write_soon(self) -> None:
         await asyncio.sleep(self.interval)

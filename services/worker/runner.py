@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from jobq import JobContext
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
 
+from services.worker.attempt_spans import attempt_span, failed
 from services.worker.deliveries import Delivery, DeliveryBuffer, settle
 from services.worker.execution import Failed, attempt
 from services.worker.outcomes import Outcomes
@@ -35,11 +36,11 @@ from shared.liveness import Liveness
 from shared.logging import current_job_id, current_trace_id
 from shared.messaging import Ticket, decode_ticket
 from shared.metrics import Metrics
-from shared.telemetry import context_from, trace_id_of
+from shared.telemetry import trace_id_of, traceparent_of
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, SpanContext, Tracer
 
     from shared.config import Settings
     from shared.db.leases import Claimed, LeaseStore
@@ -187,7 +188,9 @@ class Worker:
             log.error("undecodable message dead-lettered", extra={"error": str(exc)})
             await settle(message, "reject")
             return
-        self._buffer.add(message, ticket, message.priority or 0, id(message.channel))
+        # Under aio-pika's instrumentation this runs in the delivery's span: the attempt links it.
+        delivered = trace.get_current_span().get_span_context() if self.tracer else None
+        self._buffer.add(message, ticket, message.priority or 0, id(message.channel), delivered)
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
@@ -234,7 +237,7 @@ class Worker:
                 if job.waited_seconds is not None:  # a fresh start, not a retried claim's
                     self.metrics.jobs("started", job.queue, job.type)
                     self.metrics.waited(job.queue, job.type, job.waited_seconds)
-                task = asyncio.create_task(self._run_job(job))
+                task = asyncio.create_task(self._run_job(job, d.delivered))
                 self._running[job.lease_id] = Running(job, task)
                 task.add_done_callback(functools.partial(self._slot_freed, job.lease_id))
                 acks.append(d)
@@ -256,7 +259,8 @@ class Worker:
 
     # -- running a job --------------------------------------------------------------------
 
-    async def _run_job(self, job: Claimed) -> None:
+    async def _run_job(self, job: Claimed, delivered: SpanContext | None) -> None:
+        """Run one attempt: with a tracer, as a span of the job's trace (``attempt_span``)."""
         token = current_job_id.set(str(job.id))
         try:
             if self.tracer is None:  # nothing exports spans: make none (docs/design.md §7)
@@ -266,16 +270,7 @@ class Worker:
                 finally:
                     current_trace_id.reset(trace_token)
                 return
-            with self.tracer.start_as_current_span(
-                f"jobq.run {job.type}",
-                context=context_from(job.traceparent),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "jobq.job_id": str(job.id),
-                    "jobq.attempt": job.attempts,
-                    "jobq.queue": job.queue,
-                },
-            ) as span:
+            with attempt_span(self.tracer, job, delivered) as span:
                 await self._attempt(job, span)
         finally:
             current_job_id.reset(token)
@@ -295,11 +290,11 @@ class Worker:
             return
         self.metrics.ran(job.queue, job.type, time.perf_counter() - started)
         if span is not None and isinstance(outcome, Failed):
-            span.set_status(Status(StatusCode.ERROR, str(outcome.error)[:200]))
+            failed(span, outcome.error)
         # The handler is done and its outcome is being written: neither a heartbeat (which
         # may see the row leave 'running' first) nor a shutdown may cancel that.
         self._running[job.lease_id].finishing = True
-        await self.outcomes.record(job, outcome)
+        await self.outcomes.record(job, outcome, traceparent_of(span) if span else None)
 
     async def _stopped(self, job: Claimed) -> None:
         """The job's task was cancelled by us: honour the reason."""
@@ -358,17 +353,19 @@ class Worker:
             time.monotonic() - self.settings.handback_after_seconds
         )
         for d in stale:
-            t = d.ticket
+            t, headers = d.ticket, d.message.headers or {}
             ticket = Ticket(
                 t.job_id,
                 t.type,
                 t.attempt,
                 queue=d.message.routing_key or "default",
                 priority=d.message.priority or 0,
-                traceparent=(d.message.headers or {}).get("traceparent"),
+                traceparent=headers.get("traceparent"),
+                tenant=headers.get("x-jobq-tenant"),
+                tracestate=headers.get("tracestate"),
             )
             try:
-                await self.broker.publish(ticket)
+                await self.broker.publish(ticket, "handed_back")
             except Exception as exc:
                 log.warning("hand-back failed; delivery kept", extra={"error": repr(exc)})
                 self._buffer.put_back([d])

@@ -41,6 +41,9 @@ class Claimed:
     retry_backoff_max_seconds: float | None
     traceparent: str | None
     tenant: str
+    tracestate: str | None
+    #: The span of the attempt that failed last (a ``traceparent``): this one retries it.
+    attempt_span: str | None
     #: Seconds from due (``run_at``) to this start, on the database clock; ``None`` when the
     #: claim handed back an attempt already started (a retried claim).
     waited_seconds: float | None = None
@@ -75,7 +78,7 @@ CLAIM = """
       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant,
+        j.traceparent, j.tenant, j.tracestate, j.attempt_span,
         CASE WHEN j.started_at = now() THEN EXTRACT(EPOCH FROM now() - j.run_at)::float8 END
 """
 
@@ -94,15 +97,15 @@ LEASE = """
                    ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
-        j.traceparent, j.tenant, EXTRACT(EPOCH FROM now() - j.run_at)::float8,
-        j.lease_expires_at
+        j.traceparent, j.tenant, j.tracestate, j.attempt_span,
+        EXTRACT(EPOCH FROM now() - j.run_at)::float8, j.lease_expires_at
 """
 
 #: The running job ``$1`` of tenant ``$2`` held under lease ``$3`` (not expired).
 HELD = """
     SELECT id, type, queue, priority, payload::text, attempts, max_attempts, timeout_seconds,
-        lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant, NULL,
-        lease_expires_at
+        lease_id, retry_backoff_seconds, retry_backoff_max_seconds, traceparent, tenant,
+        tracestate, attempt_span, NULL, lease_expires_at
     FROM jobs WHERE id = $1 AND tenant = $2 AND lease_id = $3 AND status = 'running'
       AND lease_expires_at > now()
 """
@@ -294,11 +297,17 @@ class LeaseStore:
         return [item[0] in done for item in items]
 
     async def fail(
-        self, job: Claimed, status: JobStatus, delay_seconds: float, error: dict[str, str]
+        self,
+        job: Claimed,
+        status: JobStatus,
+        delay_seconds: float,
+        error: dict[str, str],
+        span: str | None = None,
     ) -> Failure | None:
         """Record a failed attempt as ``retrying`` (due after the delay) or ``dead`` (or
-        ``canceled``, if a cancel was requested meanwhile); ``None`` if the lease was stale
-        (nothing written then)."""
+        ``canceled``, if a cancel was requested meanwhile), with the ``traceparent`` of the
+        attempt's ``span`` (the next attempt's span links to it); ``None`` if the lease was
+        stale (nothing written then)."""
         err = json.dumps({**error, "attempt": job.attempts})
         async with self._autocommit.connect() as conn:
             row = (
@@ -315,7 +324,7 @@ class LeaseStore:
                                            THEN now() END,
                         dispatched_at = CASE WHEN :status = 'dead' THEN now() END,
                         published_at = NULL, lease_id = NULL, lease_expires_at = NULL,
-                        updated_at = now()
+                        attempt_span = CAST(:span AS text), updated_at = now()
                     WHERE id = :id AND lease_id = :lease AND status = 'running'
                       AND lease_expires_at > now()
                     RETURNING {TICKET_COLUMNS}
@@ -323,6 +332,7 @@ class LeaseStore:
                         "last_error",
                     ),
                     {
+                        "span": span,
                         "status": str(status),
                         "err": err,
                         "delay": delay_seconds,

@@ -64,6 +64,10 @@ class Job(SQLModel, table=True):
     published_at: datetime | None = _ts()
     #: W3C traceparent of the submit, so every later span joins the job's trace.
     traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: The W3C tracestate that came with it, sent beside it in every ticket.
+    tracestate: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: traceparent of the span of the attempt that failed last: the retry's span links to it.
+    attempt_span: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
     started_at: datetime | None = _ts()

@@ -39,6 +39,7 @@ class JobRecord(msgspec.Struct, frozen=True):
     traceparent: str | None
     request_digest: str | None
     progress: msgspec.Raw | None
+    tracestate: str | None
 
     @classmethod
     def of(cls, record: Any) -> JobRecord:
@@ -56,4 +57,5 @@ JSON_FIELDS = (5, 15, 16, 17, 22)
 RECORD_COLUMNS = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, j.priority,
     j.attempts, j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at,
     j.started_at, j.finished_at, j.result::text, j.last_error::text, j.errors::text,
-    j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text"""
+    j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text,
+    j.tracestate"""

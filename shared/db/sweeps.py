@@ -40,7 +40,8 @@ class SweepStore:
     async def expire_leases(self, limit: int) -> tuple[list[Ticket], list[tuple[str, str]]]:
         """Running jobs whose lease expired: queued again while attempts remain, else dead
         (canceled if a cancel was requested). Returns the tickets to send, and the ``(queue,
-        type)`` of the jobs it canceled (they need none)."""
+        type)`` of the jobs it canceled (they need none). The next attempt retries one whose
+        span is unknown (its worker died), so it links no earlier attempt (``attempt_span``)."""
         rows = await self._rows(
             f"""
             UPDATE jobs SET
@@ -51,7 +52,7 @@ class SweepStore:
                 finished_at = CASE WHEN attempts < max_attempts AND NOT cancel_requested
                                    THEN NULL ELSE now() END,
                 lease_id = NULL, lease_expires_at = NULL, dispatched_at = now(),
-                published_at = NULL, updated_at = now()
+                published_at = NULL, attempt_span = NULL, updated_at = now()
             FROM (SELECT id AS eid, jsonb_build_object(
                         'type', 'LeaseExpired', 'attempt', attempts,
                         'message', 'the worker stopped heartbeating (crashed or stalled)') AS err

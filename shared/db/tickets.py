@@ -12,17 +12,20 @@ from shared.db.sql import statement
 from shared.domain import JobStatus
 from shared.messaging import Ticket
 
-TICKET_COLUMNS = "id, type, attempts, queue, priority, traceparent, status, last_error, tenant"
+TICKET_COLUMNS = (
+    "id, type, attempts, queue, priority, traceparent, tracestate, status, last_error, tenant"
+)
 
 
 def ticket_of(job: Any) -> Ticket:
     """The ticket of a job row (any object with the ``TICKET_COLUMNS`` as attributes); a dead
     job's ticket goes to the dead-letter exchange, with its last error as the reason."""
     dead = job.status == JobStatus.DEAD
-    reason = None
+    reason = error_type = None
     if dead:
         err = job.last_error or {}
-        reason = f"{err.get('type', 'dead')}: {err.get('message', '')}"
+        error_type = err.get("type")
+        reason = f"{error_type or 'dead'}: {err.get('message', '')}"
     return Ticket(
         job_id=job.id,
         type=job.type,
@@ -30,8 +33,10 @@ def ticket_of(job: Any) -> Ticket:
         queue=job.queue,
         priority=job.priority,
         traceparent=job.traceparent,
+        tracestate=job.tracestate,
         dead=dead,
         reason=reason,
+        error_type=error_type,
         tenant=job.tenant,
     )
 

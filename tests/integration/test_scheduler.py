@@ -7,12 +7,14 @@ from dataclasses import replace
 
 import aiormq
 import pytest
+import sqlalchemy as sa
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.jobs import JobStore
+from shared.db.leases import LeaseStore
 from shared.db.submits import SubmitStore
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
@@ -134,3 +136,28 @@ async def test_the_scheduler_survives_a_missing_queue_probe(broker: Broker) -> N
     with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
         await broker.queue_state("never-declared")
     await wait_for(lambda: not broker.channel.is_closed)
+
+
+async def test_a_retry_claims_the_span_of_the_attempt_it_retries_and_an_expiry_forgets_it(
+    engine: AsyncEngine, submits: SubmitStore, leases: LeaseStore, settings: Settings
+) -> None:
+    span = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sweeps = SweepStore(engine)
+    [(row, _)] = await submits.insert([new_job(tracestate="rojo=00f067aa0ba902b7")])
+    [first], _ = await leases.claim([row.id], 30)
+    assert (first.tracestate, first.attempt_span) == ("rojo=00f067aa0ba902b7", None)
+    error = {"type": "RuntimeError", "message": "boom"}
+    await leases.fail(first, JobStatus.RETRYING, 0, error, span)
+    [ticket] = await sweeps.promote_due(10)
+    assert ticket.tracestate == "rojo=00f067aa0ba902b7"
+    [second], _ = await leases.claim([row.id], 30)
+    assert second.attempt_span == span
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": row.id},
+        )
+    assert len(await sweeps.expire_leases(10)) == 1
+    [third], _ = await leases.claim([row.id], 30)
+    assert third.attempts == 3
+    assert third.attempt_span is None

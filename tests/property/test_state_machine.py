@@ -162,7 +162,7 @@ class MemoryBroker(Broker):
     def _order(self, t: Ticket) -> tuple[int, int]:
         return self.rank[t.job_id], t.attempt
 
-    async def publish_many(self, tickets: list[Ticket]) -> list[Ticket]:
+    async def publish_many(self, tickets: list[Ticket], why: str | None = None) -> list[Ticket]:
         confirmed = []
         for t in sorted(tickets, key=self._order):
             fate = self.fate()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.coalesce import Coalescer
 
@@ -115,3 +117,25 @@ async def test_a_run_failing_for_one_item_is_tried_item_by_item_when_isolated() 
     c = Coalescer(run, max_items=100, isolate=lambda exc: False)
     results = await asyncio.gather(*(c(i) for i in range(6)), return_exceptions=True)
     assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_each_run_is_in_the_trace_context_of_its_first_call() -> None:
+    tracer = TracerProvider().get_tracer("t")
+    seen: list[int] = []
+
+    async def run(items: list[int]) -> list[int]:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+        await asyncio.sleep(0.01)
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(run, max_items=10)
+
+    async def call(n: int) -> tuple[int, int]:
+        with tracer.start_as_current_span(f"request {n}") as span:
+            await coalescer(n)
+            return n, span.get_span_context().trace_id
+
+    first = asyncio.create_task(call(0))
+    await asyncio.sleep(0)  # the first run starts; the next two wait for it, then go together
+    traces = dict(await asyncio.gather(first, call(1), call(2)))
+    assert seen == [traces[0], traces[1]]

@@ -13,10 +13,14 @@ from shared import frames
 
 exchanges = st.from_regex(r"[-a-zA-Z0-9_.:]{1,127}", fullmatch=True)
 names = st.text(min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
+HEADERS = [
+    "traceparent", "tracestate", "x-jobq-job-id", "x-jobq-type", "x-jobq-tenant",
+    "x-jobq-attempt", "x-jobq-queue", "x-jobq-reason", "x-jobq-error-type",
+]  # fmt: skip
 header_values = st.dictionaries(
-    st.sampled_from(["traceparent", "x-jobq-reason", "x-jobq-queue", "x-jobq-tenant"]),
-    st.text(max_size=300),
-    max_size=4,
+    st.sampled_from(HEADERS),
+    st.one_of(st.text(max_size=300), st.integers(-(2**63), 2**63 - 1)),
+    max_size=len(HEADERS),
 )
 
 
@@ -56,7 +60,7 @@ def test_publish_matches_pamqp(
     message_id: str,
     message_type: str,
     priority: int,
-    headers: dict[str, str],
+    headers: dict[str, str | int],
 ) -> None:
     ours = frames.publish(
         channel, exchange, key, body, max_content=max_content, message_id=message_id,

@@ -31,12 +31,20 @@ from shared.domain import TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
 from shared.metrics import Metrics
 from shared.outbox import Outbox
-from shared.telemetry import job_traceparent
+from shared.telemetry import job_trace
 
 AuthRequest = Request[Principal, str, Any]
 READ = {"scopes": ["jobs:read"]}
 WRITE = {"scopes": ["jobs:write"]}
 MAX_WAIT_SECONDS = 60
+
+
+def _trace(request: AuthRequest) -> tuple[str, str | None]:
+    """The W3C trace context the request's jobs carry (``shared.telemetry.job_trace``); several
+    ``tracestate`` fields are one list (W3C trace context §3.3.1)."""
+    headers = request.headers
+    tracestate = ",".join(headers.getall("tracestate", [])) or None
+    return job_trace(trace.get_current_span(), headers.get("traceparent"), tracestate)
 
 
 def _job_response(job: Any, status: int) -> Response[JobOut]:
@@ -63,8 +71,8 @@ async def submit_job(
 ) -> Response[JobOut]:
     """Submit a job: ``202`` with the job; the same ``Idempotency-Key`` again: ``200`` with
     the original job."""
-    tp = job_traceparent(trace.get_current_span(), request.headers.get("traceparent"))
-    stored, created = await intake.one(data, request.user, idempotency_key, tp)
+    tp, ts = _trace(request)
+    stored, created = await intake.one(data, request.user, idempotency_key, tp, ts)
     return _job_response(stored, 202 if created else 200)
 
 
@@ -81,8 +89,8 @@ async def submit_batch(
     intake: NamedDependency[Intake],
 ) -> BatchOut:
     """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction."""
-    tp = job_traceparent(trace.get_current_span(), request.headers.get("traceparent"))
-    results = await intake.many(data.jobs, request.user, tp)
+    tp, ts = _trace(request)
+    results = await intake.many(data.jobs, request.user, tp, ts)
     return BatchOut(items=[JobOut.of(job) for job, _ in results])
 
 
@@ -240,7 +248,7 @@ async def retry_job(
         raise Conflict(
             detail=f"only dead or canceled jobs can be retried; this one is {job.status}"
         )
-    await outbox.send([ticket])
+    await outbox.send([ticket], "retried")
     return JobOut.of(job)
 
 

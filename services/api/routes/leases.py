@@ -50,7 +50,7 @@ def _leased(job: Claimed) -> LeasedJob:
         id=job.id, type=job.type, queue=job.queue, priority=job.priority, payload=job.payload,
         attempt=job.attempts, max_attempts=job.max_attempts, timeout_seconds=job.timeout_seconds,
         lease_id=job.lease_id, lease_expires_at=job.lease_expires_at, traceparent=job.traceparent,
-        tenant=job.tenant,
+        tenant=job.tenant, tracestate=job.tracestate,
     )  # fmt: skip
 
 
