@@ -157,7 +157,7 @@ async def test_a_retry_claims_the_span_of_the_attempt_it_retries_and_an_expiry_f
             sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
             {"id": row.id},
         )
-    assert len(await sweeps.expire_leases(10)) == 1
+    assert len((await sweeps.expire_leases(10))[0]) == 1
     [third], _ = await leases.claim([row.id], 30)
     assert third.attempts == 3
     assert third.attempt_span is None
