@@ -85,9 +85,8 @@ async def test_worker_partitioned_from_postgres_past_its_leases_has_its_late_eff
 
 
 async def test_latency_on_every_connection_loses_nothing(chaos: Chaos) -> None:
-    """200 ms each way on every connection of every process to PostgreSQL and RabbitMQ, for
-    30 s (the issue asks for a minute: half of it keeps the suite's time in bounds, and every
-    kind of statement and publish meets the latency hundreds of times). Leases are 10 s here:
+    """200 ms each way on every connection of every process to PostgreSQL and RabbitMQ, for a
+    minute, while jobs come at 10 a second. Leases are 10 s here:
     at 400 ms a round trip, a connection opened meanwhile takes 0.8 s to open and 3.2 s for
     its first statement with array parameters (asyncpg looks their types up: 8 round trips),
     longer than the suite's 2 s lease. The suite's 3 s statement timeout stays, so those
@@ -98,15 +97,15 @@ async def test_latency_on_every_connection_loses_nothing(chaos: Chaos) -> None:
         "JOBQ_DATABASE_URL": db.url, "JOBQ_AMQP_URL": broker.url, "JOBQ_LEASE_SECONDS": "10",
     }  # fmt: skip
     await chaos.up(workers=2)
-    load = asyncio.create_task(chaos.load.run(jobs(300), rate=10, clients=64))
+    load = asyncio.create_task(chaos.load.run(jobs(600), rate=10, clients=64))
     for proxy in (db, broker):
         proxy.delay(0.2)
-    await asyncio.sleep(30.0)
+    await asyncio.sleep(60.0)
     for proxy in (db, broker):
         proxy.pass_through()
     ended = now()
     await load
-    f = await chaos.finish("latency 200ms each way, 30s (lease 10s)", ended)
+    f = await chaos.finish("latency 200ms each way, 60s (lease 10s)", ended)
     assert f.extra["lease_lost"] == 0
 
 
