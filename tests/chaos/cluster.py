@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from tests.procs import Proc, clean_env, free_port, start, stop_all
+from tests.services import create_database, delete_broker_objects, drop_database, dsn
 
 #: Short leases and intervals, so a fault is detected and recovered within seconds.
 FAST = {
@@ -171,3 +175,30 @@ class Cluster:
 
     def logs(self, lines: int = 15) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid})\n{p.tail(lines)}" for p in self.procs)
+
+
+@asynccontextmanager
+async def own_cluster(
+    database_url: str,
+    amqp_url: str,
+    name: str,
+    log_dir: Path,
+    secret: str,
+    overrides: Mapping[str, str] | None = None,
+) -> AsyncIterator[Cluster]:
+    """A cluster (not started) on a database and broker prefix of its own; afterwards its
+    processes are stopped, the database dropped and every queue it declared deleted."""
+    url = await create_database(database_url, f"jobq_{name}")
+    prefix = f"jobq{name.replace('_', '')}{secrets.token_hex(3)}"
+    cluster = Cluster(url, amqp_url, prefix, secret, log_dir, overrides=dict(overrides or {}))
+    try:
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        conn = await asyncpg.connect(dsn(url))
+        try:  # the tests may have declared queues of their own
+            queues = [r[0] for r in await conn.fetch("SELECT name FROM queues")]
+        finally:
+            await conn.close()
+        await drop_database(url)
+        await delete_broker_objects(amqp_url, prefix, queues)

@@ -4,7 +4,6 @@ comes round; readiness says why not."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,27 +12,21 @@ import pytest
 
 from shared.config import Settings
 from shared.db.engine import make_engine
-from tests.chaos.cluster import Cluster
+from tests.chaos.cluster import Cluster, own_cluster
 from tests.conftest import TEST_SECRET, client_bearer
-from tests.services import create_database, delete_broker_objects, drop_database
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 async def cluster(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    url = await create_database(database_url, "jobq_liveness")
-    prefix = f"jobqlive{secrets.token_hex(3)}"
-    c = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
-    c.overrides |= {
+    overrides = {
         "JOBQ_HANDLERS": "tests.e2e.stuck_handlers", "JOBQ_LIVENESS_DEADLINE_SECONDS": "1",
     }  # fmt: skip
-    try:
+    async with own_cluster(
+        database_url, amqp_url, "liveness", tmp_path, TEST_SECRET, overrides
+    ) as c:
         yield c
-    finally:
-        await asyncio.to_thread(c.stop)
-        await drop_database(url)
-        await delete_broker_objects(amqp_url, prefix, ("default",))
 
 
 async def test_a_worker_whose_loop_is_stuck_fails_liveness_until_it_comes_round(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.config import Settings
 from shared.db.clients import ClientStore
 from shared.db.engine import make_engine
-from tests.chaos.cluster import Cluster
+from tests.chaos.cluster import Cluster, own_cluster
 from tests.conftest import TEST_SECRET
 from tests.procs import free_port
-from tests.services import create_database, delete_broker_objects, drop_database, dsn
+from tests.services import dsn
 
 pytestmark = pytest.mark.e2e
 
@@ -74,17 +73,14 @@ async def system(
     if PROMETHEUS is None:
         message = "prometheus is not installed (apt-get install prometheus; .ci/run does)"
         (pytest.fail if os.environ.get("CI") else pytest.skip)(message)
-    url = await create_database(database_url, "jobq_prom")
-    prefix = f"jobqprom{secrets.token_hex(3)}"
-    cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
-    cluster.overrides |= {
+    overrides = {
         # Two api processes behind one port: a scrape reaching either must count both.
         "JOBQ_QUEUES": "parked", "JOBQ_WORKER_CONCURRENCY": "4", "JOBQ_API_PROCESSES": "2",
         "JOBQ_RETRY_BACKOFF_SECONDS": "3600", "JOBQ_RETRY_BACKOFF_MAX_SECONDS": "3600",
     }  # fmt: skip
-    prom: asyncio.subprocess.Process | None = None
-    p: Prometheus | None = None
-    try:
+    async with own_cluster(
+        database_url, amqp_url, "prom", tmp_path, TEST_SECRET, overrides
+    ) as cluster:
         await cluster.up(workers=1, schedulers=1)
         targets = [
             f"127.0.0.1:{cluster.port}",
@@ -103,17 +99,13 @@ async def system(
                 f"--web.listen-address={web}", stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         p = Prometheus(f"http://{web}")
-        await until(p.targets_up, lambda up: up == len(targets), within=30)
-        yield cluster, p, url
-    finally:
-        if p is not None:
+        try:
+            await until(p.targets_up, lambda up: up == len(targets), within=30)
+            yield cluster, p, cluster.database_url
+        finally:
             await p.http.aclose()
-        if prom is not None:
             prom.terminate()
             await asyncio.wait_for(prom.wait(), 10)
-        await asyncio.to_thread(cluster.stop)
-        await drop_database(url)
-        await delete_broker_objects(amqp_url, prefix, ("default", "parked"))
 
 
 async def _submit_alone(url: str, headers: dict[str, str]) -> str:

@@ -5,7 +5,6 @@ fix: the queue is recreated and no job is lost."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,10 +14,10 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.chaos.cluster import Cluster
+from tests.chaos.cluster import Cluster, own_cluster
 from tests.conftest import TEST_SECRET
 from tests.procs import clean_env
-from tests.services import create_database, delete_broker_objects, drop_database, dsn
+from tests.services import dsn
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +35,8 @@ class Setup:
 
 @pytest.fixture
 async def setup(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
-    url = await create_database(database_url, "jobq_topology")
-    prefix = f"jobqtopo{secrets.token_hex(3)}"
-    cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, tmp_path)
-    try:
-        yield Setup(cluster)
-    finally:
-        await asyncio.to_thread(cluster.stop)
-        await drop_database(url)
-        await delete_broker_objects(amqp_url, prefix, ("default",))
+    async with own_cluster(database_url, amqp_url, "topology", tmp_path, TEST_SECRET) as c:
+        yield Setup(c)
 
 
 async def test_a_changed_delivery_limit_is_refused_then_redeclared_without_losing_jobs(

@@ -3,23 +3,20 @@ started as processes (as ``jobq up`` would), and real clients registered in it."
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from jobq import Credentials
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings
 from shared.db.clients import ClientStore
 from shared.db.engine import make_engine
-from tests.chaos.cluster import Cluster
+from tests.chaos.cluster import own_cluster
 from tests.conftest import TEST_SECRET
-from tests.services import create_database, delete_broker_objects, drop_database
 
 pytestmark = pytest.mark.e2e
 
@@ -43,18 +40,11 @@ class Live:
 async def live(
     database_url: str, amqp_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Live]:
-    url = await create_database(database_url, "jobq_sdk")
-    prefix = f"jobqsdk{secrets.token_hex(3)}"
     log_dir: Path = tmp_path_factory.mktemp("sdk")
-    cluster = Cluster(url, amqp_url, prefix, TEST_SECRET, log_dir)
-    engine = make_engine(Settings(database_url=url), "tests", pool_size=2)
-    try:
-        await cluster.up(workers=1, schedulers=1)
-        yield Live(cluster.url, engine)
-    finally:
-        await asyncio.to_thread(cluster.stop)
-        async with engine.connect() as conn:  # the tests declare queues of their own
-            queues = list((await conn.execute(sa.text("SELECT name FROM queues"))).scalars())
-        await engine.dispose()
-        await drop_database(url)
-        await delete_broker_objects(amqp_url, prefix, queues)
+    async with own_cluster(database_url, amqp_url, "sdk", log_dir, TEST_SECRET) as cluster:
+        engine = make_engine(Settings(database_url=cluster.database_url), "tests", pool_size=2)
+        try:
+            await cluster.up(workers=1, schedulers=1)
+            yield Live(cluster.url, engine)
+        finally:
+            await engine.dispose()
