@@ -108,15 +108,13 @@ class OpsServer:
 
 
 @asynccontextmanager
-async def serving(
-    server: OpsServer, host: str, port: int, setting: str
-) -> AsyncIterator[OpsServer | None]:
+async def serving(server: OpsServer, host: str, port: int, setting: str) -> AsyncIterator[None]:
     """``server`` listening on ``host:port`` for the body of the ``with``; port 0: not at all."""
     if port == 0:
-        yield None
+        yield
         return
     await server.start(host, port, setting)
     try:
-        yield server
+        yield
     finally:
         await server.close()
