@@ -15,7 +15,10 @@ from shared.credentials import TENANT_PATTERN
 from shared.db.models import ApiClient, Queue
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
+from shared.dependencies import Policy
 
+#: Dependencies one job may name (``depends_on`` and ``after`` each).
+MAX_DEPENDENCIES = 100
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
 TimeoutSeconds = Annotated[int, Meta(ge=1, le=7 * 24 * 3600)]
@@ -43,6 +46,11 @@ class JobIn(Struct, forbid_unknown_fields=True):
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
     retry_backoff_seconds: BackoffSeconds | None = None
     retry_backoff_max_seconds: BackoffMaxSeconds | None = None
+    #: Jobs of the tenant this one waits for (docs/design.md §2.1): it is ``waiting`` until
+    #: they all succeed.
+    depends_on: Annotated[list[uuid.UUID], Meta(max_length=MAX_DEPENDENCIES)] | None = None
+    #: What a dependency ending dead or canceled does: cancel this job, or run it anyway.
+    on_dependency_failure: Policy = "cancel"
 
 
 #: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
@@ -54,10 +62,16 @@ class BatchJobIn(JobIn, forbid_unknown_fields=True):
     """A job within a batch; its idempotency key travels in the body."""
 
     idempotency_key: IdempotencyKey | None = None
+    #: Jobs of this batch it waits for, by their index in ``jobs`` (from 0).
+    after: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(max_length=MAX_DEPENDENCIES)] | None = (
+        None
+    )
 
 
 class BatchIn(Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[BatchJobIn], Meta(min_length=1)]
+    #: A job to run once when every job of the batch has finished, however it ended.
+    on_complete: BatchJobIn | None = None
 
 
 class JobOut(Struct):
@@ -83,6 +97,10 @@ class JobOut(Struct):
     trace_id: str | None
     #: What the running attempt last reported: ``{"fraction", "message", "at"}`` (or null).
     progress: dict[str, Any] | None = None
+    #: The jobs it waits for (null: none), how many have not finished, and its policy.
+    depends_on: list[uuid.UUID] | None = None
+    waiting_on: int | None = None
+    on_dependency_failure: str | None = None
 
     @classmethod
     def of(cls, job: JobRow | JobRecord) -> JobOut:
@@ -109,6 +127,9 @@ class JobOut(Struct):
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,
             progress=cast("dict[str, Any] | None", job.progress),
+            depends_on=job.depends_on,
+            waiting_on=job.waiting_on,
+            on_dependency_failure=job.on_dependency_failure,
         )
 
 
@@ -119,6 +140,8 @@ class JobList(Struct):
 
 class BatchOut(Struct):
     items: list[JobOut]
+    #: The batch's ``on_complete`` job, if it named one.
+    on_complete: JobOut | None = None
 
 
 class TokenOut(Struct):

@@ -24,6 +24,7 @@ from shared.coalesce import Coalescer
 from shared.db.errors import is_transient
 from shared.db.submits import NewJob
 from shared.db.tickets import ticket_of
+from shared.dependencies import Wants, order
 from shared.domain import JobStatus
 from shared.ids import uuid7
 
@@ -54,11 +55,24 @@ ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 DEFAULT_QUEUE = "default"
 
 
+#: Fields added to job requests after digests were first stored, with their defaults: left
+#: at the default, a field is left out of the digest, so a request keeps the digest it had
+#: before the field existed (and a batch job, which alone has ``after``, one job's digest).
+LATER_FIELDS: dict[str, object] = {
+    "depends_on": None,
+    "on_dependency_failure": "cancel",
+    "after": None,
+}
+
+
 def request_digest(data: JobIn) -> str:
     """What a job request asks for, whatever its key order or spacing: the digest an
     idempotency key is stored with, so that reusing the key for another request is refused."""
     fields = msgspec.structs.asdict(data)
     fields.pop("idempotency_key", None)  # a batch job carries its key in the body
+    for name, default in LATER_FIELDS.items():
+        if fields.get(name, default) == default:
+            fields.pop(name, None)
     fields["queue"] = fields["queue"] or DEFAULT_QUEUE  # left out or named: the same request
     return hashlib.sha256(_canonical.encode(fields)).hexdigest()
 
@@ -171,6 +185,11 @@ class Intake:
             idempotency_key, traceparent, tracestate,
         )  # fmt: skip
         self.limiter.take(principal.client_id, principal.tenant, 1)
+        if data.depends_on:
+            wants = Wants(data.depends_on, (), data.on_dependency_failure)
+            (result,) = await self.submits.insert_waiting([job], [wants])
+            await self._publish([result])
+            return result
         return await self._singles(job)
 
     async def many(
@@ -179,12 +198,24 @@ class Intake:
         principal: Principal,
         traceparent: str | None,
         tracestate: str | None = None,
+        on_complete: BatchJobIn | None = None,
     ) -> list[tuple[JobRecord, bool]]:
-        """One batch request's jobs, all or none."""
+        """One batch request's jobs, all or none; with ``on_complete``, that job last, waiting
+        for every other to finish, however it ends."""
         if len(data) > self.settings.max_batch_jobs:
             raise ValidationException(
                 detail=f"a batch holds at most {self.settings.max_batch_jobs} jobs, not {len(data)}"
             )
+        if on_complete is not None:
+            if on_complete.after or on_complete.on_dependency_failure != "cancel":
+                raise ValidationException(
+                    detail="on_complete runs after every job of the batch however it ends:"
+                    " it takes no 'after' or 'on_dependency_failure'"
+                )
+            done = msgspec.structs.replace(
+                on_complete, after=list(range(len(data))), on_dependency_failure="run"
+            )
+            data = [*data, done]
         keys = [j.idempotency_key for j in data if j.idempotency_key]
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
@@ -196,7 +227,12 @@ class Intake:
             for j in typed
         ]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
-        results = await self.submits.insert(jobs)
+        wants = [Wants(j.depends_on or (), j.after or (), j.on_dependency_failure) for j in data]
+        if any(w.any for w in wants):
+            order(wants)  # a cycle is refused before any statement
+            results = await self.submits.insert_waiting(jobs, wants)
+        else:
+            results = await self.submits.insert(jobs)
         await self._publish(results)
         return results
 

@@ -68,10 +68,38 @@ class Job(SQLModel, table=True):
     tracestate: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     #: traceparent of the span of the attempt that failed last: the retry's span links to it.
     attempt_span: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: The jobs it waits for (docs/design.md §2.1), how many of those have not finished, and
+    #: what a dependency that ends dead or canceled does to it (``cancel`` or ``run``).
+    depends_on: list[uuid.UUID] | None = Field(
+        default=None, sa_column=sa.Column(ARRAY(PG_UUID(as_uuid=True)))
+    )
+    waiting_on: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    on_dependency_failure: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: Something waits for it: its finish releases dependents (a trigger, migration 0013).
+    has_dependents: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+
+
+class JobDependency(SQLModel, table=True):
+    """An edge ``job_id`` waits for ``depends_on``; ``resolved`` is the status the dependency
+    ended in, once it did (each edge resolves once)."""
+
+    __tablename__ = "job_dependencies"
+
+    depends_on: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    job_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            PG_UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    resolved: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
 
 
 class ApiClient(SQLModel, table=True):

@@ -40,6 +40,9 @@ class JobRecord(msgspec.Struct, frozen=True):
     request_digest: str | None
     progress: msgspec.Raw | None
     tracestate: str | None
+    depends_on: list[uuid.UUID] | None
+    waiting_on: int | None
+    on_dependency_failure: str | None
 
     @classmethod
     def of(cls, record: Any) -> JobRecord:
@@ -58,4 +61,4 @@ RECORD_COLUMNS = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, 
     j.attempts, j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at,
     j.started_at, j.finished_at, j.result::text, j.last_error::text, j.errors::text,
     j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text,
-    j.tracestate"""
+    j.tracestate, j.depends_on, j.waiting_on, j.on_dependency_failure"""

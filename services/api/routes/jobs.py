@@ -88,10 +88,14 @@ async def submit_batch(
     data: JSONBody[BatchIn],
     intake: NamedDependency[Intake],
 ) -> BatchOut:
-    """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction."""
+    """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction, and optionally a job to
+    run once when all have finished (``on_complete``)."""
     tp, ts = _trace(request)
-    results = await intake.many(data.jobs, request.user, tp, ts)
-    return BatchOut(items=[JobOut.of(job) for job, _ in results])
+    results = await intake.many(data.jobs, request.user, tp, ts, data.on_complete)
+    items = [JobOut.of(job) for job, _ in results]
+    if data.on_complete is None:
+        return BatchOut(items=items)
+    return BatchOut(items=items[:-1], on_complete=items[-1])
 
 
 @get(
