@@ -4,6 +4,7 @@ ticking scheduler."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -18,10 +19,12 @@ from services.scheduler.loop import Scheduler
 from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker, ticking, wait_for
 from tests.integration.test_api import job_status, wait_status
+from tests.procs import REPO_ROOT
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
 
+README = REPO_ROOT / "README.md"
 DIES = {"type": "fail", "payload": {"permanent": True}, "max_attempts": 1}
 
 
@@ -214,6 +217,27 @@ async def test_dependents_submitted_while_their_dependencies_finish_all_run_once
             {"ids": [uuid.UUID(c["id"]) for c in children]},
         )
     assert late == 0
+
+
+async def test_the_readme_batch_runs_as_the_readme_says(
+    bearer: Bearer, api: Client, scheduler: Scheduler, start_worker: StartWorker
+) -> None:
+    section = README.read_text().split("\n## Dependencies and batches\n", 1)[1].split("\n## ")[0]
+    body = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    h = await bearer()
+    r = await api.post("/v1/jobs/batch", json=body, headers=h)
+    assert r.status_code == 202, r.text
+    items, completion = r.json()["items"], r.json()["on_complete"]
+    assert [(j["status"], j["waiting_on"]) for j in items] == [
+        ("queued", None), ("queued", None), ("waiting", 2),
+    ]  # fmt: skip
+    assert (completion["status"], completion["waiting_on"]) == ("waiting", 3)
+    await start_worker()
+    async with ticking(scheduler):
+        done = await wait_status(api, h, completion["id"], "succeeded")
+    assert done["result"] == {"report": "nightly"}
+    merged = await job_status(api, h, items[2]["id"])
+    assert at(done, "started_at") >= at(merged, "finished_at")
 
 
 async def _count(engine: AsyncEngine, where: str, n: int) -> bool:
