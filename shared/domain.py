@@ -16,7 +16,7 @@ from shared.errors import IllegalTransition
 
 
 class JobStatus(StrEnum):
-    #: Waits for the jobs it depends on (docs/design.md §9); released by the move that
+    #: Waits for the jobs it depends on (docs/design.md §2.1); released by the move that
     #: finishes the last of them.
     WAITING = "waiting"
     SCHEDULED = "scheduled"
