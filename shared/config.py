@@ -136,6 +136,12 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     scheduler_interval_seconds: float = 1.0
     scheduler_batch_size: int = 500
+    #: Fair dispatch (docs/design.md §2.2): a queue with this many tickets outstanding (sent to
+    #: RabbitMQ, not yet claimed) holds new jobs in PostgreSQL, and the dispatcher releases
+    #: them tenant by tenant as workers take tickets (0: never; tickets go out at once).
+    fair_depth: int = 1000
+    #: How often the dispatcher looks for held jobs to release (sooner while it has work).
+    dispatch_interval_seconds: float = 0.2
     publish_timeout_seconds: float = 10.0
     db_timeout_seconds: float = 10.0
     db_pool_size: int = 10
@@ -243,6 +249,7 @@ class Settings:
             "JOBQ_LIVENESS_DEADLINE_SECONDS": self.liveness_deadline_seconds,
             "JOBQ_RETENTION_BATCH_SIZE": self.retention_batch_size,
             "JOBQ_RETENTION_INTERVAL_SECONDS": self.retention_interval_seconds,
+            "JOBQ_DISPATCH_INTERVAL_SECONDS": self.dispatch_interval_seconds,
         }
         for name, value in positive.items():
             if not 0 < value < float("inf"):
@@ -250,6 +257,8 @@ class Settings:
         for status in ("succeeded", "dead", "canceled"):
             if not 0 <= getattr(self, f"retention_{status}_seconds") < float("inf"):
                 raise ConfigError(f"JOBQ_RETENTION_{status.upper()}_SECONDS must be >= 0 (0: keep)")
+        if self.fair_depth < 0:
+            raise ConfigError("JOBQ_FAIR_DEPTH must be >= 0 (0: fair dispatch off)")
         if not 0 <= self.jwt_leeway_seconds <= 300:
             raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
         for rate, burst, suffix in (

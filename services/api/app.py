@@ -29,7 +29,7 @@ from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, dead, health, jobs, leases, queues, types
+from services.api.routes import admin, auth, dead, health, jobs, leases, limits, queues, types
 from services.api.submission import Intake
 from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
@@ -40,6 +40,7 @@ from shared.db.clients import ClientGrant, ClientStore
 from shared.db.dead_letters import DeadLetterStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
+from shared.db.limits import LimitStore
 from shared.db.queues import QueueStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
@@ -77,7 +78,8 @@ def create_app(
             hub = LeaseHub(lease_store, outbox, settings.lease_poll_seconds)
             catalog = TypeCatalog(TypeStore(engine), settings.types_grace_seconds)
             intake = Intake(
-                SubmitStore(engine), outbox, limiter, settings, metrics, accepted=hub.poke,
+                SubmitStore(engine, settings.fair_depth), outbox, limiter, settings, metrics,
+                accepted=hub.poke,
                 catalog=catalog if settings.strict_types else None,
             )  # fmt: skip
             grants: Coalescer[uuid.UUID, ClientGrant | None] = Coalescer(
@@ -102,6 +104,7 @@ def create_app(
                 catalog=catalog,
                 dead_store=dead_store,
                 dead_letters=dead_letters,
+                limit_store=LimitStore(engine),
             )
             try:
                 yield
@@ -142,6 +145,7 @@ def create_app(
                 "catalog",
                 "dead_store",
                 "dead_letters",
+                "limit_store",
             )
         },
         "settings": constant(settings),
@@ -174,6 +178,7 @@ def create_app(
                     *types.ROUTES,
                     *queues.ROUTES,
                     *admin.ROUTES,
+                    *limits.ROUTES,
                 ],
                 security=[{"BearerToken": []}],
             ),

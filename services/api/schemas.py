@@ -17,6 +17,8 @@ from shared.db.records import JobRecord
 from shared.db.sql import JobRow
 from shared.dependencies import Policy
 
+ConcurrencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+MaxRunning = Annotated[int, Meta(ge=1, le=1_000_000)]
 #: Dependencies one job may name (``depends_on`` and ``after`` each).
 MAX_DEPENDENCIES = 100
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
@@ -51,6 +53,10 @@ class JobIn(Struct, forbid_unknown_fields=True):
     depends_on: Annotated[list[uuid.UUID], Meta(max_length=MAX_DEPENDENCIES)] | None = None
     #: What a dependency ending dead or canceled does: cancel this job, or run it anyway.
     on_dependency_failure: Policy = "cancel"
+    #: At most ``concurrency_limit`` (default 1) of the tenant's jobs with this key run at
+    #: once, across all workers (docs/design.md §2.2).
+    concurrency_key: ConcurrencyKey | None = None
+    concurrency_limit: Annotated[int, Meta(ge=1, le=10_000)] | None = None
 
 
 #: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
@@ -101,6 +107,10 @@ class JobOut(Struct):
     depends_on: list[uuid.UUID] | None = None
     waiting_on: int | None = None
     on_dependency_failure: str | None = None
+    #: Queued but waiting in PostgreSQL for its turn or a free slot (docs/design.md §2.2).
+    held: bool = False
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     @classmethod
     def of(cls, job: JobRow | JobRecord) -> JobOut:
@@ -130,6 +140,9 @@ class JobOut(Struct):
             depends_on=job.depends_on,
             waiting_on=job.waiting_on,
             on_dependency_failure=job.on_dependency_failure,
+            held=job.held,
+            concurrency_key=job.concurrency_key,
+            concurrency_limit=job.concurrency_limit,
         )
 
 
@@ -234,11 +247,19 @@ class QueueIn(Struct, forbid_unknown_fields=True):
     retention_succeeded_seconds: RetentionSeconds | None = None
     retention_dead_seconds: RetentionSeconds | None = None
     retention_canceled_seconds: RetentionSeconds | None = None
+    #: At most this many of its jobs run at once, across all workers (``null``: no limit).
+    max_running: MaxRunning | None = None
 
 
-#: The queue settings a ``PATCH`` may set back to ``null`` (the ``JOBQ_RETENTION_*`` setting).
+#: The queue settings a ``PATCH`` may set back to ``null`` (the ``JOBQ_RETENTION_*`` setting,
+#: or no limit).
 NULLABLE_QUEUE_SETTINGS = frozenset(
-    {"retention_succeeded_seconds", "retention_dead_seconds", "retention_canceled_seconds"}
+    {
+        "retention_succeeded_seconds",
+        "retention_dead_seconds",
+        "retention_canceled_seconds",
+        "max_running",
+    }
 )
 
 
@@ -252,6 +273,7 @@ class QueuePatch(Struct, forbid_unknown_fields=True):
     retention_succeeded_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
     retention_dead_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
     retention_canceled_seconds: RetentionSeconds | msgspec.UnsetType | None = msgspec.UNSET
+    max_running: MaxRunning | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class QueueOut(Struct):
@@ -266,6 +288,7 @@ class QueueOut(Struct):
     retention_succeeded_seconds: int | None
     retention_dead_seconds: int | None
     retention_canceled_seconds: int | None
+    max_running: int | None
     created_at: datetime
     updated_at: datetime
     counts: dict[str, int]
@@ -281,6 +304,7 @@ class QueueOut(Struct):
             retention_succeeded_seconds=queue.retention_succeeded_seconds,
             retention_dead_seconds=queue.retention_dead_seconds,
             retention_canceled_seconds=queue.retention_canceled_seconds,
+            max_running=queue.max_running,
             created_at=queue.created_at,
             updated_at=queue.updated_at,
             counts=counts,
@@ -522,3 +546,20 @@ class DeadLetterOut(Struct):
 
     job: JobOut
     replays: list[ReplayRecordOut]
+
+
+class TenantLimitsIn(Struct, forbid_unknown_fields=True):
+    """A tenant's limits, cluster-wide (``null``: none): jobs running at once, jobs started
+    per second and the burst of that rate (default: one second of it)."""
+
+    max_running: MaxRunning | None = None
+    starts_per_second: Annotated[float, Meta(gt=0, le=100_000, **ZERO_EXCLUSIVE)] | None = None
+    burst: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+
+class TenantLimitsOut(Struct):
+    tenant: str
+    max_running: int | None
+    starts_per_second: float | None
+    burst: int | None
+    updated_at: datetime

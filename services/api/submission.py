@@ -62,6 +62,8 @@ LATER_FIELDS: dict[str, object] = {
     "depends_on": None,
     "on_dependency_failure": "cancel",
     "after": None,
+    "concurrency_key": None,
+    "concurrency_limit": None,
 }
 
 
@@ -112,6 +114,8 @@ def new_job(
         and data.retry_backoff_max_seconds < data.retry_backoff_seconds
     ):
         raise ValidationException(detail="retry_backoff_max_seconds is below retry_backoff_seconds")
+    if data.concurrency_limit is not None and data.concurrency_key is None:
+        raise ValidationException(detail="concurrency_limit needs a concurrency_key")
     return NewJob(
         request_digest=request_digest(data) if idempotency_key else None,
         id=uuid7(),
@@ -129,6 +133,8 @@ def new_job(
         retry_backoff_max_seconds=data.retry_backoff_max_seconds,
         traceparent=traceparent,
         tracestate=tracestate,
+        concurrency_key=data.concurrency_key,
+        concurrency_limit=(data.concurrency_limit or 1) if data.concurrency_key else None,
     )
 
 
@@ -264,7 +270,9 @@ class Intake:
     async def _publish(self, results: list[tuple[JobRecord, bool]]) -> None:
         self.metrics.each_job("submitted", ((j.queue, j.type) for j, created in results if created))
         tickets = [
-            ticket_of(job) for job, created in results if created and job.status == JobStatus.QUEUED
+            ticket_of(job)
+            for job, created in results
+            if created and job.status == JobStatus.QUEUED and not job.held
         ]
         if not tickets:
             return

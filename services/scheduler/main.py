@@ -7,10 +7,12 @@ import logging
 
 import uvloop
 
+from services.scheduler.dispatcher import DISPATCH, Dispatcher
 from services.scheduler.figures import QueueGauges
 from services.scheduler.loop import TICK, Scheduler
 from services.scheduler.retention import RETENTION, Retention
 from shared.config import Settings
+from shared.db.dispatch import DispatchStore
 from shared.db.queues import QueueStore
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
@@ -28,7 +30,7 @@ async def serve(settings: Settings) -> None:
     provider = start_tracing("scheduler")
     tracer = provider.get_tracer("jobq.scheduler") if provider else None
     metrics = Metrics("scheduler", counting=settings.metrics)
-    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION])
+    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION, DISPATCH])
     metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
         sweeps = SweepStore(engine)
@@ -43,11 +45,14 @@ async def serve(settings: Settings) -> None:
         outbox = Outbox(TicketStore(engine), broker, mark_delay=0, metrics=metrics)
         scheduler = Scheduler(settings, sweeps, outbox, broker, tracer, metrics, liveness)
         retention = Retention(settings, sweeps, QueueStore(engine), metrics, liveness)
+        dispatch = DispatchStore(engine, settings.fair_depth, settings.scheduler_batch_size)
+        dispatcher = Dispatcher(settings, dispatch, outbox, liveness)
         port = settings.scheduler_metrics_port
         stop = stop_on_signals()
         async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
-            await asyncio.gather(scheduler.run(stop), retention.run(stop))
-        log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
+            await asyncio.gather(scheduler.run(stop), retention.run(stop), dispatcher.run(stop))
+        stats = {**scheduler.stats, "released": dispatcher.released}
+        log.info("scheduler stopped", extra={"stats": stats})
     if provider:
         provider.shutdown()
 

@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from shared.db.jobs import declared, read_page, requeue
 from shared.db.models import DeadLetterReplay, Job
 from shared.db.sql import JobRow, statement
-from shared.db.tickets import ticket_of
+from shared.db.tickets import tickets_of
 from shared.domain import JobStatus
 from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 from shared.ids import uuid7
@@ -234,7 +234,7 @@ class DeadLetterStore:
             await _audit_replays(conn, where.tenant, action, action_id, replayed, edits)
             await _finish_action(conn, action_id, outcome.result())
         outcome.jobs = sorted(moved, key=lambda r: r.id)
-        outcome.tickets = [ticket_of(r) for r in outcome.jobs]
+        outcome.tickets = tickets_of(outcome.jobs)
         return outcome
 
     async def count(self, where: DeadFilter) -> int:

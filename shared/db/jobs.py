@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from shared.db.holds import queued
 from shared.db.models import Job
 from shared.db.sql import JobRow, statement
-from shared.db.tickets import ticket_of
+from shared.db.tickets import tickets_of
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
 from shared.messaging import Ticket
@@ -93,7 +94,7 @@ class JobStore:
             if not await declared(conn, [job.queue]):
                 raise UndeclaredQueue(job.queue)
             [moved] = await requeue(conn, [job_id])
-            return moved, ticket_of(moved)
+            return moved, next(iter(tickets_of([moved])), None)
 
     async def counts_by_queue(
         self, tenant: str | None, queue: str | None = None
@@ -120,10 +121,11 @@ class JobStore:
 #: The columns of ``jobs`` holding JSON, decoded in rows read with textual statements.
 JSON_COLUMNS = ("payload", "result", "last_error", "errors", "progress")
 
-REQUEUE = """
+REQUEUE = f"""
     UPDATE jobs SET status = 'queued', attempts = 0, cancel_requested = false,
         run_at = now(), finished_at = NULL, started_at = NULL, result = NULL,
-        dispatched_at = now(), published_at = NULL, updated_at = now(),
+        {queued("coalesce(CAST(:queue AS text), jobs.queue)")}, published_at = NULL,
+        updated_at = now(),
         queue = coalesce(CAST(:queue AS text), queue),
         payload = coalesce(CAST(:payload AS jsonb), payload)
     WHERE id = ANY(CAST(:ids AS uuid[]))

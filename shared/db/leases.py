@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import raw
+from shared.db.holds import QUEUED
 from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.db.sql import statement
-from shared.db.tickets import TICKET_COLUMNS, ticket_of
+from shared.db.tickets import TICKET_COLUMNS, ticket_of, tickets_of
 from shared.domain import JobStatus
 from shared.messaging import Ticket
 
@@ -75,7 +76,8 @@ CLAIM = """
       AND j.id IN (SELECT id FROM jobs
                    WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
                    ORDER BY id FOR UPDATE)
-      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
+      AND ((j.status = 'queued' AND NOT j.held)
+           OR (j.status = 'running' AND j.lease_id = ANY($3::uuid[])))
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
         j.timeout_seconds, j.lease_id, j.retry_backoff_seconds, j.retry_backoff_max_seconds,
         j.traceparent, j.tenant, j.tracestate, j.attempt_span,
@@ -85,14 +87,15 @@ CLAIM = """
 
 #: Leases up to ``$4`` due jobs of tenant ``$1`` in queues ``$2`` (of types ``$3``, if not
 #: null) to an HTTP worker: highest priority, then oldest, first (the order of the index
-#: ``jobs_lease_order``, so the backlog is read only as far as it takes); rows another claim
+#: ``jobs_lease_ready``; held jobs wait for the dispatcher, ``shared.db.holds``, so the backlog is read only as far as it takes); rows another claim
 #: holds are skipped, not waited for. ``$5`` lease seconds.
 LEASE = """
     UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(),
         progress = NULL, lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),
         updated_at = now(), published_at = coalesce(j.published_at, now())
     WHERE j.id IN (SELECT id FROM jobs
-                   WHERE tenant = $1 AND status = 'queued' AND queue = ANY($2::text[])
+                   WHERE tenant = $1 AND status = 'queued' AND NOT held
+                     AND queue = ANY($2::text[])
                      AND ($3::text[] IS NULL OR type = ANY($3::text[]))
                    ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
     RETURNING j.id, j.type, j.queue, j.priority, j.payload::text, j.attempts, j.max_attempts,
@@ -354,10 +357,9 @@ class LeaseStore:
             job,
             "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,"
             " finished_at = CASE WHEN cancel_requested THEN now() END,"
-            " attempts = attempts - 1, dispatched_at = now(), published_at = NULL,"
-            " started_at = NULL",
+            f" attempts = attempts - 1, {QUEUED}, published_at = NULL, started_at = NULL",
         )
-        return None if row is None or row.status == JobStatus.CANCELED else ticket_of(row)
+        return None if row is None else next(iter(tickets_of([row])), None)
 
     async def cancel_running(self, job: Claimed) -> bool:
         """Honour a cancel request on a job this worker holds."""

@@ -79,6 +79,15 @@ class Job(SQLModel, table=True):
     has_dependents: bool = Field(
         default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
     )
+    #: Queued, but waiting in PostgreSQL for the dispatcher (docs/design.md §2.2): its
+    #: limits, or its turn among tenants, come first.
+    held: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
+    #: At most ``concurrency_limit`` jobs of the tenant with this key run (or are released to
+    #: run) at once, cluster-wide.
+    concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    concurrency_limit: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
     started_at: datetime | None = _ts()
@@ -138,6 +147,31 @@ class Queue(SQLModel, table=True):
     retention_succeeded_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     retention_dead_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     retention_canceled_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: At most this many of its jobs run (or are released to run) at once, cluster-wide.
+    max_running: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    #: Set by the dispatcher while its outstanding tickets reach ``JOBQ_FAIR_DEPTH``: its
+    #: new jobs are held and released tenant by tenant.
+    congested: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
+    created_at: datetime = _ts(nullable=False, default=True)
+    updated_at: datetime = _ts(nullable=False, default=True)
+
+
+class TenantLimits(SQLModel, table=True):
+    """A tenant's limits, cluster-wide: jobs running at once, and jobs started per second (a
+    token bucket of ``burst``, kept here by the dispatcher)."""
+
+    __tablename__ = "tenant_limits"
+
+    tenant: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    max_running: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    starts_per_second: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    burst: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    tokens: float = Field(
+        default=0.0, sa_column=sa.Column(sa.Float, nullable=False, server_default="0")
+    )
+    refilled_at: datetime = _ts(nullable=False, default=True)
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
 

@@ -43,6 +43,9 @@ class JobRecord(msgspec.Struct, frozen=True):
     depends_on: list[uuid.UUID] | None
     waiting_on: int | None
     on_dependency_failure: str | None
+    held: bool
+    concurrency_key: str | None
+    concurrency_limit: int | None
 
     @classmethod
     def of(cls, record: Any) -> JobRecord:
@@ -61,4 +64,5 @@ RECORD_COLUMNS = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, 
     j.attempts, j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at,
     j.started_at, j.finished_at, j.result::text, j.last_error::text, j.errors::text,
     j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text,
-    j.tracestate, j.depends_on, j.waiting_on, j.on_dependency_failure"""
+    j.tracestate, j.depends_on, j.waiting_on, j.on_dependency_failure,
+    j.held, j.concurrency_key, j.concurrency_limit"""

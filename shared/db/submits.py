@@ -53,37 +53,52 @@ class NewJob:
     #: Its start when not the submit's (``queued``, or ``scheduled`` for later): ``waiting``
     #: or ``canceled``, as its dependencies decide (``shared.db.dependencies``).
     status: str | None = None
+    #: At most ``concurrency_limit`` of the tenant's jobs with this key run at once.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 # By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
-# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$18`` (strict): a job
-# naming an undeclared queue fails the statement (a batch request is taken whole or not at
-# all); otherwise that job alone is left out (single requests gathered into one statement).
+# one order (no deadlock between them); of two jobs with one key, the first given is inserted.
+# ``$20`` (strict): a job naming an undeclared queue fails the statement (a batch request is
+# taken whole or not at all); otherwise that job alone is left out (single requests gathered
+# into one statement). A queued job is held (``shared.db.holds``) when its queue has
+# ``$21`` tickets outstanding already (``JOBQ_FAIR_DEPTH``; 0: never), counted on
+# ``jobs_ready`` no further than that, once per queue of the statement.
 INSERT = f"""
-    WITH q AS (SELECT name, max_attempts, timeout_seconds FROM queues
-               WHERE name = ANY($4::text[]) FOR KEY SHARE)
+    WITH q AS (SELECT name, max_attempts, timeout_seconds,
+                   max_running IS NOT NULL OR congested OR ($21 > 0 AND (
+                       SELECT count(*) FROM (SELECT 1 FROM jobs r
+                           WHERE r.queue = queues.name AND r.status = 'queued' AND NOT r.held
+                           LIMIT $21) o) >= $21) AS full
+               FROM queues WHERE name = ANY($4::text[]) FOR KEY SHARE),
+    v AS (SELECT *, coalesce(run_at, now() + make_interval(secs => delay)) AS at
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                      $6::smallint[], $7::int[], $8::int[], $9::float8[], $10::timestamptz[],
+                      $11::text[], $12::float8[], $13::float8[], $14::text[], $15::text[],
+                      $16::text[], $17::text[], $18::text[], $19::int[])
+              WITH ORDINALITY
+              AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
+                   delay, run_at, idem, rb, rbm, tp, ts, digest, status, ckey, climit, n)),
+    r AS (SELECT v.*, q.name AS declared, q.max_attempts AS q_attempts,
+              q.timeout_seconds AS q_timeout,
+              coalesce(v.status, CASE WHEN v.at > now() THEN 'scheduled' ELSE 'queued' END) AS st,
+              v.ckey IS NOT NULL OR coalesce(q.full, false)
+                  OR EXISTS (SELECT 1 FROM tenant_limits tl WHERE tl.tenant = v.tenant) AS hold
+          FROM v LEFT JOIN q ON q.name = v.queue)
     INSERT INTO jobs AS j (id, tenant, type, queue, payload, priority, status, max_attempts,
         timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
-        retry_backoff_max_seconds, traceparent, tracestate, request_digest, dispatched_at)
-    SELECT v.id, v.tenant, v.type,
-        CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
-        v.payload::jsonb, v.priority,
-        coalesce(v.status, CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END),
-        coalesce(v.max_attempts, q.max_attempts),
-        coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp, v.ts,
-        v.digest,
-        CASE WHEN at > now() OR v.status IS NOT NULL THEN NULL ELSE now() END
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
-                $7::int[], $8::int[], $9::float8[], $10::timestamptz[], $11::text[],
-                $12::float8[], $13::float8[], $14::text[], $15::text[], $16::text[],
-                $17::text[])
-        WITH ORDINALITY
-        AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-             delay, run_at, idem, rb, rbm, tp, ts, digest, status, n)
-    LEFT JOIN q ON q.name = v.queue,
-    LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
-    WHERE q.name IS NOT NULL OR $18
-    ORDER BY v.tenant, v.idem, v.n
+        retry_backoff_max_seconds, traceparent, tracestate, request_digest, held,
+        concurrency_key, concurrency_limit, dispatched_at)
+    SELECT r.id, r.tenant, r.type,
+        CASE WHEN r.declared IS NULL THEN jobq_undeclared_queue(r.queue) ELSE r.queue END,
+        r.payload::jsonb, r.priority, r.st, coalesce(r.max_attempts, r.q_attempts),
+        coalesce(r.timeout_seconds, r.q_timeout), r.at, r.idem, r.rb, r.rbm, r.tp, r.ts,
+        r.digest, r.st = 'queued' AND r.hold, r.ckey, r.climit,
+        CASE WHEN r.st = 'queued' AND NOT r.hold THEN now() END
+    FROM r
+    WHERE r.declared IS NOT NULL OR $20
+    ORDER BY r.tenant, r.idem, r.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {RECORD_COLUMNS}
 """
@@ -101,8 +116,10 @@ Outcome = tuple[JobRecord, bool] | Exception
 class SubmitStore:
     """Inserts submitted jobs; the API's only write on the submit path."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, fair_depth: int = 0) -> None:
         self.engine = engine
+        #: ``JOBQ_FAIR_DEPTH``: a queue with this many tickets outstanding holds new jobs.
+        self.fair_depth = fair_depth
 
     async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
         """Insert the jobs of one request, all or none: each job with ``True`` if created,
@@ -118,7 +135,7 @@ class SubmitStore:
             raw.connection(self.engine) as conn,
             conn.transaction() if atomic else contextlib.nullcontext(),
         ):
-            return await _insert_all(conn, jobs)
+            return await _insert_all(conn, jobs, self.fair_depth)
 
     async def insert_waiting(
         self, jobs: Sequence[NewJob], wants: Sequence[Wants]
@@ -129,14 +146,15 @@ class SubmitStore:
         ``InvalidDependencies``."""
         async with raw.connection(self.engine) as conn, conn.transaction():
             statuses = await dependencies.named(conn, jobs[0].tenant, wants)
-            records = await _insert_all(conn, dependencies.starting(jobs, wants, statuses))
+            started = dependencies.starting(jobs, wants, statuses)
+            records = await _insert_all(conn, started, self.fair_depth)
             return await dependencies.link(conn, records, wants, statuses)
 
     async def insert_each(self, jobs: Sequence[NewJob]) -> list[Outcome]:
         """Insert jobs of separate requests in one statement, each standing alone: one job's
         undeclared queue or reused key refuses that job only."""
         async with raw.connection(self.engine) as conn:
-            return await _insert(conn, jobs, strict=False)
+            return await _insert(conn, jobs, strict=False, depth=self.fair_depth)
 
 
 def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
@@ -158,21 +176,25 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
         [j.tracestate for j in jobs],
         [j.request_digest for j in jobs],
         [j.status for j in jobs],
+        [j.concurrency_key for j in jobs],
+        [j.concurrency_limit for j in jobs],
     ]
 
 
-async def _insert_all(conn: Any, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
+async def _insert_all(
+    conn: Any, jobs: Sequence[NewJob], depth: int
+) -> list[tuple[JobRecord, bool]]:
     """Every job inserted (or found by its key), or the first refusal raised."""
-    outcomes = await _insert(conn, jobs, strict=True)
+    outcomes = await _insert(conn, jobs, strict=True, depth=depth)
     refused = next((o for o in outcomes if isinstance(o, Exception)), None)
     if refused is not None:
         raise refused
     return [o for o in outcomes if not isinstance(o, Exception)]
 
 
-async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Outcome]:
+async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool, depth: int) -> list[Outcome]:
     try:
-        rows = await conn.fetch(INSERT, *_columns(jobs), strict)
+        rows = await conn.fetch(INSERT, *_columns(jobs), strict, depth)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == UNDECLARED_QUEUE:
             raise UndeclaredQueue(getattr(exc, "detail", None) or "") from None

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import raw
+from shared.db.holds import QUEUED
 from shared.db.sql import statement
-from shared.db.tickets import TICKET_COLUMNS, ticket_of
+from shared.db.tickets import TICKET_COLUMNS, tickets_of
 from shared.domain import JobStatus
 from shared.messaging import Ticket
 
@@ -27,7 +28,7 @@ class SweepStore:
         """Move due scheduled and retrying jobs to queued; returns their tickets."""
         return await self._take(
             f"""
-            UPDATE jobs SET status = 'queued', dispatched_at = now(), published_at = NULL,
+            UPDATE jobs SET status = 'queued', {QUEUED}, published_at = NULL,
                 updated_at = now()
             WHERE id IN (SELECT id FROM jobs
                          WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
@@ -51,7 +52,7 @@ class SweepStore:
                 errors = errors || jsonb_build_array(e.err),
                 finished_at = CASE WHEN attempts < max_attempts AND NOT cancel_requested
                                    THEN NULL ELSE now() END,
-                lease_id = NULL, lease_expires_at = NULL, dispatched_at = now(),
+                lease_id = NULL, lease_expires_at = NULL, {QUEUED},
                 published_at = NULL, attempt_span = NULL, updated_at = now()
             FROM (SELECT id AS eid, jsonb_build_object(
                         'type', 'LeaseExpired', 'attempt', attempts,
@@ -64,7 +65,7 @@ class SweepStore:
             limit=limit,
         )
         canceled = [(r.queue, r.type) for r in rows if r.status == JobStatus.CANCELED]
-        return [ticket_of(r) for r in rows if r.status != JobStatus.CANCELED], canceled
+        return tickets_of(rows), canceled
 
     async def take_unpublished(self, older_than: float, limit: int) -> list[Ticket]:
         """Queued and dead jobs whose ticket was not confirmed ``older_than`` seconds after it
@@ -90,7 +91,8 @@ class SweepStore:
                     await conn.execute(
                         statement("""
                 SELECT DISTINCT queue FROM jobs
-                WHERE status = 'queued' AND published_at < now() - make_interval(secs => :older)
+                WHERE status = 'queued' AND NOT held
+                  AND published_at < now() - make_interval(secs => :older)
             """),
                         {"older": older_than},
                     )
@@ -103,7 +105,7 @@ class SweepStore:
             f"""
             UPDATE jobs SET dispatched_at = now(), published_at = NULL, updated_at = now()
             WHERE id IN (SELECT id FROM jobs
-                         WHERE status = 'queued' AND queue = :queue
+                         WHERE status = 'queued' AND NOT held AND queue = :queue
                            AND published_at < now() - make_interval(secs => :older)
                          ORDER BY published_at LIMIT :limit FOR UPDATE SKIP LOCKED)
             RETURNING {TICKET_COLUMNS}
@@ -135,7 +137,7 @@ class SweepStore:
         return [QueueFigures(*row) for row in rows]
 
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
-        return [ticket_of(r) for r in await self._rows(sql, **params) if r.status != "canceled"]
+        return tickets_of(await self._rows(sql, **params))
 
     async def _rows(self, sql: str, **params: Any) -> list[Any]:
         async with self._autocommit.connect() as conn:
@@ -180,14 +182,16 @@ QUEUES_WITH_FINISHED = """
 """
 
 #: ``QueueFigures`` of every declared queue, each status counted through its partial index:
-#: ``jobs_queued_by_queue``, ``jobs_due`` and ``jobs_lease_expiry``.
+#: ``jobs_ready`` and ``jobs_held`` (ready counts held jobs: due, waiting for the dispatcher),
+#: ``jobs_due`` and ``jobs_lease_expiry``.
 FIGURES = """
     WITH queued AS (
         SELECT queue, count(*) FILTER (WHERE run_at <= now()) AS ready,
             coalesce(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)
                 AS oldest,
-            count(*) FILTER (WHERE published_at IS NULL) AS unconfirmed
-        FROM jobs WHERE status = 'queued' GROUP BY queue),
+            count(*) FILTER (WHERE published_at IS NULL AND NOT held) AS unconfirmed
+        FROM jobs WHERE (status = 'queued' AND NOT held) OR (status = 'queued' AND held)
+        GROUP BY queue),
     waiting AS (
         SELECT queue, count(*) FILTER (WHERE status = 'scheduled') AS delayed,
             count(*) FILTER (WHERE status = 'retrying') AS retrying

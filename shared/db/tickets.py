@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,8 +13,14 @@ from shared.domain import JobStatus
 from shared.messaging import Ticket
 
 TICKET_COLUMNS = (
-    "id, type, attempts, queue, priority, traceparent, tracestate, status, last_error, tenant"
+    "id, type, attempts, queue, priority, traceparent, tracestate, status, last_error, tenant, held"
 )
+
+
+def tickets_of(rows: Iterable[Any]) -> list[Ticket]:
+    """The tickets to send for rows a statement moved: none for a canceled job, nor for a
+    held one (the dispatcher sends it later, ``shared.db.holds``)."""
+    return [ticket_of(r) for r in rows if r.status != JobStatus.CANCELED and not r.held]
 
 
 def ticket_of(job: Any) -> Ticket:
@@ -67,6 +73,7 @@ class TicketStore:
                                  JOIN unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]))
                                       AS t(id, attempt) ON j.id = t.id AND j.attempts = t.attempt
                                  WHERE j.status IN ('queued', 'dead') AND j.published_at IS NULL
+                                   AND NOT j.held
                                  FOR UPDATE OF j SKIP LOCKED)
                 """),
                 {"ids": [t.job_id for t in tickets], "attempts": [t.attempt for t in tickets]},
@@ -79,7 +86,7 @@ class TicketStore:
             done = await conn.execute(
                 statement("""
                     UPDATE jobs SET published_at = NULL, dispatched_at = now() - interval '1 day'
-                    WHERE status = 'queued' AND queue = :queue
+                    WHERE status = 'queued' AND NOT held AND queue = :queue
                 """),
                 {"queue": queue},
             )

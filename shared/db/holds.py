@@ -1,0 +1,30 @@
+"""When a queued job waits in PostgreSQL for the dispatcher instead of going to RabbitMQ at
+once (``held``, docs/design.md §2.2): the rule, for the statements that move jobs to
+``queued``.
+
+A job is held when something must be counted before it may start: its ``concurrency_key``,
+its queue's ``max_running``, its tenant's limits; or when its queue is ``congested`` (the
+dispatcher then hands out tickets tenant by tenant, so no tenant's flood queues ahead of the
+others). A held job has no ticket (``dispatched_at`` and ``published_at`` are null), so the
+republishing sweeps leave it alone and no worker can claim it. The submit's INSERT
+(``shared.db.submits``) applies the same rule to the rows it inserts.
+"""
+
+from __future__ import annotations
+
+
+def held(queue: str = "jobs.queue") -> str:
+    """Whether a row of ``UPDATE jobs`` that moves it into ``queue`` is held."""
+    return f"""(jobs.concurrency_key IS NOT NULL
+        OR EXISTS (SELECT 1 FROM queues hq WHERE hq.name = {queue}
+                   AND (hq.max_running IS NOT NULL OR hq.congested))
+        OR EXISTS (SELECT 1 FROM tenant_limits ht WHERE ht.tenant = jobs.tenant))"""
+
+
+def queued(queue: str = "jobs.queue") -> str:
+    """The assignments of such a statement: the job held, or its ticket owed now."""
+    return f"held = {held(queue)}, dispatched_at = CASE WHEN {held(queue)} THEN NULL ELSE now() END"
+
+
+#: ``queued()`` for statements that leave the job in its queue.
+QUEUED = queued()
