@@ -28,7 +28,7 @@ from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, health, jobs, leases, queues, types
+from services.api.routes import admin, auth, health, jobs, leases, queues, schedules, types
 from services.api.submission import Intake
 from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
@@ -39,6 +39,7 @@ from shared.db.clients import ClientGrant, ClientStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
+from shared.db.schedules import ScheduleStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
 from shared.db.types import TypeStore
@@ -88,6 +89,7 @@ def create_app(
                 grants=grants,
                 clients=clients,
                 queue_store=QueueStore(engine),
+                schedules=ScheduleStore(engine),
                 broker=broker,
                 broker_stats=broker_stats,
                 outbox=outbox,
@@ -126,6 +128,7 @@ def create_app(
                 "intake",
                 "clients",
                 "queue_store",
+                "schedules",
                 "broker",
                 "broker_stats",
                 "outbox",
@@ -162,6 +165,7 @@ def create_app(
                     *leases.ROUTES,
                     *types.ROUTES,
                     *queues.ROUTES,
+                    *schedules.ROUTES,
                     *admin.ROUTES,
                 ],
                 security=[{"BearerToken": []}],
