@@ -170,11 +170,15 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _payload(args: argparse.Namespace) -> Any:
     try:
-        payload = json.loads(args.payload)
+        return json.loads(args.payload)
     except ValueError as exc:
         raise ConfigError(f"--payload is not JSON: {exc}") from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload = _payload(args)
     with client(args) as c:
         job = c.submit(
             args.type, payload, queue=args.queue, priority=args.priority, delay=args.delay,
@@ -309,10 +313,7 @@ def cmd_schedules_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_schedules_add(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except ValueError as exc:
-        raise ConfigError(f"--payload is not JSON: {exc}") from None
+    payload = _payload(args)
     job = {"type": args.type, "payload": payload, "queue": args.queue, "priority": args.priority}
     body = {
         "name": args.name, "cron": args.cron, "timezone": args.timezone, "overlap": args.overlap,

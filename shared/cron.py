@@ -66,35 +66,48 @@ def _ticks(expr: str, tz: str, after: datetime) -> Iterator[datetime]:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """What a schedule owes at ``now``: the ticks to fire (oldest first), how many older
-    missed ticks are skipped for the catch-up bound, and the tick after ``now``."""
+    """What a schedule owes at ``now``: the ticks to fire (oldest first), how many missed
+    ticks are skipped for the catch-up bound, and the first tick after ``now``."""
 
     ticks: list[datetime]
     skipped: int
     next_at: datetime
 
 
-def due(expr: str, tz: str, first: datetime, now: datetime, catch_up: int) -> Due:
-    """The ticks from ``first`` (the schedule's due tick, included) to ``now``: the latest
-    ``catch_up`` of them are fired, older ones skipped (counted up to ``MOST_COUNTED``)."""
+def due(expr: str, tz: str, first: datetime, now: datetime, catch_up: int, grace: float) -> Due:
+    """The ticks from ``first`` (the schedule's next tick, included) to ``now``. Those less
+    than ``grace`` seconds late are on time (a busy scheduler's lateness) and all fire; older
+    ones were missed (no scheduler ran): the latest ``catch_up`` of them fire, the rest are
+    skipped (counted up to ``MOST_COUNTED``)."""
     if first > now:
         return Due([], 0, first)
-    kept: deque[datetime] = deque([first], maxlen=catch_up)
-    seen = 1
-    it = _ticks(expr, tz, first)
-    for tick in it:
+    cutoff = now - timedelta(seconds=grace)
+    missed: deque[datetime] = deque(maxlen=catch_up)
+    on_time: list[datetime] = []
+    late = 0
+    for tick in itertools.chain([first], _ticks(expr, tz, first)):
         if tick > now:
-            return Due(list(kept), seen - len(kept), tick)
-        if seen >= MOST_COUNTED:  # a long outage of a frequent schedule: jump to now
-            kept = deque(_last(expr, tz, now, catch_up), maxlen=catch_up)
-            return Due(list(kept), seen, next_after(expr, tz, now))
-        kept.append(tick)
-        seen += 1
+            return Due([*missed, *on_time], late - len(missed), tick)
+        if tick > cutoff:
+            on_time.append(tick)
+            continue
+        missed.append(tick)
+        late += 1
+        if late >= MOST_COUNTED:  # a long outage of a frequent schedule: jump to now
+            return _jump(expr, tz, now, cutoff, catch_up)
     raise BadSchedule(f"cron expression {expr[:100]!r} fires no more")
 
 
-def _last(expr: str, tz: str, now: datetime, n: int) -> list[datetime]:
-    """The last ``n`` ticks at or before ``now``, oldest first."""
+def _jump(expr: str, tz: str, now: datetime, cutoff: datetime, catch_up: int) -> Due:
+    """``Due`` from the ticks before ``now``, read backwards: the on-time ones, then the
+    latest ``catch_up`` missed ones; ``MOST_COUNTED`` skipped."""
     start = (now + timedelta(seconds=1)).astimezone(zone(tz)).replace(microsecond=0)
-    back = CronSim(expr, start, reverse=True)
-    return sorted(t.astimezone(UTC) for t in itertools.islice(back, n))
+    kept: list[datetime] = []
+    missed = 0
+    for tick in (t.astimezone(UTC) for t in CronSim(expr, start, reverse=True)):
+        if tick <= cutoff:
+            if missed == catch_up:
+                break
+            missed += 1
+        kept.append(tick)
+    return Due(kept[::-1], MOST_COUNTED, next_after(expr, tz, now))

@@ -408,7 +408,7 @@ CronExpression = Annotated[
 #: An IANA time zone name (``Europe/Berlin``, ``UTC``).
 TimeZoneName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+./-]+$")]
 #: At most this many ticks missed while no scheduler ran are fired (the latest of them).
-CatchUp = Annotated[int, Meta(ge=1, le=1000)]
+CatchUp = Annotated[int, Meta(ge=0, le=1000, **ZERO_MINIMUM)]
 Overlap = Literal["allow", "skip", "cancel"]
 
 

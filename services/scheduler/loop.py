@@ -133,7 +133,7 @@ class Scheduler:
         jobs' tickets once it committed. Returns the jobs made."""
         limit, total = self.settings.scheduler_batch_size, 0
         for _ in range(MAX_BATCHES):
-            fired = await self.schedules.fire_due(limit)
+            fired = await self.schedules.fire_due(limit, self.settings.schedule_grace_seconds)
             self.metrics.each_job("submitted", fired.submitted)
             self.metrics.each_job("canceled", fired.canceled)
             if fired.outcomes or fired.skipped_ticks:

@@ -57,6 +57,11 @@ class ScheduleStore:
             row = (await conn.execute(stmt)).first()
         return None if row is None else Schedule.model_validate(dict(row._mapping))
 
+    async def count(self, tenant: str) -> int:
+        async with self.engine.connect() as conn:
+            q = sa.select(sa.func.count()).where(col(Schedule.tenant) == tenant)
+            return int(await conn.scalar(q) or 0)
+
     async def get(self, tenant: str, schedule_id: uuid.UUID) -> Schedule | None:
         q = select(Schedule).where(col(Schedule.id) == schedule_id, col(Schedule.tenant) == tenant)
         async with self.engine.connect() as conn:
@@ -104,16 +109,17 @@ class ScheduleStore:
         async with self.engine.begin() as conn:
             return bool((await conn.execute(stmt)).rowcount)
 
-    async def fire_due(self, limit: int) -> Fired:
+    async def fire_due(self, limit: int, grace: float) -> Fired:
         """Fire the due ticks of up to ``limit`` schedules no other scheduler holds, in one
-        transaction; returns the tickets to publish once it committed."""
+        transaction; returns the tickets to publish once it committed. Ticks over ``grace``
+        seconds late were missed: each schedule's catch-up bound applies to them."""
         fired = Fired()
         async with raw.connection(self.engine) as conn, conn.transaction():
             now = await conn.fetchval("SELECT now()")
             due = await conn.fetch(DUE, limit)
             fired.taken = len(due)
             for s in due:
-                await _fire(conn, s, now, fired)
+                await _fire(conn, s, now, grace, fired)
         return fired
 
 
@@ -131,9 +137,9 @@ class Fired:
     taken: int = 0
 
 
-async def _fire(conn: Any, s: Any, now: datetime, fired: Fired) -> None:
+async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired) -> None:
     try:
-        owed = cron.due(s["cron"], s["timezone"], s["next_fire_at"], now, s["catch_up"])
+        owed = cron.due(s["cron"], s["timezone"], s["next_fire_at"], now, s["catch_up"], grace)
     except cron.BadSchedule:  # a zone the system no longer knows: paused, not retried forever
         await conn.execute("UPDATE schedules SET paused = true WHERE id = $1", s["id"])
         fired.outcomes["paused_bad_schedule"] = fired.outcomes.get("paused_bad_schedule", 0) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.app import create_app
 from services.scheduler.loop import Scheduler
+from shared.config import Settings
 from shared.db.jobs import JobStore
 from shared.db.sweeps import SweepStore
 from shared.domain import JobStatus
@@ -89,7 +92,7 @@ async def test_create_read_list_change_and_delete(api: Client, bearer: Bearer) -
         ({"job": {"type": "echo", "priority": "5"}}, "priority"),
         ({"job": {"type": "Bad Type"}}, "type"),
         ({"overlap": "sometimes"}, "overlap"),
-        ({"catch_up": 0}, "catch_up"),
+        ({"catch_up": 1001}, "catch_up"),
         ({"surprise": 1}, "surprise"),
     ],
 )
@@ -122,19 +125,27 @@ async def test_another_tenants_schedule_is_404_and_scopes_hold(api: Client, bear
     assert (await api.get("/v1/schedules", headers=writer)).status_code == 403
 
 
+@pytest.fixture
+def strict(scheduler: Scheduler) -> Scheduler:
+    """The scheduler with a grace of a millisecond: every tick owed (this hour's too) was
+    missed, so the catch-up bound applies to all of them."""
+    scheduler.settings = replace(scheduler.settings, schedule_grace_seconds=0.001)
+    return scheduler
+
+
 async def test_missed_ticks_fire_up_to_the_bound_once_each_and_run(
     api: Client,
     bearer: Bearer,
     engine: AsyncEngine,
-    scheduler: Scheduler,
+    strict: Scheduler,
     store: JobStore,
     start_worker: StartWorker,
 ) -> None:
     headers = await bearer()
     made = await create(api, headers, catch_up=2)
     await owe(engine, made["id"], hours=5)  # six ticks due: two fired, four skipped
-    assert (await scheduler.tick())["scheduled"] == 2
-    assert (await scheduler.tick())["scheduled"] == 0
+    assert (await strict.tick())["scheduled"] == 2
+    assert (await strict.tick())["scheduled"] == 0
     got = (await api.get(f"/v1/schedules/{made['id']}", headers=headers)).json()
     fires = got["fires"]
     assert [f["outcome"] for f in fires] == ["fired", "fired"]
@@ -150,7 +161,7 @@ async def test_missed_ticks_fire_up_to_the_bound_once_each_and_run(
 
 
 async def test_overlap_skip_and_cancel(
-    api: Client, bearer: Bearer, engine: AsyncEngine, scheduler: Scheduler, store: JobStore
+    api: Client, bearer: Bearer, engine: AsyncEngine, strict: Scheduler, store: JobStore
 ) -> None:
     headers = await bearer()
     made = {
@@ -160,7 +171,7 @@ async def test_overlap_skip_and_cancel(
     for m in made.values():
         await owe(engine, m["id"], hours=1)
     # Two ticks due at once, no worker: the first tick's job is still queued at the second.
-    assert (await scheduler.tick())["scheduled"] == 1 + 2 + 2
+    assert (await strict.tick())["scheduled"] == 1 + 2 + 2
 
     async def fires(overlap: str) -> list[dict[str, Any]]:
         url = f"/v1/schedules/{made[overlap]['id']}"
@@ -183,15 +194,14 @@ async def test_overlap_skip_and_cancel(
 
 
 async def test_two_schedulers_fire_each_tick_once(
-    api: Client, bearer: Bearer, engine: AsyncEngine, scheduler: Scheduler
+    api: Client, bearer: Bearer, engine: AsyncEngine, strict: Scheduler
 ) -> None:
     headers = await bearer()
     made = [await create(api, headers, name=f"s{i}", catch_up=3) for i in range(30)]
     for m in made:
         await owe(engine, m["id"], hours=2)
-    other = Scheduler(scheduler.settings, SweepStore(engine), scheduler.outbox, scheduler.broker,
-                      None)  # fmt: skip
-    moved = await asyncio.gather(*(s.tick() for s in (scheduler, other, scheduler, other)))
+    other = Scheduler(strict.settings, SweepStore(engine), strict.outbox, strict.broker, None)
+    moved = await asyncio.gather(*(s.tick() for s in (strict, other, strict, other)))
     assert sum(m["scheduled"] for m in moved) == 90
     async with engine.connect() as conn:
         fires, jobs = (await conn.execute(sa.text(
@@ -199,3 +209,17 @@ async def test_two_schedulers_fire_each_tick_once(
             " (SELECT count(*) FROM jobs WHERE idempotency_key LIKE 'schedule:%')"
         ))).one()  # fmt: skip
     assert (fires, jobs) == (90, 90)
+
+
+async def test_a_tenant_has_at_most_the_schedules_the_setting_allows(
+    settings: Settings, bearer: Bearer, clean: None
+) -> None:
+    app = create_app(replace(settings, max_schedules_per_tenant=2))
+    async with AsyncTestClient(app=app) as api:
+        headers = await bearer()
+        for name in ("one", "two"):
+            await create(api, headers, name=name)
+        r = await api.post("/v1/schedules", json={**HOURLY, "name": "three"}, headers=headers)
+        assert r.status_code == 409
+        assert "JOBQ_MAX_SCHEDULES_PER_TENANT" in r.json()["detail"]
+        await create(api, await bearer("globex"), name="three")  # another tenant's own count

@@ -71,22 +71,36 @@ def test_bad_expressions_and_zones_are_refused(expr: str, tz: str, says: str) ->
         check(expr, tz)
 
 
-def test_due_fires_the_latest_ticks_up_to_the_bound_and_counts_the_rest() -> None:
+def test_missed_ticks_fire_up_to_the_bound_and_the_rest_are_counted() -> None:
     first = utc(2026, 1, 1, 0, 0)
-    now = utc(2026, 1, 1, 0, 9, 30)  # ten minutely ticks are due
-    d = due("* * * * *", "UTC", first, now, catch_up=3)
+    now = utc(2026, 1, 1, 0, 9, 30)  # ten minutely ticks are due, all of them missed
+    d = due("* * * * *", "UTC", first, now, catch_up=3, grace=10)
     assert d.ticks == [utc(2026, 1, 1, 0, 7), utc(2026, 1, 1, 0, 8), utc(2026, 1, 1, 0, 9)]
     assert (d.skipped, d.next_at) == (7, utc(2026, 1, 1, 0, 10))
-    on_time = due("* * * * *", "UTC", first, utc(2026, 1, 1, 0, 0, 0), catch_up=1)
+    none = due("* * * * *", "UTC", first, now, catch_up=0, grace=10)
+    assert (none.ticks, none.skipped, none.next_at) == ([], 10, utc(2026, 1, 1, 0, 10))
+    on_time = due("* * * * *", "UTC", first, first, catch_up=0, grace=10)
     assert (on_time.ticks, on_time.skipped, on_time.next_at) == ([first], 0, utc(2026, 1, 1, 0, 1))
-    early = due("* * * * *", "UTC", first, first - timedelta(seconds=1), catch_up=1)
+    early = due("* * * * *", "UTC", first, first - timedelta(seconds=1), catch_up=1, grace=10)
     assert (early.ticks, early.next_at) == ([], first)
+
+
+def test_ticks_within_the_grace_are_late_not_missed() -> None:
+    # A slow scheduler finds several second ticks due at once: all fire, whatever the bound.
+    first = utc(2026, 1, 1, 0, 0, 0)
+    d = due("* * * * * *", "UTC", first, utc(2026, 1, 1, 0, 0, 3), catch_up=0, grace=5)
+    assert (len(d.ticks), d.skipped) == (4, 0)
+    # Three seconds down with a two-second grace: the first is missed, one catches up.
+    d = due("* * * * * *", "UTC", first, utc(2026, 1, 1, 0, 0, 4), catch_up=1, grace=2.5)
+    assert d.ticks == [utc(2026, 1, 1, 0, 0, 1), *(utc(2026, 1, 1, 0, 0, s) for s in (2, 3, 4))]
+    assert d.skipped == 1
 
 
 def test_a_long_outage_of_a_frequent_schedule_jumps_to_now() -> None:
     first = utc(2026, 1, 1)
     now = first + timedelta(days=1, milliseconds=500)  # 86,401 second ticks due
-    d = due("* * * * * *", "UTC", first, now, catch_up=2)
-    assert d.ticks == [now - timedelta(seconds=1, milliseconds=500), now.replace(microsecond=0)]
+    d = due("* * * * * *", "UTC", first, now, catch_up=2, grace=2)
+    second = now.replace(microsecond=0)
+    assert d.ticks == [second - timedelta(seconds=s) for s in (3, 2, 1, 0)]
     assert d.skipped == MOST_COUNTED
-    assert d.next_at == now.replace(microsecond=0) + timedelta(seconds=1)
+    assert d.next_at == second + timedelta(seconds=1)

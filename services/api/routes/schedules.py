@@ -81,7 +81,13 @@ async def create_schedule(
     queue_store: NamedDependency[QueueStore],
     settings: NamedDependency[Settings],
 ) -> Response[ScheduleOut]:
-    """Create a schedule; its tenant has one of that name: ``409``."""
+    """Create a schedule; its tenant has one of that name, or ``JOBQ_MAX_SCHEDULES_PER_TENANT``
+    schedules: ``409``."""
+    if await schedules.count(request.user.tenant) >= settings.max_schedules_per_tenant:
+        raise Conflict(
+            detail=f"the tenant has {settings.max_schedules_per_tenant} schedules, the most"
+            " JOBQ_MAX_SCHEDULES_PER_TENANT allows; delete one first"
+        )
     created = await schedules.create(
         Schedule(
             id=uuid7(),
