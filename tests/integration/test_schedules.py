@@ -19,9 +19,11 @@ from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.jobs import JobStore
 from shared.db.sweeps import SweepStore
+from shared.db.types import TypeStore
 from shared.domain import JobStatus
 from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker
+from tests.integration.test_types import THUMB
 from tests.integration.test_worker import final
 
 pytestmark = pytest.mark.integration
@@ -223,3 +225,21 @@ async def test_a_tenant_has_at_most_the_schedules_the_setting_allows(
         assert r.status_code == 409
         assert "JOBQ_MAX_SCHEDULES_PER_TENANT" in r.json()["detail"]
         await create(api, await bearer("globex"), name="three")  # another tenant's own count
+
+
+async def test_with_strict_types_a_schedules_job_is_checked_and_given_its_types_defaults(
+    settings: Settings, bearer: Bearer, engine: AsyncEngine, clean: None
+) -> None:
+    await TypeStore(engine).register([("strict.thumb", THUMB, {"queue": "slow"})])
+    async with AsyncTestClient(app=create_app(replace(settings, strict_types=True))) as api:
+        headers = await bearer()
+        r = await api.post("/v1/schedules", json={**HOURLY, "job": {"type": "strict.nope"}},
+                           headers=headers)  # fmt: skip
+        assert r.status_code == 422
+        assert "strict.thumb" in r.json()["detail"]
+        job = {"type": "strict.thumb", "payload": {"image": "a", "width": "wide"}}
+        r = await api.post("/v1/schedules", json={**HOURLY, "job": job}, headers=headers)
+        assert r.status_code == 422
+        assert "width" in r.json()["detail"]
+        made = await create(api, headers, job={"type": "strict.thumb", "payload": {"image": "a"}})
+        assert made["job"]["queue"] == "slow"

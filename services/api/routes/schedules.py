@@ -22,7 +22,7 @@ from services.api.auth import requires_scopes
 from services.api.errors import Conflict
 from services.api.openapi import problems
 from services.api.schemas import JobIn, ScheduleIn, ScheduleList, ScheduleOut, SchedulePatch
-from services.api.submission import DEFAULT_QUEUE, new_job
+from services.api.submission import DEFAULT_QUEUE, Intake, new_job
 from services.api.tokens import Principal
 from shared import cron
 from shared.config import MAX_LIST_LIMIT, NAME_PATTERN, Settings
@@ -38,12 +38,14 @@ PATH = "/v1/schedules/{schedule_id:uuid}"
 
 
 async def _template(
-    job: JobIn, principal: Principal, settings: Settings, queues: QueueStore
+    job: JobIn, principal: Principal, intake: Intake, queues: QueueStore
 ) -> dict[str, Any]:
-    """The job a tick submits, checked as a submit would be, with its queue named."""
+    """The job a tick submits, checked as a submit would be (with strict types, its type's
+    schema and defaults too), with its queue named."""
     if job.run_at is not None or job.delay_seconds is not None:
         raise ValidationException(detail="a schedule's job runs at its tick: no run_at or delay")
-    new_job(job, principal, settings, None, None)  # raises what a submit would
+    job = await intake.typed(job, principal.tenant)
+    new_job(job, principal, intake.settings, None, None)  # raises what a submit would
     template = msgspec.to_builtins(job)
     template.pop("run_at", None)
     template.pop("delay_seconds", None)
@@ -79,6 +81,7 @@ async def create_schedule(
     data: JSONBody[ScheduleIn],
     schedules: NamedDependency[ScheduleStore],
     queue_store: NamedDependency[QueueStore],
+    intake: NamedDependency[Intake],
     settings: NamedDependency[Settings],
 ) -> Response[ScheduleOut]:
     """Create a schedule; its tenant has one of that name, or ``JOBQ_MAX_SCHEDULES_PER_TENANT``
@@ -95,7 +98,7 @@ async def create_schedule(
             name=data.name,
             cron=data.cron,
             timezone=data.timezone,
-            job=await _template(data.job, request.user, settings, queue_store),
+            job=await _template(data.job, request.user, intake, queue_store),
             overlap=data.overlap,
             catch_up=data.catch_up,
             paused=data.paused,
@@ -148,7 +151,7 @@ async def change_schedule(
     data: JSONBody[SchedulePatch],
     schedules: NamedDependency[ScheduleStore],
     queue_store: NamedDependency[QueueStore],
-    settings: NamedDependency[Settings],
+    intake: NamedDependency[Intake],
 ) -> ScheduleOut:
     """Change a schedule: its cron, zone, job, overlap, catch-up, or pause it; a new cron or
     zone, or a resume, fires next at the first tick after now."""
@@ -158,7 +161,7 @@ async def change_schedule(
         k: v for k, v in msgspec.structs.asdict(data).items() if v is not None and k != "job"
     }
     if data.job is not None:
-        changes["job"] = await _template(data.job, request.user, settings, queue_store)
+        changes["job"] = await _template(data.job, request.user, intake, queue_store)
     expr, tz = changes.get("cron", current.cron), changes.get("timezone", current.timezone)
     if "cron" in changes or "timezone" in changes or (current.paused and data.paused is False):
         changes["next_fire_at"] = _first_tick(expr, tz)
