@@ -156,6 +156,7 @@ class ScheduleFire(SQLModel, table=True):
     (``fired``, ``skipped_overlap``). The key makes a tick fire once (docs/design.md §8)."""
 
     __tablename__ = "schedule_fires"
+    __table_args__ = (sa.Index("schedule_fires_tick", "tick"),)
 
     schedule_id: uuid.UUID = Field(
         sa_column=sa.Column(

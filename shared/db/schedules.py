@@ -109,6 +109,14 @@ class ScheduleStore:
         async with self.engine.begin() as conn:
             return bool((await conn.execute(stmt)).rowcount)
 
+    async def delete_fires(self, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` fires whose tick is over ``older_than`` seconds old, oldest
+        first; returns how many. A tick's fire is needed only until ``next_fire_at`` has moved
+        past it, which its own transaction did."""
+        async with raw.connection(self.engine) as conn:
+            done = await conn.execute(DELETE_FIRES, older_than, limit)
+        return int(done.split()[-1])
+
     async def fire_due(self, limit: int, grace: float) -> Fired:
         """Fire the due ticks of up to ``limit`` schedules no other scheduler holds, in one
         transaction; returns the tickets to publish once it committed. Ticks over ``grace``
@@ -223,6 +231,12 @@ async def _cancel(conn: Any, job_id: uuid.UUID, fired: Fired) -> None:
 def _columns() -> list[Any]:
     return list(Schedule.metadata.tables["schedules"].columns)
 
+
+DELETE_FIRES = """
+    DELETE FROM schedule_fires WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM schedule_fires WHERE tick < now() - make_interval(secs => $1::float8)
+        ORDER BY tick LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
 
 DUE = """
     SELECT id, tenant, cron, timezone, job, overlap, catch_up, next_fire_at, last_job_id

@@ -23,6 +23,7 @@ from shared.db.types import TypeStore
 from shared.domain import JobStatus
 from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker
+from tests.integration.test_retention import retention
 from tests.integration.test_types import THUMB
 from tests.integration.test_worker import final
 
@@ -243,3 +244,27 @@ async def test_with_strict_types_a_schedules_job_is_checked_and_given_its_types_
         assert "width" in r.json()["detail"]
         made = await create(api, headers, job={"type": "strict.thumb", "payload": {"image": "a"}})
         assert made["job"]["queue"] == "slow"
+
+
+async def test_fires_are_kept_as_long_as_succeeded_jobs(
+    api: Client, bearer: Bearer, engine: AsyncEngine, settings: Settings
+) -> None:
+    made = await create(api, await bearer())
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO schedule_fires (schedule_id, tick, outcome) SELECT :id,"
+                " date_trunc('hour', now()) - make_interval(days => d), 'fired'"
+                " FROM unnest(ARRAY[1, 6, 8, 9, 30]) AS d"
+            ),
+            {"id": made["id"]},
+        )
+    await retention(settings, engine, retention_succeeded_seconds=7 * 86400,
+                    retention_batch_size=2).sweep()  # fmt: skip
+    fires = (await api.get(f"/v1/schedules/{made['id']}", headers=await bearer())).json()["fires"]
+    assert len(fires) == 2
+    await retention(settings, engine, retention_succeeded_seconds=0).sweep()  # 0: kept
+    assert (
+        len((await api.get(f"/v1/schedules/{made['id']}", headers=await bearer())).json()["fires"])
+        == 2
+    )

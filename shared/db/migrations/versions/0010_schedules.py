@@ -4,7 +4,8 @@
 ``schedule_fires`` one row per tick that came due. Its primary key (schedule, tick) is what
 makes a tick fire once, whatever the schedulers running and however they crash: the fire row
 and the tick's job are inserted in one transaction (docs/design.md §8). ``schedules_due``
-finds the schedules whose next tick has come.
+finds the schedules whose next tick has come; ``schedule_fires_tick`` the fires old enough
+to delete (they are kept as long as a succeeded job is).
 
 Revision ID: 0010
 Revises: 0009
@@ -61,6 +62,7 @@ def upgrade() -> None:
         sa.Column("outcome", sa.Text, nullable=False),
         sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False, server_default=now),
     )
+    op.create_index("schedule_fires_tick", "schedule_fires", ["tick"])
 
 
 def downgrade() -> None:
