@@ -11,6 +11,7 @@ between the commit and the publish is covered by the unconfirmed-ticket sweep), 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from sqlmodel import col, select
 
 from shared import cron
 from shared.db import raw
+from shared.db.errors import is_transient
 from shared.db.models import Schedule, ScheduleFire
 from shared.db.submits import NewJob, insert_on
 from shared.db.tickets import ticket_of
@@ -32,6 +34,8 @@ from shared.domain import CANCELABLE, TERMINAL, JobStatus
 from shared.ids import uuid7
 from shared.messaging import Ticket
 from shared.telemetry import job_trace
+
+log = logging.getLogger("jobq.scheduler")
 
 #: Fires shown with a schedule, newest first.
 RECENT_FIRES = 20
@@ -127,7 +131,18 @@ class ScheduleStore:
             due = await conn.fetch(DUE, limit)
             fired.taken = len(due)
             for s in due:
-                await _fire(conn, s, now, grace, fired)
+                one = Fired()
+                try:
+                    async with (
+                        conn.transaction()
+                    ):  # a savepoint: one schedule's fault spares the rest
+                        await _fire(conn, s, now, grace, one)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.exception("schedule not fired", extra={"schedule": str(s["id"])})
+                    continue
+                fired.add(one)
         return fired
 
 
@@ -143,6 +158,14 @@ class Fired:
     skipped_ticks: int = 0
     #: Schedules taken (a full batch: there may be more).
     taken: int = 0
+
+    def add(self, other: Fired) -> None:
+        self.tickets += other.tickets
+        for outcome, n in other.outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+        self.submitted += other.submitted
+        self.canceled += other.canceled
+        self.skipped_ticks += other.skipped_ticks
 
 
 async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired) -> None:

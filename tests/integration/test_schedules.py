@@ -268,3 +268,21 @@ async def test_fires_are_kept_as_long_as_succeeded_jobs(
         len((await api.get(f"/v1/schedules/{made['id']}", headers=await bearer())).json()["fires"])
         == 2
     )
+
+
+async def test_a_schedule_that_cannot_fire_spares_the_others(
+    api: Client, bearer: Bearer, engine: AsyncEngine, strict: Scheduler
+) -> None:
+    headers = await bearer()
+    for name in ("broken", "fine"):
+        await owe(engine, (await create(api, headers, name=name))["id"], hours=0)
+    async with engine.begin() as conn:  # a template no code path writes
+        await conn.execute(
+            sa.text("UPDATE schedules SET job = '{\"queue\": 1}' WHERE name = 'broken'")
+        )
+    assert (await strict.tick())["scheduled"] == 1
+    async with engine.connect() as conn:
+        fired = (await conn.execute(sa.text(
+            "SELECT s.name FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id"
+        ))).scalars().all()  # fmt: skip
+    assert fired == ["fine"]
