@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -132,10 +133,8 @@ class ScheduleStore:
             fired.taken = len(due)
             for s in due:
                 one = Fired()
-                try:
-                    async with (
-                        conn.transaction()
-                    ):  # a savepoint: one schedule's fault spares the rest
+                try:  # under a savepoint: one schedule's fault spares the rest of the batch
+                    async with conn.transaction():
                         await _fire(conn, s, now, grace, one)
                 except Exception as exc:
                     if is_transient(exc):
@@ -152,7 +151,7 @@ class Fired:
     type)`` of new jobs and of previous runs it canceled (the ``cancel`` policy)."""
 
     tickets: list[Ticket] = field(default_factory=list)
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
     submitted: list[tuple[str, str]] = field(default_factory=list)
     canceled: list[tuple[str, str]] = field(default_factory=list)
     skipped_ticks: int = 0
@@ -161,8 +160,7 @@ class Fired:
 
     def add(self, other: Fired) -> None:
         self.tickets += other.tickets
-        for outcome, n in other.outcomes.items():
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+        self.outcomes.update(other.outcomes)
         self.submitted += other.submitted
         self.canceled += other.canceled
         self.skipped_ticks += other.skipped_ticks
@@ -173,31 +171,28 @@ async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired) ->
         owed = cron.due(s["cron"], s["timezone"], s["next_fire_at"], now, s["catch_up"], grace)
     except cron.BadSchedule:  # a zone the system no longer knows: paused, not retried forever
         await conn.execute("UPDATE schedules SET paused = true WHERE id = $1", s["id"])
-        fired.outcomes["paused_bad_schedule"] = fired.outcomes.get("paused_bad_schedule", 0) + 1
+        fired.outcomes["paused_bad_schedule"] += 1
         return
     previous: uuid.UUID | None = s["last_job_id"]
     template = msgspec.json.decode(s["job"]) if isinstance(s["job"], str) else s["job"]
     for tick in owed.ticks:
-        job_id: uuid.UUID | None = None
-        if s["overlap"] != "allow" and previous is not None and await _unfinished(conn, previous):
-            if s["overlap"] == "skip":
-                outcome = "skipped_overlap"
-            else:
-                await _cancel(conn, previous, fired)
-                outcome = "fired"
-        else:
-            outcome = "fired"
-        if outcome == "fired":
-            job_id = uuid7()
+        # The previous tick's job, if unfinished and the policy cares.
+        running = (
+            previous if s["overlap"] != "allow" and await _unfinished(conn, previous) else None
+        )
+        skip = running is not None and s["overlap"] == "skip"
+        outcome, job_id = ("skipped_overlap", None) if skip else ("fired", uuid7())
         if await conn.fetchval(INSERT_FIRE, s["id"], tick, job_id, outcome) is None:
             continue  # fired before (cannot happen under the row lock; the key decides)
+        if running is not None and not skip:
+            await _cancel(conn, running, fired)
         if job_id is not None:
             outcome, job_id = await _submit(conn, s, template, tick, job_id, fired)
             if job_id is None:
                 await conn.execute(SET_OUTCOME, s["id"], tick, outcome)
             else:
                 previous = job_id
-        fired.outcomes[outcome] = fired.outcomes.get(outcome, 0) + 1
+        fired.outcomes[outcome] += 1
     fired.skipped_ticks += owed.skipped
     last = owed.ticks[-1] if owed.ticks else None
     await conn.execute(ADVANCE, s["id"], owed.next_at, last, previous, owed.skipped)
@@ -236,8 +231,10 @@ async def _submit(
     return "fired", record.id
 
 
-async def _unfinished(conn: Any, job_id: uuid.UUID) -> bool:
+async def _unfinished(conn: Any, job_id: uuid.UUID | None) -> bool:
     """Whether the job runs or waits to (a job deleted by retention had finished)."""
+    if job_id is None:
+        return False
     status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
     return status is not None and status not in TERMINAL
 
