@@ -128,14 +128,13 @@ class ScheduleStore:
         seconds late were missed: each schedule's catch-up bound applies to them."""
         fired = Fired()
         async with raw.connection(self.engine) as conn, conn.transaction():
-            now = await conn.fetchval("SELECT now()")
             due = await conn.fetch(DUE, limit)
             fired.taken = len(due)
             for s in due:
                 one = Fired()
                 try:  # under a savepoint: one schedule's fault spares the rest of the batch
                     async with conn.transaction():
-                        await _fire(conn, s, now, grace, one)
+                        await _fire(conn, s, s["now"], grace, one)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
@@ -259,7 +258,8 @@ DELETE_FIRES = """
 """
 
 DUE = """
-    SELECT id, tenant, cron, timezone, job, overlap, catch_up, next_fire_at, last_job_id
+    SELECT id, tenant, cron, timezone, job, overlap, catch_up, next_fire_at, last_job_id,
+        now() AS now
     FROM schedules WHERE NOT paused AND next_fire_at <= now()
     ORDER BY next_fire_at LIMIT $1 FOR UPDATE SKIP LOCKED
 """
