@@ -50,6 +50,14 @@ def test_an_interval_keeps_to_real_time_across_both_changes() -> None:
     assert autumn == [utc(2026, 10, 25, 0, 0) + timedelta(minutes=15 * i) for i in range(10)]
 
 
+def test_a_six_field_fixed_time_keeps_to_real_time() -> None:
+    # Not Debian cron's rules: skipped on the spring-forward night, twice on the fall-back one.
+    spring = ticks("0 30 2 * * *", BERLIN, utc(2026, 3, 28, 12), 2)
+    assert spring == [utc(2026, 3, 30, 0, 30), utc(2026, 3, 31, 0, 30)]
+    autumn = ticks("0 30 2 * * *", BERLIN, utc(2026, 10, 24, 12), 3)
+    assert autumn == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30), utc(2026, 10, 26, 1, 30)]
+
+
 def test_seconds_come_first_in_six_fields() -> None:
     got = ticks("*/20 * * * * *", "UTC", utc(2026, 1, 1, 0, 0, 5), 3)
     assert got == [utc(2026, 1, 1, 0, 0, 20), utc(2026, 1, 1, 0, 0, 40), utc(2026, 1, 1, 0, 1)]
