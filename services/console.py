@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -169,11 +170,15 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _payload(args: argparse.Namespace) -> Any:
     try:
-        payload = json.loads(args.payload)
+        return json.loads(args.payload)
     except ValueError as exc:
         raise ConfigError(f"--payload is not JSON: {exc}") from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload = _payload(args)
     with client(args) as c:
         job = c.submit(
             args.type, payload, queue=args.queue, priority=args.priority, delay=args.delay,
@@ -384,6 +389,109 @@ def _snapshot(c: jobq.Client, args: argparse.Namespace) -> Group:
     return Group(queues, jobs_table(recent, title=f"latest {len(recent)} jobs"))
 
 
+def _schedule_id(c: jobq.Client, name_or_id: str) -> str:
+    """A schedule's id from its id or its name (the CLI's handle)."""
+    try:
+        return str(uuid.UUID(name_or_id))
+    except ValueError:
+        pass
+    for s in _schedules(c):
+        if s["name"] == name_or_id:
+            return str(s["id"])
+    raise ConfigError(f"no schedule named {name_or_id!r}")
+
+
+def _schedules(c: jobq.Client) -> Iterator[dict[str, Any]]:
+    cursor: str | None = None
+    while True:
+        params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+        page = c.api("GET", "/v1/schedules", params=params)
+        yield from page["items"]
+        if (cursor := page["next_cursor"]) is None:
+            return
+
+
+def cmd_schedules_ls(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        found = list(_schedules(c))
+    if args.json:
+        for s in found:
+            print(_json(s))
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("name", "cron", "timezone", "type", "overlap", "next tick", "last job", "state"):
+        table.add_column(column, no_wrap=True)
+    for s in found:
+        table.add_row(
+            *map(Text, (s["name"], s["cron"], s["timezone"], s["job"]["type"], s["overlap"])),
+            Text("" if s["paused"] else s["next_fire_at"]), Text(str(s["last_job_id"] or "")),
+            Text("paused", style="yellow") if s["paused"] else Text("active", style="green"),
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def cmd_schedules_add(args: argparse.Namespace) -> int:
+    payload = _payload(args)
+    job = {"type": args.type, "payload": payload, "queue": args.queue, "priority": args.priority}
+    body = {
+        "name": args.name, "cron": args.cron, "timezone": args.timezone, "overlap": args.overlap,
+        "catch_up": args.catch_up, "paused": args.paused,
+        "job": {k: v for k, v in job.items() if v is not None or k == "payload"},
+    }  # fmt: skip
+    with client(args) as c:
+        made = c.api("POST", "/v1/schedules", body)
+    print(_json(made) if args.json else f"{made['id']} {made['name']} next {made['next_fire_at']}")
+    return 0
+
+
+def cmd_schedules_rm(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        c.api("DELETE", f"/v1/schedules/{_schedule_id(c, args.schedule)}")
+    print(f"jobq: schedule {args.schedule} deleted")
+    return 0
+
+
+def cmd_schedules_pause(args: argparse.Namespace) -> int:
+    paused = args.command_schedules == "pause"
+    with client(args) as c:
+        path = f"/v1/schedules/{_schedule_id(c, args.schedule)}"
+        s = c.api("PATCH", path, {"paused": paused})
+    print(f"jobq: schedule {s['name']} {'paused' if paused else 'next ' + s['next_fire_at']}")
+    return 0
+
+
+def add_schedule_commands(sub: Any) -> None:
+    """``jobq schedules ls|add|rm|pause|resume``."""
+    schedules = sub.add_parser("schedules", help="cron schedules").add_subparsers(
+        dest="command_schedules", required=True
+    )
+    ls = http_args(schedules.add_parser("ls", help="list schedules by name"))
+    ls.add_argument("--json", action="store_true", help="one JSON schedule per line")
+    ls.set_defaults(func=cmd_schedules_ls)
+    add = http_args(schedules.add_parser("add", help="create a schedule"))
+    add.add_argument("name")
+    add.add_argument("cron", help="5 fields, or 6 with seconds first, e.g. '*/15 * * * *'")
+    add.add_argument("type", help="the job type each tick submits")
+    add.add_argument("--payload", default="null", help="JSON")
+    add.add_argument("--queue")
+    add.add_argument("--priority", type=int)
+    add.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Berlin")
+    add.add_argument("--overlap", choices=["allow", "skip", "cancel"], default="allow")
+    add.add_argument("--catch-up", type=int, default=1, help="missed ticks fired at most")
+    add.add_argument("--paused", action="store_true")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=cmd_schedules_add)
+    for name, help_, func in (
+        ("rm", "delete a schedule", cmd_schedules_rm),
+        ("pause", "pause a schedule", cmd_schedules_pause),
+        ("resume", "resume a schedule from its next tick", cmd_schedules_pause),
+    ):
+        sp = http_args(schedules.add_parser(name, help=help_))
+        sp.add_argument("schedule", help="its name or id")
+        sp.set_defaults(func=func)
+
+
 def add_commands(sub: Any) -> None:
     """The commands for people, on ``jobq``'s parser."""
     login = http_args(sub.add_parser("login", help="store a profile (asks for the secret)"))
@@ -477,3 +585,4 @@ def _dead_commands(sub: Any) -> None:
     purge = filtered("purge", "count the dead jobs a filter matches; delete them with --yes")
     purge.add_argument("--yes", action="store_true", help="delete them")
     purge.set_defaults(func=cmd_dead_purge)
+    add_schedule_commands(sub)

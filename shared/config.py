@@ -142,6 +142,11 @@ class Settings:
     fair_depth: int = 1000
     #: How often the dispatcher looks for held jobs to release (sooner while it has work).
     dispatch_interval_seconds: float = 0.2
+    #: A cron tick found due less than this late fires whatever the schedule's catch-up bound
+    #: (the scheduler was busy); later, it was missed (no scheduler ran) and the bound applies.
+    schedule_grace_seconds: float = 30.0
+    #: Cron schedules one tenant may have: each tick's job bypasses the submit rate limits.
+    max_schedules_per_tenant: int = 1000
     publish_timeout_seconds: float = 10.0
     db_timeout_seconds: float = 10.0
     db_pool_size: int = 10
@@ -250,6 +255,8 @@ class Settings:
             "JOBQ_RETENTION_BATCH_SIZE": self.retention_batch_size,
             "JOBQ_RETENTION_INTERVAL_SECONDS": self.retention_interval_seconds,
             "JOBQ_DISPATCH_INTERVAL_SECONDS": self.dispatch_interval_seconds,
+            "JOBQ_SCHEDULE_GRACE_SECONDS": self.schedule_grace_seconds,
+            "JOBQ_MAX_SCHEDULES_PER_TENANT": self.max_schedules_per_tenant,
         }
         for name, value in positive.items():
             if not 0 < value < float("inf"):

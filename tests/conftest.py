@@ -113,7 +113,8 @@ async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
         await conn.execute(
             sa.text(
                 "TRUNCATE jobs, job_dependencies, api_clients, queues, job_types,"
-                " dead_letter_actions, dead_letter_replays"
+                " dead_letter_actions, dead_letter_replays, schedules, schedule_fires,"
+                " tenant_limits"
             )
         )
         await conn.execute(

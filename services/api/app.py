@@ -29,7 +29,18 @@ from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, dead, health, jobs, leases, limits, queues, types
+from services.api.routes import (
+    admin,
+    auth,
+    dead,
+    health,
+    jobs,
+    leases,
+    limits,
+    queues,
+    schedules,
+    types,
+)
 from services.api.submission import Intake
 from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
@@ -42,6 +53,7 @@ from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
 from shared.db.limits import LimitStore
 from shared.db.queues import QueueStore
+from shared.db.schedules import ScheduleStore
 from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
 from shared.db.types import TypeStore
@@ -96,6 +108,7 @@ def create_app(
                 grants=grants,
                 clients=clients,
                 queue_store=QueueStore(engine),
+                schedules=ScheduleStore(engine),
                 broker=broker,
                 broker_stats=broker_stats,
                 outbox=outbox,
@@ -137,6 +150,7 @@ def create_app(
                 "intake",
                 "clients",
                 "queue_store",
+                "schedules",
                 "broker",
                 "broker_stats",
                 "outbox",
@@ -177,6 +191,7 @@ def create_app(
                     *leases.ROUTES,
                     *types.ROUTES,
                     *queues.ROUTES,
+                    *schedules.ROUTES,
                     *admin.ROUTES,
                     *limits.ROUTES,
                 ],

@@ -12,7 +12,7 @@ from msgspec import Meta, Struct
 from services.api.broker_stats import BrokerFigures
 from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
-from shared.db.models import ApiClient, Queue
+from shared.db.models import ApiClient, Queue, Schedule, ScheduleFire
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
 from shared.dependencies import Policy
@@ -563,3 +563,89 @@ class TenantLimitsOut(Struct):
     starts_per_second: float | None
     burst: int | None
     updated_at: datetime
+
+
+# -- Cron schedules ----------------------------------------------------------------------
+
+#: Five fields (minute hour day month weekday) or six (seconds first), as cronsim reads them.
+CronExpression = Annotated[
+    str,
+    Meta(min_length=9, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["*/15 * * * *"]),
+]
+#: An IANA time zone name (``Europe/Berlin``, ``UTC``).
+TimeZoneName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+./-]+$")]
+#: At most this many ticks missed while no scheduler ran are fired (the latest of them).
+CatchUp = Annotated[int, Meta(ge=0, le=1000, **ZERO_MINIMUM)]
+Overlap = Literal["allow", "skip", "cancel"]
+
+
+class ScheduleIn(Struct, forbid_unknown_fields=True):
+    """A cron schedule: each tick of ``cron`` in ``timezone`` submits ``job`` (a submit's body,
+    without ``run_at`` or ``delay_seconds``: it runs at its tick). ``overlap``, while the
+    previous tick's job is unfinished: ``allow`` another, ``skip`` this tick, ``cancel`` the
+    previous job."""
+
+    name: Name
+    cron: CronExpression
+    job: JobIn
+    timezone: TimeZoneName = "UTC"
+    overlap: Overlap = "allow"
+    catch_up: CatchUp = 1
+    paused: bool = False
+
+
+class SchedulePatch(Struct, forbid_unknown_fields=True):
+    """What to change; a new ``cron`` or ``timezone``, or a resume, moves the next tick to the
+    first after now (ticks missed while paused are not fired)."""
+
+    cron: CronExpression | None = None
+    timezone: TimeZoneName | None = None
+    job: JobIn | None = None
+    overlap: Overlap | None = None
+    catch_up: CatchUp | None = None
+    paused: bool | None = None
+
+
+class FireOut(Struct):
+    """A tick that came due: ``fired`` (its job), ``skipped_overlap`` (the previous job was
+    unfinished) or ``queue_missing`` (the template's queue was deleted)."""
+
+    tick: datetime
+    job_id: uuid.UUID | None
+    outcome: str
+    fired_at: datetime
+
+
+class ScheduleOut(Struct):
+    id: uuid.UUID
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    overlap: str
+    catch_up: int
+    paused: bool
+    next_fire_at: datetime
+    last_tick: datetime | None
+    last_job_id: uuid.UUID | None
+    #: Missed ticks left unfired for the catch-up bound, in all.
+    skipped_ticks: int
+    created_at: datetime
+    updated_at: datetime
+    #: The latest fires, newest first (on a single schedule's answers).
+    fires: list[FireOut] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, s: Schedule, fires: list[ScheduleFire] | None = None) -> ScheduleOut:
+        return cls(
+            id=s.id, name=s.name, cron=s.cron, timezone=s.timezone, job=s.job,
+            overlap=s.overlap, catch_up=s.catch_up, paused=s.paused,
+            next_fire_at=s.next_fire_at, last_tick=s.last_tick, last_job_id=s.last_job_id,
+            skipped_ticks=s.skipped_ticks, created_at=s.created_at, updated_at=s.updated_at,
+            fires=[FireOut(f.tick, f.job_id, f.outcome, f.fired_at) for f in fires or []],
+        )  # fmt: skip
+
+
+class ScheduleList(Struct):
+    items: list[ScheduleOut]
+    next_cursor: str | None

@@ -198,7 +198,7 @@ class Intake:
     ) -> tuple[JobRecord, bool]:
         """One job: with ``False`` if its idempotency key named a job already (returned)."""
         job = new_job(
-            await self._typed(data, principal.tenant), principal, self.settings,
+            await self.typed(data, principal.tenant), principal, self.settings,
             idempotency_key, traceparent, tracestate,
         )  # fmt: skip
         self.limiter.take(principal.client_id, principal.tenant, 1)
@@ -237,7 +237,7 @@ class Intake:
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
         typed = (
-            data if self.catalog is None else [await self._typed(j, principal.tenant) for j in data]
+            data if self.catalog is None else [await self.typed(j, principal.tenant) for j in data]
         )
         jobs = [
             new_job(j, principal, self.settings, j.idempotency_key, traceparent, tracestate)
@@ -253,7 +253,7 @@ class Intake:
         await self._publish(results)
         return results
 
-    async def _typed(self, data: J, tenant: str) -> J:
+    async def typed(self, data: J, tenant: str) -> J:
         """With strict types: the type must be served and its schema fit the payload; the
         type's defaults fill what the request left out."""
         if self.catalog is None:

@@ -3,6 +3,7 @@
 Each tick, in batches taken with ``FOR UPDATE SKIP LOCKED`` so that any number of schedulers
 can run side by side without taking the same job twice:
 
+0. cron schedules whose tick has come submit their jobs (docs/design.md §9);
 1. due ``scheduled`` and ``retrying`` jobs become ``queued`` and are published;
 2. ``running`` jobs whose lease expired are queued again (or, with no attempts left, dead);
 3. ``queued`` (and ``dead``) jobs whose publish was never confirmed are published again;
@@ -25,6 +26,7 @@ import aiormq
 from opentelemetry.trace import NoOpTracer
 
 from shared.db.errors import is_transient
+from shared.db.schedules import ScheduleStore
 from shared.liveness import Liveness
 from shared.metrics import Metrics
 
@@ -59,6 +61,7 @@ class Scheduler:
     ):
         self.settings = settings
         self.sweeps = sweeps
+        self.schedules = ScheduleStore(sweeps.engine, settings.fair_depth)
         self.outbox = outbox
         self.broker = broker
         #: Without one (nothing exports spans) a tick is no span.
@@ -88,6 +91,7 @@ class Scheduler:
         s, limit = self.settings, self.settings.scheduler_batch_size
         moved: Counter[str] = Counter()
         with self.tracer.start_as_current_span("jobq.scheduler.tick") as span:
+            moved["scheduled"] = await self._fire_schedules()
             moved["promoted"] = await self._step("due", lambda: self.sweeps.promote_due(limit))
             moved["expired"] = await self._step("lease_expired", self._expire)
             moved["republished"] = await self._step(
@@ -121,6 +125,25 @@ class Scheduler:
                 for queue, n in Counter(t.queue for t in tickets if not t.dead).items():
                     self.metrics.republished(queue, why, n)
             if len(tickets) < self.settings.scheduler_batch_size:
+                break
+        return total
+
+    async def _fire_schedules(self) -> int:
+        """Fire the ticks that came due, a batch of schedules a transaction; publish their
+        jobs' tickets once it committed. Returns the jobs made."""
+        limit, total = self.settings.scheduler_batch_size, 0
+        for _ in range(MAX_BATCHES):
+            fired = await self.schedules.fire_due(limit, self.settings.schedule_grace_seconds)
+            self.metrics.each_job("submitted", fired.submitted)
+            self.metrics.each_job("canceled", fired.canceled)
+            if fired.outcomes or fired.skipped_ticks:
+                log.info(
+                    "schedules fired",
+                    extra={**fired.outcomes, "missed_ticks_skipped": fired.skipped_ticks},
+                )
+            await self.outbox.send(fired.tickets, "scheduled")
+            total += len(fired.submitted)
+            if fired.taken < limit:
                 break
         return total
 

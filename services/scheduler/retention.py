@@ -5,7 +5,8 @@ expired lease. Every ``JOBQ_RETENTION_INTERVAL_SECONDS`` it goes through each qu
 status, deleting ``JOBQ_RETENTION_BATCH_SIZE`` rows a statement (each statement locks only the
 rows it deletes, for a moment) until a statement finds fewer, then goes on to the next; any
 number of schedulers may do it at once (they skip each other's rows). An idempotency key is
-honoured as long as its job's row lives, so it ends with the row.
+honoured as long as its job's row lives, so it ends with the row. The fires of cron
+schedules are kept as long as succeeded jobs (``JOBQ_RETENTION_SUCCEEDED_SECONDS``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from shared.db.errors import is_transient
+from shared.db.schedules import ScheduleStore
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -50,6 +52,7 @@ class Retention:
     ) -> None:
         self.settings = settings
         self.sweeps = sweeps
+        self.schedules = ScheduleStore(sweeps.engine)
         self.queues = queues
         self.metrics = metrics
         self.liveness = liveness
@@ -86,4 +89,20 @@ class Retention:
                         break
         if total:
             log.info("finished jobs deleted", extra={"jobs": total})
+        await self._delete_fires(stop)
         return total
+
+    async def _delete_fires(self, stop: asyncio.Event | None) -> None:
+        seconds, limit = (
+            self.settings.retention_succeeded_seconds,
+            self.settings.retention_batch_size,
+        )
+        fires = 0
+        while seconds > 0 and (stop is None or not stop.is_set()):
+            self.liveness.beat(RETENTION)
+            n = await self.schedules.delete_fires(seconds, limit)
+            fires += n
+            if n < limit:
+                break
+        if fires:
+            log.info("schedule fires deleted", extra={"fires": fires})

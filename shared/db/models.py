@@ -176,6 +176,43 @@ class TenantLimits(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False, default=True)
 
 
+class Schedule(SQLModel, table=True):
+    """A tenant's cron schedule: each tick of ``cron`` in ``timezone`` submits ``job`` (a
+    submit's body, checked as one), subject to the overlap policy and the catch-up bound."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "name", name="schedules_tenant_name"),
+        sa.CheckConstraint("overlap IN ('allow', 'skip', 'cancel')", name="schedules_overlap"),
+        sa.Index("schedules_due", "next_fire_at", postgresql_where=sa.text("NOT paused")),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    cron: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    timezone: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    job: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    #: While the previous tick's job is unfinished: ``allow`` another, ``skip`` this tick,
+    #: ``cancel`` the previous job.
+    overlap: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: At most this many of the ticks missed while no scheduler ran are fired (the latest).
+    catch_up: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    paused: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
+    #: The next tick to fire (UTC).
+    next_fire_at: datetime = _ts(nullable=False)
+    last_tick: datetime | None = _ts()
+    last_job_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
+    #: Missed ticks left unfired for the catch-up bound, in all.
+    skipped_ticks: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    created_at: datetime = _ts(nullable=False, default=True)
+    updated_at: datetime = _ts(nullable=False, default=True)
+
+
 class DeadLetterAction(SQLModel, table=True):
     """A replay or purge of dead jobs: who asked, when, what, and what it did (migration 0011).
 
@@ -219,3 +256,23 @@ class DeadLetterReplay(SQLModel, table=True):
     payload_replaced: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
     #: SHA-256 of the new payload's JSON text, when it was replaced.
     payload_digest: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+
+
+class ScheduleFire(SQLModel, table=True):
+    """One tick of a schedule that came due: its job (``None`` if skipped) and the outcome
+    (``fired``, ``skipped_overlap``). The key makes a tick fire once (docs/design.md §9)."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (sa.Index("schedule_fires_tick", "tick"),)
+
+    schedule_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            PG_UUID(as_uuid=True),
+            sa.ForeignKey("schedules.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    tick: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True))
+    job_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
+    outcome: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    fired_at: datetime = _ts(nullable=False, default=True)

@@ -154,7 +154,13 @@ class SubmitStore:
         """Insert jobs of separate requests in one statement, each standing alone: one job's
         undeclared queue or reused key refuses that job only."""
         async with raw.connection(self.engine) as conn:
-            return await _insert(conn, jobs, strict=False, depth=self.fair_depth)
+            return await insert_on(conn, jobs, self.fair_depth)
+
+
+async def insert_on(conn: Any, jobs: Sequence[NewJob], fair_depth: int) -> list[Outcome]:
+    """``insert_each`` on the caller's asyncpg connection, within its transaction: how a
+    schedule's tick inserts its job (``shared.db.schedules``), exactly as a submit would."""
+    return await _insert(conn, jobs, strict=False, depth=fair_depth)
 
 
 def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:

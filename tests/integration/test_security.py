@@ -215,6 +215,16 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
     ("POST", f"/v1/jobs/{JOB}/heartbeat", "jobs:work", {"lease_id": JOB}),
     ("POST", f"/v1/jobs/{JOB}/complete", "jobs:work", {"lease_id": JOB}),
     ("POST", f"/v1/jobs/{JOB}/fail", "jobs:work", {"lease_id": JOB, "message": "x"}),
+    (
+        "POST",
+        "/v1/schedules",
+        "jobs:write",
+        {"name": "x", "cron": "* * * * *", "job": {"type": "noop"}},
+    ),
+    ("GET", "/v1/schedules", "jobs:read", None),
+    ("GET", f"/v1/schedules/{JOB}", "jobs:read", None),
+    ("PATCH", f"/v1/schedules/{JOB}", "jobs:write", {"paused": True}),
+    ("DELETE", f"/v1/schedules/{JOB}", "jobs:write", None),
     ("POST", "/v1/admin/clients", "admin", {"name": "x", "tenant": "t", "scopes": ["jobs:read"]}),
     ("GET", "/v1/admin/clients", "admin", None),
     ("GET", f"/v1/admin/clients/{JOB}", "admin", None),
@@ -545,7 +555,31 @@ async def test_hostile_bodies_are_4xx_and_write_nothing(
     assert r.headers["content-type"].startswith("application/problem+json")
     batch = await api.post("/v1/jobs/batch", content=b'{"jobs": [' + body + b"]}", headers=h)
     assert 400 <= batch.status_code < 500, (name, batch.status_code)
+    # The same as a schedule's job: refused as a submit would be, no schedule made.
+    schedule = b'{"name": "s", "cron": "* * * * *", "job": ' + (body or b"null") + b"}"
+    r = await api.post("/v1/schedules", content=schedule, headers=h)
+    assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:200])
     assert await jobs_of(store, "acme") == []
+    assert (await api.get("/v1/schedules", headers=h)).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "cron",
+    ["* * * * *\x00", "*/0 * * * *", "1-99999999999999999999 * * * *", "* " * 99 + "*",
+     "L L L L L", "0 0 31 2 *", "\u202e* * * * *"],
+)  # fmt: skip
+async def test_hostile_cron_expressions_and_zones_are_422(
+    api: Client, bearer: Bearer, cron: str
+) -> None:
+    h = await bearer()
+    body = {"name": "s", "cron": cron, "job": {"type": "noop"}}
+    r = await api.post("/v1/schedules", json=body, headers=h)
+    assert r.status_code == 422, (cron, r.text[:200])
+    for zone in ("../../../etc/passwd", "/etc/localtime", "Europe/" + "a" * 56, "UTC\x00"):
+        r = await api.post("/v1/schedules", json={**body, "cron": "* * * * *", "timezone": zone},
+                           headers=h)  # fmt: skip
+        assert r.status_code == 422, (zone, r.text[:200])
+    assert (await api.get("/v1/schedules", headers=h)).json()["items"] == []
 
 
 @pytest.mark.parametrize(

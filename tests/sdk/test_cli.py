@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from jobq import Client
 
+from tests.procs import REPO_ROOT
 from tests.sdk.conftest import Live
 
 pytestmark = pytest.mark.e2e
@@ -166,3 +168,49 @@ async def test_dead_ls_show_replay_and_purge(live: Live, tmp_path: Path) -> None
     missing = await run("dead", "show", first, check=False)
     assert missing.returncode == 1
     assert missing.stderr.startswith("jobq: no dead letter")
+
+
+async def test_schedules_add_ls_pause_resume_rm(live: Live, tmp_path: Path) -> None:
+    creds = await live.credentials()
+    run = runner(tmp_path, live.url)
+    await run("login", "--client-id", creds.client_id, stdin=creds.client_secret + "\n")
+    made = json.loads((await run("schedules", "add", "every-second", "* * * * * *", "echo",
+                                 "--payload", '{"tick": true}', "--json")).stdout)  # fmt: skip
+    # The scheduler fires it each second; each tick's job runs.
+    with Client(creds) as client:
+        for _ in range(100):
+            fires = client.api("GET", f"/v1/schedules/{made['id']}")["fires"]
+            if len(fires) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert [f["outcome"] for f in fires[:2]] == ["fired", "fired"]
+        done = client.wait(fires[-1]["job_id"], timeout=30)
+        assert (done.status.value, done.result) == ("succeeded", {"tick": True})
+    table = (await run("schedules", "ls")).stdout
+    assert "every-second" in table
+    assert "active" in table
+    assert "paused" in (await run("schedules", "pause", "every-second")).stdout
+    listed = json.loads((await run("schedules", "ls", "--json")).stdout)
+    assert (listed["name"], listed["paused"]) == ("every-second", True)
+    assert "next " in (await run("schedules", "resume", made["id"])).stdout
+    assert "deleted" in (await run("schedules", "rm", "every-second")).stdout
+    assert (await run("schedules", "ls", "--json")).stdout == ""
+    refused = await run("schedules", "rm", "every-second", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr == "jobq: no schedule named 'every-second'\n"
+    refused = await run("schedules", "add", "bad", "61 * * * *", "echo", check=False)
+    assert refused.returncode == 1
+    assert "bad cron expression '61 * * * *': Bad minute" in refused.stderr
+
+
+async def test_the_readme_schedules_example_runs(live: Live, tmp_path: Path) -> None:
+    section = (REPO_ROOT / "README.md").read_text().split("\n## Cron schedules\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    commands = [argv[1:] for argv in lines if argv[:2] == [".venv/bin/jobq", "schedules"]]
+    assert len(commands) == 6
+    creds = await live.credentials()
+    run = runner(tmp_path, live.url)
+    await run("login", "--client-id", creds.client_id, stdin=creds.client_secret + "\n")
+    for argv in commands:
+        await run(*argv)

@@ -95,3 +95,14 @@ JOB: dict[str, Any] = {
     "timeout_seconds": 300, "run_at": "2026-11-30T12:00:00Z",
     "created_at": "2026-11-30T12:00:00Z", "updated_at": "2026-11-30T12:00:00Z",
 }  # fmt: skip
+
+
+def test_any_other_call_decodes_its_json_and_is_resent_only_if_a_read() -> None:
+    read = calls.api("GET", "/v1/schedules", params={"limit": "5"})
+    assert (read.method, read.path, read.params, read.resend) == (
+        "GET", "/v1/schedules", {"limit": "5"}, "always",
+    )  # fmt: skip
+    assert read.decode(b'{"items": [], "next_cursor": null}') == {"items": [], "next_cursor": None}
+    change = calls.api("PATCH", "/v1/schedules/x", {"paused": True})
+    assert (change.json, change.resend) == ({"paused": True}, "unsent")
+    assert calls.api("DELETE", "/v1/schedules/x").decode(b"") is None  # 204: no body

@@ -234,6 +234,19 @@ def wait(job_id: uuid.UUID | str, seconds: float) -> Call[Job]:
     return Call("GET", f"/v1/jobs/{job_id}/wait", _job, params={"timeout": timeout})
 
 
+def api(
+    method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+) -> Call[Any]:
+    """Any other call of the API (``/v1/schedules``, say): its JSON answer as Python values
+    (``None`` for none); only reads are sent again after a reply was lost."""
+    resend = "always" if method == "GET" else "unsent"
+    return Call(method, path, _any, json=body, params=params, resend=resend)
+
+
+def _any(body: bytes) -> Any:
+    return msgspec.json.decode(body) if body else None
+
+
 def queues() -> Call[list[Queue]]:
     """The declared queues, with the caller's jobs in each by status."""
     return Call("GET", "/v1/queues", lambda body: _queues(body).items)

@@ -242,6 +242,13 @@ class Client(_Client[httpx.Client]):
         """The declared queues, with this client's jobs in each by status."""
         return self._send(calls.queues())
 
+    def api(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """Any other call of the API (``client.api("GET", "/v1/schedules")``): its JSON
+        answer as Python values, with the token, retries and errors of every call."""
+        return self._send(calls.api(method, path, body, params))
+
     def types(self) -> builtins.list[JobType]:
         """The job types this client's tenant may submit (with their schemas and defaults)."""
         return self._send(calls.types())
