@@ -110,7 +110,9 @@ async def engine(base_settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
     """Empty tables and queues before a test; the queues tests use are declared."""
     async with engine.begin() as conn:
-        await conn.execute(sa.text("TRUNCATE jobs, api_clients, queues, job_types"))
+        await conn.execute(
+            sa.text("TRUNCATE jobs, callback_deliveries, api_clients, queues, job_types")
+        )
         await conn.execute(
             sa.text("INSERT INTO queues (name) SELECT unnest(CAST(:names AS text[]))"),
             {"names": list(KNOWN_QUEUES)},

@@ -35,6 +35,7 @@ from services.api.tokens import ExternalIssuer, TokenConfig
 from services.api.types import TypeCatalog
 from shared.coalesce import Coalescer
 from shared.config import Settings
+from shared.db.callbacks import CallbackStore
 from shared.db.clients import ClientGrant, ClientStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
@@ -94,6 +95,7 @@ def create_app(
                 leases=lease_store,
                 hub=hub,
                 catalog=catalog,
+                callbacks=CallbackStore(engine),
             )
             try:
                 yield
@@ -132,6 +134,7 @@ def create_app(
                 "leases",
                 "hub",
                 "catalog",
+                "callbacks",
             )
         },
         "settings": constant(settings),

@@ -10,8 +10,10 @@ import msgspec
 from msgspec import Meta, Struct
 
 from services.api.broker_stats import BrokerFigures
+from shared.callbacks import MAX_URL_LENGTH
 from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
+from shared.db.callbacks import Delivery
 from shared.db.models import ApiClient, Queue
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
@@ -26,6 +28,9 @@ ZERO_MINIMUM: dict[str, Any] = {"extra_json_schema": {"extra": {"minimum": 0}}}
 ZERO_EXCLUSIVE: dict[str, Any] = {"extra_json_schema": {"extra": {"exclusive_minimum": 0}}}
 BackoffSeconds = Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)]
 BackoffMaxSeconds = Annotated[float, Meta(gt=0, le=7 * 86400, **ZERO_EXCLUSIVE)]
+CallbackUrl = Annotated[
+    str, Meta(min_length=1, max_length=MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://")
+]
 
 
 class JobIn(Struct, forbid_unknown_fields=True):
@@ -43,6 +48,9 @@ class JobIn(Struct, forbid_unknown_fields=True):
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
     retry_backoff_seconds: BackoffSeconds | None = None
     retry_backoff_max_seconds: BackoffMaxSeconds | None = None
+    #: POSTed the job, signed, once it finishes (succeeded, dead or canceled): see the
+    #: README's "Result callbacks". http or https; public addresses only.
+    callback_url: CallbackUrl | None = None
 
 
 #: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
@@ -83,6 +91,7 @@ class JobOut(Struct):
     trace_id: str | None
     #: What the running attempt last reported: ``{"fraction", "message", "at"}`` (or null).
     progress: dict[str, Any] | None = None
+    callback_url: str | None = None
 
     @classmethod
     def of(cls, job: JobRow | JobRecord) -> JobOut:
@@ -109,6 +118,7 @@ class JobOut(Struct):
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,
             progress=cast("dict[str, Any] | None", job.progress),
+            callback_url=job.callback_url,
         )
 
 
@@ -166,7 +176,8 @@ class ClientOut(Struct):
 
 
 class ClientSecret(Struct):
-    """A new client, or a rotated one: ``client_secret`` is shown this once."""
+    """A new client, or a rotated one: ``client_secret`` is shown this once; so is
+    ``callback_secret`` (it signs the client's jobs' callbacks), on creation only."""
 
     client_id: uuid.UUID
     client_secret: str
@@ -174,6 +185,43 @@ class ClientSecret(Struct):
     tenant: str
     scopes: list[str]
     expires_at: datetime | None
+    callback_secret: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class CallbackSecret(Struct):
+    """A client's new callback signing secret; the previous one signs beside it until
+    ``previous_valid_until`` (``null``: it stopped now)."""
+
+    client_id: uuid.UUID
+    callback_secret: str
+    previous_valid_until: datetime | None
+
+
+class DeliveryOut(Struct):
+    """One attempt to deliver a finished job to its ``callback_url``: the finish it delivered
+    (``event``, ``finished_at``), the receiver's status code (or why there was none) and the
+    start of its answer, and what followed: ``delivered``, ``retrying`` at
+    ``next_attempt_at``, or ``gave_up``."""
+
+    id: uuid.UUID
+    event: str
+    finished_at: datetime
+    attempt: int
+    at: datetime
+    duration_seconds: float
+    status_code: int | None
+    error: str | None
+    response: str | None
+    outcome: str
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def of(cls, d: Delivery) -> DeliveryOut:
+        return cls(**{name: getattr(d, name) for name in cls.__struct_fields__})
+
+
+class DeliveryList(Struct):
+    items: list[DeliveryOut]
 
 
 class ClientList(Struct):

@@ -7,10 +7,13 @@ import logging
 
 import uvloop
 
+from services.scheduler.callbacks import CALLBACKS, Callbacks
 from services.scheduler.figures import QueueGauges
 from services.scheduler.loop import TICK, Scheduler
 from services.scheduler.retention import RETENTION, Retention
+from shared.callbacks import CallbackPolicy
 from shared.config import Settings
+from shared.db.callbacks import CallbackStore
 from shared.db.queues import QueueStore
 from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
@@ -28,7 +31,7 @@ async def serve(settings: Settings) -> None:
     provider = start_tracing("scheduler")
     tracer = provider.get_tracer("jobq.scheduler") if provider else None
     metrics = Metrics("scheduler", counting=settings.metrics)
-    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION])
+    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION, CALLBACKS])
     metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
         sweeps = SweepStore(engine)
@@ -43,10 +46,14 @@ async def serve(settings: Settings) -> None:
         outbox = Outbox(TicketStore(engine), broker, mark_delay=0, metrics=metrics)
         scheduler = Scheduler(settings, sweeps, outbox, broker, tracer, metrics, liveness)
         retention = Retention(settings, sweeps, QueueStore(engine), metrics, liveness)
+        callbacks = Callbacks(
+            CallbackPolicy.from_settings(settings), CallbackStore(engine), metrics, liveness,
+            settings.scheduler_interval_seconds,
+        )  # fmt: skip
         port = settings.scheduler_metrics_port
         stop = stop_on_signals()
         async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
-            await asyncio.gather(scheduler.run(stop), retention.run(stop))
+            await asyncio.gather(scheduler.run(stop), retention.run(stop), callbacks.run(stop))
         log.info("scheduler stopped", extra={"stats": dict(scheduler.stats)})
     if provider:
         provider.shutdown()

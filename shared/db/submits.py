@@ -48,10 +48,14 @@ class NewJob:
     tracestate: str | None = None
     #: A digest of the request, kept with an idempotency key to recognise its reuse.
     request_digest: str | None = None
+    #: The jobq client that submitted it (``None``: an external issuer's token).
+    client_id: uuid.UUID | None = None
+    #: Where the job is POSTed once it finishes (docs/design.md §8).
+    callback_url: str | None = None
 
 
 # By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
-# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$17`` (strict): a job
+# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$19`` (strict): a job
 # naming an undeclared queue fails the statement (a batch request is taken whole or not at
 # all); otherwise that job alone is left out (single requests gathered into one statement).
 INSERT = f"""
@@ -59,7 +63,8 @@ INSERT = f"""
                WHERE name = ANY($4::text[]) FOR KEY SHARE)
     INSERT INTO jobs AS j (id, tenant, type, queue, payload, priority, status, max_attempts,
         timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
-        retry_backoff_max_seconds, traceparent, tracestate, request_digest, dispatched_at)
+        retry_backoff_max_seconds, traceparent, tracestate, request_digest, dispatched_at,
+        client_id, callback_url)
     SELECT v.id, v.tenant, v.type,
         CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
         v.payload::jsonb, v.priority,
@@ -67,16 +72,17 @@ INSERT = f"""
         coalesce(v.max_attempts, q.max_attempts),
         coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp, v.ts,
         v.digest,
-        CASE WHEN at > now() THEN NULL ELSE now() END
+        CASE WHEN at > now() THEN NULL ELSE now() END, v.client, v.callback
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
                 $7::int[], $8::int[], $9::float8[], $10::timestamptz[], $11::text[],
-                $12::float8[], $13::float8[], $14::text[], $15::text[], $16::text[])
+                $12::float8[], $13::float8[], $14::text[], $15::text[], $16::text[],
+                $17::uuid[], $18::text[])
         WITH ORDINALITY
         AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-             delay, run_at, idem, rb, rbm, tp, ts, digest, n)
+             delay, run_at, idem, rb, rbm, tp, ts, digest, client, callback, n)
     LEFT JOIN q ON q.name = v.queue,
     LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
-    WHERE q.name IS NOT NULL OR $17
+    WHERE q.name IS NOT NULL OR $19
     ORDER BY v.tenant, v.idem, v.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {RECORD_COLUMNS}
@@ -143,6 +149,8 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
         [j.traceparent for j in jobs],
         [j.tracestate for j in jobs],
         [j.request_digest for j in jobs],
+        [j.client_id for j in jobs],
+        [j.callback_url for j in jobs],
     ]
 
 
