@@ -197,31 +197,8 @@ class CallbackSecret(Struct):
     previous_valid_until: datetime | None
 
 
-class DeliveryOut(Struct):
-    """One attempt to deliver a finished job to its ``callback_url``: the finish it delivered
-    (``event``, ``finished_at``), the receiver's status code (or why there was none) and the
-    start of its answer, and what followed: ``delivered``, ``retrying`` at
-    ``next_attempt_at``, or ``gave_up``."""
-
-    id: uuid.UUID
-    event: str
-    finished_at: datetime
-    attempt: int
-    at: datetime
-    duration_seconds: float
-    status_code: int | None
-    error: str | None
-    response: str | None
-    outcome: str
-    next_attempt_at: datetime | None
-
-    @classmethod
-    def of(cls, d: Delivery) -> DeliveryOut:
-        return cls(**{name: getattr(d, name) for name in cls.__struct_fields__})
-
-
 class DeliveryList(Struct):
-    items: list[DeliveryOut]
+    items: list[Delivery]
 
 
 class ClientList(Struct):

@@ -25,7 +25,7 @@ import msgspec
 from services.api.schemas import JobOut
 from shared import egress
 from shared.callbacks import EVENTS, EXCERPT_BYTES, CallbackPolicy, decide, signature
-from shared.db.callbacks import Attempt
+from shared.db.callbacks import Delivery
 from shared.db.errors import is_transient
 from shared.domain import JobStatus
 from shared.ids import uuid7
@@ -61,7 +61,7 @@ class Callbacks:
         self.resolve = resolve
         # Built once: loading the CAs takes some 60 ms of CPU (as for the webhook handler).
         self.tls: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
-        self._sending: set[asyncio.Task[Attempt]] = set()
+        self._sending: set[asyncio.Task[Delivery]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
@@ -82,7 +82,10 @@ class Callbacks:
             # Attempts under way end within their timeout; one cut short is claimed again
             # once its claim runs out (a receiver may see a delivery twice, never none).
             if self._sending:
-                await asyncio.wait(self._sending, timeout=self.policy.timeout_seconds + 1)
+                _, late = await asyncio.wait(self._sending, timeout=self.policy.timeout_seconds + 1)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
 
     async def _start(self, n: int) -> int:
         """Claim up to ``n`` due deliveries and start sending them; returns how many."""
@@ -102,7 +105,7 @@ class Callbacks:
             task.add_done_callback(self._sending.discard)
         return len(claimed)
 
-    async def deliver(self, due: Due) -> Attempt:
+    async def deliver(self, due: Due) -> Delivery:
         """One attempt: POST the job, then record what happened and what follows."""
         job = due.job
         event = EVENTS[JobStatus(job.status)]
@@ -136,13 +139,14 @@ class Callbacks:
         )
         if status is not None and error is None and decision.outcome != "delivered":
             error = f"answered HTTP {status}"
-        attempt = Attempt(
-            delivery, event, at, time.monotonic() - started, status, error, response,
-            decision.outcome, next_at,
+        assert job.finished_at is not None  # claimed only once finished
+        attempt = Delivery(
+            delivery, event, job.finished_at, due.attempt, at, time.monotonic() - started,
+            status, error, response, decision.outcome, next_at,
         )  # fmt: skip
         self.metrics.callback_attempt(decision.outcome)
         try:
-            await self.store.record(due, attempt)
+            await self.store.record(job.id, attempt)
         except Exception as exc:
             # The claim runs out and the delivery is attempted again.
             log.warning(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from shared.db import raw
 from shared.db.records import RECORD_COLUMNS, JobRecord
 
@@ -80,24 +82,12 @@ class Due:
     secrets: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What one attempt did and led to."""
-
-    id: uuid.UUID
-    event: str
-    at: datetime
-    duration_seconds: float
-    status_code: int | None
-    error: str | None
-    response: str | None
-    outcome: str
-    next_attempt_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One attempt as ``GET /v1/jobs/{id}/deliveries`` lists it."""
+class Delivery(msgspec.Struct, frozen=True):
+    """One attempt to deliver a finished job to its ``callback_url`` (a row of
+    ``callback_deliveries``, as ``GET /v1/jobs/{id}/deliveries`` lists it): the finish it
+    delivered (``event``, ``finished_at``), the receiver's status code (or why there was
+    none) and the start of its answer, and what followed: ``delivered``, ``retrying`` at
+    ``next_attempt_at``, or ``gave_up``."""
 
     id: uuid.UUID
     event: str
@@ -123,13 +113,12 @@ class CallbackStore:
         n = len(rows[0]) - 2 if rows else 0
         return [Due(JobRecord.of(row[:n]), row[n], list(row[n + 1] or ())) for row in rows]
 
-    async def record(self, due: Due, attempt: Attempt) -> bool:
+    async def record(self, job_id: uuid.UUID, attempt: Delivery) -> bool:
         """Record ``attempt`` and, if the claim still holds the job, its outcome; returns
         whether it did (``False``: the claim ran out and another scheduler took the delivery)."""
-        job = due.job
         done = attempt.outcome != "retrying"
         args: list[Any] = [
-            job.id, job.finished_at, due.attempt, attempt.event, attempt.at,
+            job_id, attempt.finished_at, attempt.attempt, attempt.event, attempt.at,
             attempt.duration_seconds, attempt.status_code, attempt.error, attempt.response,
             done, attempt.next_attempt_at, attempt.id, attempt.outcome,
         ]  # fmt: skip

@@ -90,6 +90,14 @@ async def submit(api: Client, headers: dict[str, str], url: str, **job: Any) -> 
     return dict(r.json())
 
 
+async def canceled(api: Client, headers: dict[str, str], url: str) -> dict[str, Any]:
+    """A job finished without a worker: delayed, then canceled."""
+    job = await submit(api, headers, url, delay_seconds=3600)
+    r = await api.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
 async def deliveries(api: Client, headers: dict[str, str], job_id: str) -> list[dict[str, Any]]:
     r = await api.get(f"/v1/jobs/{job_id}/deliveries", headers=headers)
     assert r.status_code == 200, r.text
@@ -149,8 +157,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
         receiving(answer(503, b"busy" * 1000)) as receiver,
         delivering(loop_of(settings, engine)),
     ):
-        job = await submit(api, h, receiver.url(), delay_seconds=3600)
-        assert (await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)).status_code == 200
+        job = await canceled(api, h, receiver.url())
         attempts = await wait_for(
             lambda: _when(deliveries(api, h, job["id"]), lambda d: len(d) == 3)
         )
@@ -181,14 +188,13 @@ async def test_dead_and_canceled_jobs_are_delivered_too(
         dead = await submit(
             api, h, receiver.url("/dead"), type="fail", payload={"message": "no", "permanent": True}
         )
-        canceled = await submit(api, h, receiver.url("/canceled"), delay_seconds=3600)
-        assert (await api.post(f"/v1/jobs/{canceled['id']}/cancel", headers=h)).status_code == 200
+        ended = await canceled(api, h, receiver.url("/canceled"))
         await wait_for(lambda: len(receiver.requests) == 2)
     events = {
         r.path: (r.headers["x-jobq-event"], json.loads(r.body)["status"]) for r in receiver.requests
     }
     assert events == {"/dead": ("job.dead", "dead"), "/canceled": ("job.canceled", "canceled")}
-    for job in (dead, canceled):
+    for job in (dead, ended):
         [attempt] = await deliveries(api, h, job["id"])
         assert (attempt["outcome"], attempt["status_code"]) == ("delivered", 204)
 
@@ -223,8 +229,7 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_at_delivery(
         return ["93.184.216.34", "127.0.0.1"] if host == "hooks.example.com" else []
 
     async with receiving(answer(200)) as receiver:
-        job = await submit(api, h, f"http://hooks.example.com:{receiver.port}/", delay_seconds=3600)
-        await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        job = await canceled(api, h, f"http://hooks.example.com:{receiver.port}/")
         async with delivering(loop_of(guarded, engine, resolve=rebinding)):
             [attempt] = await wait_for(lambda: deliveries(api, h, job["id"]))
         assert receiver.connections == 0
@@ -311,8 +316,7 @@ async def test_a_claim_whose_scheduler_died_runs_out_and_is_delivered(
 ) -> None:
     h = await bearer()
     async with receiving(answer(200)) as receiver:
-        job = await submit(api, h, receiver.url(), delay_seconds=3600)
-        await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        job = await canceled(api, h, receiver.url())
         [taken] = await CallbackStore(engine).claim(10, 0.5)  # ...and its scheduler died
         assert taken.attempt == 1
         async with delivering(loop_of(settings, engine)):
@@ -343,13 +347,11 @@ async def test_a_rotated_secret_signs_beside_the_new_one_for_its_grace(
     ).status_code == 404
     verify = readme_verifier()
     async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
-        job = await submit(api, h, receiver.url(), delay_seconds=3600)
-        await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        await canceled(api, h, receiver.url())
         await wait_for(lambda: len(receiver.requests) == 1)
         assert (await api.post(f"{path}?grace_seconds=0", headers=admin)).status_code == 200
         newest = await callback_secret(engine, "acme")
-        job = await submit(api, h, receiver.url(), delay_seconds=3600)
-        await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        await canceled(api, h, receiver.url())
         await wait_for(lambda: len(receiver.requests) == 2)
     during, after = (r.headers["x-jobq-signature"] for r in receiver.requests)
     body = receiver.requests[0].body
@@ -368,8 +370,7 @@ async def test_deliveries_are_the_tenants_own(
     other = await bearer(tenant="globex")
     unread = await bearer(scopes=("jobs:write",))
     async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
-        job = await submit(api, h, receiver.url(), delay_seconds=3600)
-        await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        job = await canceled(api, h, receiver.url())
         await wait_for(lambda: deliveries(api, h, job["id"]))
     path = f"/v1/jobs/{job['id']}/deliveries"
     assert (await api.get(path, headers=other)).status_code == 404
@@ -385,10 +386,8 @@ async def test_retention_deletes_a_jobs_attempts_with_it(
 ) -> None:
     h = await bearer()
     async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
-        kept = await submit(api, h, receiver.url(), delay_seconds=3600)
-        gone = await submit(api, h, receiver.url(), delay_seconds=3600)
-        for job in (gone, kept):
-            await api.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        kept = await canceled(api, h, receiver.url())
+        gone = await canceled(api, h, receiver.url())
         await wait_for(lambda: len(receiver.requests) == 2)
         await wait_for(lambda: deliveries(api, h, kept["id"]))
         await wait_for(lambda: deliveries(api, h, gone["id"]))

@@ -26,7 +26,6 @@ from services.api.schemas import (
     BatchIn,
     BatchOut,
     DeliveryList,
-    DeliveryOut,
     JobIn,
     JobList,
     JobOut,
@@ -279,7 +278,7 @@ async def list_deliveries(
     found = await callbacks.deliveries(request.user.tenant, job_id, limit)
     if found is None:
         raise NotFoundException(detail=f"no job {job_id}")
-    return DeliveryList(items=[DeliveryOut.of(d) for d in found])
+    return DeliveryList(items=found)
 
 
 ROUTES = [
