@@ -8,6 +8,7 @@ import time
 from ipaddress import ip_network
 
 import pytest
+from jobq.calls import job_fields
 
 from shared.callbacks import CallbackPolicy, decide, signature, url_problem
 from shared.config import Settings
@@ -123,3 +124,10 @@ def test_a_2xx_delivers_anything_else_backs_off_then_gives_up() -> None:
                   302, rand=lambda: 1.0).delay_seconds == 3.0  # fmt: skip
     assert decide(3, POLICY, 500).outcome == "gave_up"
     assert decide(1, POLICY, None, permanent=True).outcome == "gave_up"
+
+
+def test_the_sdk_sends_a_callback_url_only_when_given() -> None:
+    assert job_fields("echo", callback_url="https://hooks.example.com/")["callback_url"] == (
+        "https://hooks.example.com/"
+    )
+    assert "callback_url" not in job_fields("echo")
