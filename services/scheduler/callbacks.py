@@ -112,25 +112,7 @@ class Callbacks:
         delivery = uuid7()
         at = datetime.now(UTC)
         started = time.monotonic()
-        status: int | None = None
-        error: str | None = None
-        response: str | None = None
-        permanent = False
-        if due.attempt > self.policy.max_attempts:
-            error, permanent = "no attempt left (an earlier one ended without a result)", True
-        elif not due.secrets:
-            error, permanent = "no callback secret: the client that submitted the job is gone", True
-        else:
-            try:
-                status, response = await self._post(due, event, delivery)
-            except (egress.RefusedDestination, httpx.InvalidURL) as exc:
-                error, permanent = str(exc), True
-            except egress.EgressError as exc:
-                error = str(exc)
-            except TimeoutError:
-                error = f"no answer within {self.policy.timeout_seconds}s"
-            except Exception as exc:  # recorded and tried again, never lost in a task
-                error = repr(exc)
+        status, response, error, permanent = await self._try(due, event, delivery)
         decision = decide(due.attempt, self.policy, status, permanent)
         next_at = (
             datetime.now(UTC) + timedelta(seconds=decision.delay_seconds)
@@ -159,6 +141,27 @@ class Callbacks:
                        "outcome": decision.outcome},
             )  # fmt: skip
         return attempt
+
+    async def _try(
+        self, due: Due, event: str, delivery: uuid.UUID
+    ) -> tuple[int | None, str | None, str | None, bool]:
+        """The attempt's status code and the start of the answer, or why there is none and
+        whether that is final (no later attempt could do better)."""
+        if due.attempt > self.policy.max_attempts:
+            return None, None, "no attempt left (an earlier one ended without a result)", True
+        if not due.secrets:
+            return None, None, "no callback secret: the client that submitted it is gone", True
+        try:
+            status, response = await self._post(due, event, delivery)
+        except (egress.RefusedDestination, httpx.InvalidURL) as exc:
+            return None, None, str(exc), True
+        except egress.EgressError as exc:
+            return None, None, str(exc), False
+        except TimeoutError:
+            return None, None, f"no answer within {self.policy.timeout_seconds}s", False
+        except Exception as exc:  # recorded and tried again, never lost in a task
+            return None, None, repr(exc), False
+        return status, response, None, False
 
     async def _post(self, due: Due, event: str, delivery: uuid.UUID) -> tuple[int, str]:
         """POST the job as ``GET /v1/jobs/{id}`` shows it; the status and the answer's start."""

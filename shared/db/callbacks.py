@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 #: The rows that owe a delivery: the predicate of the index ``jobs_callbacks_pending``.
 PENDING = """j.callback_url IS NOT NULL AND j.finished_at IS NOT NULL
     AND j.callback_done_at IS DISTINCT FROM j.finished_at"""
-#: When a pending delivery is due (the index's key): at once if it was never claimed.
-DUE = "coalesce(j.callback_next_at, '-infinity'::timestamptz)"
+#: When a pending delivery is due (the index's key): at once for a finish not attempted yet,
+#: else once its backoff (or its claim) runs out.
+DUE = """coalesce(CASE WHEN j.callback_for IS NOT DISTINCT FROM j.finished_at
+    THEN j.callback_next_at END, '-infinity'::timestamptz)"""
 
 #: Up to ``$1`` due deliveries, claimed for ``$2`` seconds; the attempt count starts again for
 #: a finish other than the one counted. Returns the job, the attempt, the URL and the secrets

@@ -400,3 +400,29 @@ async def test_retention_deletes_a_jobs_attempts_with_it(
     async with engine.connect() as conn:
         left = (await conn.execute(sa.text("SELECT job_id FROM callback_deliveries"))).scalars()
         assert [str(i) for i in left] == [kept["id"]]
+
+
+async def test_a_new_finish_does_not_wait_out_the_backoff_of_the_last_one(
+    bearer: Bearer, api: Client, engine: AsyncEngine, settings: Settings, start_worker: StartWorker
+) -> None:
+    """The first finish's delivery failed and backs off for up to an hour; the job is retried
+    and finishes again: that finish is delivered at once."""
+    await start_worker()
+    h = await bearer()
+    patient = replace(settings, callback_backoff_seconds=3600, callback_backoff_max_seconds=3600)
+    answers = iter([503])
+
+    async def busy_once(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(reply(next(answers, 200)))
+
+    async with receiving(busy_once) as receiver, delivering(loop_of(patient, engine)):
+        job = await submit(api, h, receiver.url(), type="fail", payload={"permanent": True})
+        [first] = await wait_for(lambda: deliveries(api, h, job["id"]))
+        assert first["outcome"] == "retrying"
+        assert (await api.post(f"/v1/jobs/{job['id']}/retry", headers=h)).status_code == 200
+        attempts = await wait_for(
+            lambda: _when(deliveries(api, h, job["id"]), lambda d: len(d) == 2)
+        )
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "retrying"), (1, "delivered")]
+    assert attempts[0]["finished_at"] < attempts[1]["finished_at"]
+    assert attempts[1]["at"] < attempts[0]["next_attempt_at"]

@@ -30,8 +30,12 @@ PENDING = (
     " AND callback_done_at IS DISTINCT FROM finished_at"
 )
 
-#: When a pending delivery may be attempted: at once if never claimed.
-DUE = "coalesce(callback_next_at, '-infinity'::timestamptz)"
+#: When a pending delivery may be attempted: at once for a finish not attempted yet (a job
+#: retried and finished again does not wait out the backoff of its previous finish).
+DUE = (
+    "coalesce(CASE WHEN callback_for IS NOT DISTINCT FROM finished_at THEN callback_next_at END,"
+    " '-infinity'::timestamptz)"
+)
 
 
 def ts(name: str, nullable: bool = True) -> sa.Column[object]:
