@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +26,8 @@ from services.scheduler.callbacks import CALLBACKS, Callbacks
 from shared.callbacks import CallbackPolicy
 from shared.config import Settings
 from shared.db.callbacks import CallbackStore
+from shared.db.engine import make_engine
+from shared.db.migrate import alembic_config, upgrade
 from shared.db.sweeps import SweepStore
 from shared.liveness import Liveness
 from shared.metrics import Metrics
@@ -31,6 +35,7 @@ from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker, wait_for
 from tests.integration.test_webhook import Request, answer, reply
 from tests.integration.test_webhook import serving as receiving
+from tests.services import create_database, drop_database
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
@@ -426,3 +431,36 @@ async def test_a_new_finish_does_not_wait_out_the_backoff_of_the_last_one(
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "retrying"), (1, "delivered")]
     assert attempts[0]["finished_at"] < attempts[1]["finished_at"]
     assert attempts[1]["at"] < attempts[0]["next_attempt_at"]
+
+
+async def test_the_migration_gives_existing_clients_a_secret_and_goes_back(
+    base_settings: Settings,
+) -> None:
+    url = await create_database(base_settings.database_url, "jobq_cbmigrate", revision="0009")
+    old = replace(base_settings, database_url=url)
+    engine = make_engine(old, "upgrade-test", pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO api_clients (id, name, tenant, scopes, secret_hash)"
+                    " SELECT gen_random_uuid(), 'c', 'acme', '{jobs:read}', 'h'"
+                    " FROM generate_series(1, 3)"
+                )
+            )
+        await upgrade(old)
+        async with engine.connect() as conn:
+            secrets = (
+                (await conn.execute(sa.text("SELECT callback_secret FROM api_clients")))
+                .scalars()
+                .all()
+            )
+        async with engine.connect() as conn:  # and back: the downgrade runs too
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0009"))
+            await conn.commit()
+        await upgrade(old)
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+    assert len(set(secrets)) == 3
+    assert all(re.fullmatch(r"jqcb_[0-9a-f]{64}", s) for s in secrets)
