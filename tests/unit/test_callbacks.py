@@ -7,9 +7,12 @@ import hmac
 import time
 from ipaddress import ip_network
 
+import msgspec
 import pytest
 from jobq.calls import job_fields
 
+from services.api.schemas import JobIn
+from services.api.submission import request_digest
 from shared.callbacks import CallbackPolicy, decide, signature, url_problem
 from shared.config import Settings
 from shared.errors import ConfigError
@@ -131,3 +134,14 @@ def test_the_sdk_sends_a_callback_url_only_when_given() -> None:
         "https://hooks.example.com/"
     )
     assert "callback_url" not in job_fields("echo")
+
+
+def test_idempotency_digests_of_requests_without_a_callback_are_unchanged() -> None:
+    """Keys stored before callbacks existed must match the same request sent again."""
+    plain = msgspec.convert({"type": "echo", "payload": {"n": 1}}, JobIn)
+    before = {f: getattr(plain, f) for f in JobIn.__struct_fields__ if f != "callback_url"}
+    before["queue"] = "default"
+    encoded = msgspec.json.Encoder(order="sorted").encode(before)
+    assert request_digest(plain) == hashlib.sha256(encoded).hexdigest()
+    hooked = msgspec.structs.replace(plain, callback_url="https://hooks.example.com/")
+    assert request_digest(hooked) != request_digest(plain)
