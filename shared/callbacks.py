@@ -1,4 +1,4 @@
-"""Result callbacks, the pure parts (docs/design.md §8): what a job's ``callback_url`` may be,
+"""Result callbacks, the pure parts (docs/design.md §9): what a job's ``callback_url`` may be,
 how a delivery is signed, and what a failed attempt leads to.
 
 A finished job is POSTed to its ``callback_url`` by the scheduler (``services/scheduler/

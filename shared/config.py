@@ -171,7 +171,7 @@ class Settings:
     #: Redirects a ``webhook`` follows, each destination checked again.
     webhook_max_redirects: int = 5
 
-    #: Result callbacks (docs/design.md §8), POSTed by the scheduler to the public addresses
+    #: Result callbacks (docs/design.md §9), POSTed by the scheduler to the public addresses
     #: ``JOBQ_WEBHOOK_ALLOW`` allows, as for the ``webhook`` handler. One attempt's whole
     #: budget: DNS, connect, the answer.
     callback_timeout_seconds: float = 10.0

@@ -16,6 +16,9 @@ from shared.errors import IllegalTransition
 
 
 class JobStatus(StrEnum):
+    #: Waits for the jobs it depends on (docs/design.md §2.1); released by the move that
+    #: finishes the last of them.
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -27,12 +30,15 @@ class JobStatus(StrEnum):
 
 S = JobStatus
 TERMINAL: Final = frozenset({S.SUCCEEDED, S.DEAD, S.CANCELED})
-CANCELABLE: Final = frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING})
+CANCELABLE: Final = frozenset({S.WAITING, S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_API: Final = frozenset({S.DEAD, S.CANCELED})
 
 #: status -> statuses it may move to (docs/design.md §2). Running -> canceled is a cancel request honoured
-#: at the next heartbeat; queued -> dead is the scheduler killing a job no worker can decode.
+#: at the next heartbeat; queued -> dead is the scheduler killing a job no worker can decode;
+#: waiting -> scheduled is the release of a job whose dependencies finished (due at once, or
+#: at its ``run_at``), waiting -> canceled also a dependency that failed.
 LEGAL: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    S.WAITING: frozenset({S.SCHEDULED, S.CANCELED}),
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELED, S.DEAD}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.RETRYING, S.DEAD, S.QUEUED, S.CANCELED}),

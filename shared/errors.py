@@ -57,6 +57,15 @@ class IdempotencyKeyReused(JobqError):
         self.key = key
 
 
+class InvalidDependencies(JobqError):
+    """A job's dependencies name jobs the tenant has not, or form a cycle."""
+
+    def __init__(self, message: str, key: str = "depends_on") -> None:
+        super().__init__(message)
+        #: The request field at fault.
+        self.key = key
+
+
 class TopologyMismatch(ConfigError):
     """A broker queue exists with other arguments than the settings ask for; RabbitMQ cannot
     change a queue's type or arguments in place (docs/design.md §4)."""

@@ -111,7 +111,10 @@ async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
     """Empty tables and queues before a test; the queues tests use are declared."""
     async with engine.begin() as conn:
         await conn.execute(
-            sa.text("TRUNCATE jobs, callback_deliveries, api_clients, queues, job_types")
+            sa.text(
+                "TRUNCATE jobs, job_dependencies, api_clients, queues, job_types,"
+                " dead_letter_actions, dead_letter_replays, callback_deliveries"
+            )
         )
         await conn.execute(
             sa.text("INSERT INTO queues (name) SELECT unnest(CAST(:names AS text[]))"),

@@ -24,11 +24,12 @@ from services.api import errors
 from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.broker_stats import BrokerStats
+from services.api.dead_letters import DeadLetters
 from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, health, jobs, leases, queues, types
+from services.api.routes import admin, auth, dead, health, jobs, leases, queues, types
 from services.api.submission import Intake
 from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
@@ -37,6 +38,7 @@ from shared.coalesce import Coalescer
 from shared.config import Settings
 from shared.db.callbacks import CallbackStore
 from shared.db.clients import ClientGrant, ClientStore
+from shared.db.dead_letters import DeadLetterStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
@@ -83,6 +85,10 @@ def create_app(
                 clients.grants, max_items=1000, concurrency=2
             )
             broker_stats = BrokerStats(settings.management_url, settings.amqp_url, broker.topology)
+            dead_store = DeadLetterStore(engine)
+            dead_letters = DeadLetters(
+                dead_store, outbox, settings, catalog if settings.strict_types else None
+            )
             app.state.update(
                 store=store,
                 intake=intake,
@@ -95,6 +101,8 @@ def create_app(
                 leases=lease_store,
                 hub=hub,
                 catalog=catalog,
+                dead_store=dead_store,
+                dead_letters=dead_letters,
                 callbacks=CallbackStore(engine),
             )
             try:
@@ -134,6 +142,8 @@ def create_app(
                 "leases",
                 "hub",
                 "catalog",
+                "dead_store",
+                "dead_letters",
                 "callbacks",
             )
         },
@@ -162,6 +172,7 @@ def create_app(
                 "/",
                 route_handlers=[
                     *jobs.ROUTES,
+                    *dead.ROUTES,
                     *leases.ROUTES,
                     *types.ROUTES,
                     *queues.ROUTES,

@@ -14,6 +14,7 @@ from shared.db.errors import is_transient
 from shared.errors import (
     DependencyUnavailable,
     IdempotencyKeyReused,
+    InvalidDependencies,
     QueueInUse,
     UndeclaredQueue,
 )
@@ -78,6 +79,12 @@ def _key_reused(
     )
 
 
+def _dependencies(
+    request: Request[Any, Any, Any], exc: InvalidDependencies
+) -> Response[dict[str, Any]]:
+    return problem(422, str(exc), errors=[{"message": str(exc), "key": exc.key, "source": "body"}])
+
+
 def _in_use(request: Request[Any, Any, Any], exc: QueueInUse) -> Response[dict[str, Any]]:
     return problem(409, str(exc))
 
@@ -103,5 +110,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     UndeclaredQueue: _undeclared,
     QueueInUse: _in_use,
     IdempotencyKeyReused: _key_reused,
+    InvalidDependencies: _dependencies,
     Exception: _unexpected,
 }

@@ -17,7 +17,10 @@ from shared.db.callbacks import Delivery
 from shared.db.models import ApiClient, Queue
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
+from shared.dependencies import Policy
 
+#: Dependencies one job may name (``depends_on`` and ``after`` each).
+MAX_DEPENDENCIES = 100
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="lower-case name")]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
 TimeoutSeconds = Annotated[int, Meta(ge=1, le=7 * 24 * 3600)]
@@ -48,6 +51,11 @@ class JobIn(Struct, forbid_unknown_fields=True):
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS, **ZERO_MINIMUM)] | None = None
     retry_backoff_seconds: BackoffSeconds | None = None
     retry_backoff_max_seconds: BackoffMaxSeconds | None = None
+    #: Jobs of the tenant this one waits for (docs/design.md §2.1): it is ``waiting`` until
+    #: they all succeed.
+    depends_on: Annotated[list[uuid.UUID], Meta(max_length=MAX_DEPENDENCIES)] | None = None
+    #: What a dependency ending dead or canceled does: cancel this job, or run it anyway.
+    on_dependency_failure: Policy = "cancel"
     #: POSTed the job, signed, once it finishes (succeeded, dead or canceled): see the
     #: README's "Result callbacks". http or https; public addresses only.
     callback_url: CallbackUrl | None = None
@@ -62,10 +70,16 @@ class BatchJobIn(JobIn, forbid_unknown_fields=True):
     """A job within a batch; its idempotency key travels in the body."""
 
     idempotency_key: IdempotencyKey | None = None
+    #: Jobs of this batch it waits for, by their index in ``jobs`` (from 0).
+    after: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(max_length=MAX_DEPENDENCIES)] | None = (
+        None
+    )
 
 
 class BatchIn(Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[BatchJobIn], Meta(min_length=1)]
+    #: A job to run once when every job of the batch has finished, however it ended.
+    on_complete: BatchJobIn | None = None
 
 
 class JobOut(Struct):
@@ -91,6 +105,10 @@ class JobOut(Struct):
     trace_id: str | None
     #: What the running attempt last reported: ``{"fraction", "message", "at"}`` (or null).
     progress: dict[str, Any] | None = None
+    #: The jobs it waits for (null: none), how many have not finished, and its policy.
+    depends_on: list[uuid.UUID] | None = None
+    waiting_on: int | None = None
+    on_dependency_failure: str | None = None
     callback_url: str | None = None
 
     @classmethod
@@ -118,6 +136,9 @@ class JobOut(Struct):
             cancel_requested=job.cancel_requested,
             trace_id=job.traceparent.split("-")[1] if job.traceparent else None,
             progress=cast("dict[str, Any] | None", job.progress),
+            depends_on=job.depends_on,
+            waiting_on=job.waiting_on,
+            on_dependency_failure=job.on_dependency_failure,
             callback_url=job.callback_url,
         )
 
@@ -129,6 +150,8 @@ class JobList(Struct):
 
 class BatchOut(Struct):
     items: list[JobOut]
+    #: The batch's ``on_complete`` job, if it named one.
+    on_complete: JobOut | None = None
 
 
 class TokenOut(Struct):
@@ -421,3 +444,106 @@ class TypesIn(Struct, forbid_unknown_fields=True):
 
 class TypeList(Struct):
     items: list[TypeOut]
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+#: A replay names at most this many jobs (by id, or a filter's ``limit``): one transaction.
+MAX_REPLAY = 1000
+#: An error class, as workers record it (``last_error.type``: the exception's class name).
+ErrorClass = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+class DeadFilterIn(Struct, forbid_unknown_fields=True):
+    """Which dead jobs: by queue, type, error class and when they died (``since``
+    inclusive, ``until`` exclusive, on ``finished_at``)."""
+
+    queue: Name | None = None
+    type: Name | None = None
+    error: ErrorClass | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ReplayIn(Struct, forbid_unknown_fields=True):
+    """Dead jobs to queue again with a fresh attempt budget: ``ids``, or the ``limit`` that
+    died last of those ``filter`` matches. ``queue`` moves them to another declared queue;
+    ``payload`` (with exactly one id) replaces the job's payload. ``tenant``: ``admin`` only."""
+
+    ids: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_REPLAY)] | None = None
+    filter: DeadFilterIn | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_REPLAY)] = 100
+    tenant: Tenant | None = None
+    queue: Name | None = None
+    payload: Any = msgspec.UNSET
+
+
+class ReplayedOut(Struct):
+    id: uuid.UUID
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+
+
+class SkippedOut(Struct):
+    """``not_found`` (unknown, or another tenant's), ``not_dead`` (with its ``status``),
+    ``queue_undeclared`` (its queue was deleted: replay it with ``queue``)."""
+
+    id: uuid.UUID
+    reason: str
+    status: str | None
+
+
+class ReplayOut(Struct):
+    """What the replay did; ``repeated``: the ``Idempotency-Key`` named an earlier request,
+    whose result this is (nothing was replayed now)."""
+
+    action_id: uuid.UUID
+    at: datetime
+    repeated: bool
+    replayed: list[ReplayedOut]
+    skipped: list[SkippedOut]
+
+
+def _no_filter() -> DeadFilterIn:
+    return DeadFilterIn()
+
+
+class PurgeIn(Struct, forbid_unknown_fields=True):
+    """Dead jobs to delete; ``dry_run`` (the default) only counts them."""
+
+    filter: DeadFilterIn = msgspec.field(default_factory=_no_filter)
+    tenant: Tenant | None = None
+    dry_run: bool = True
+
+
+class PurgeOut(Struct):
+    """``matched``: the dead jobs the filter matches now; ``deleted``: those this purge
+    deleted (0 in a dry run); ``action_id``: its audit record (``null`` in a dry run)."""
+
+    dry_run: bool
+    matched: int
+    deleted: int
+    action_id: uuid.UUID | None
+
+
+class ReplayRecordOut(Struct):
+    """One replay of the job: who (the token's subject), when, and what it changed."""
+
+    id: uuid.UUID
+    action_id: uuid.UUID
+    actor: str
+    at: datetime
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+    #: SHA-256 of the new payload's JSON (keys sorted), when it was replaced.
+    payload_digest: str | None
+
+
+class DeadLetterOut(Struct):
+    """A dead job (or one replayed from dead) with its full error history (``job.errors``)
+    and its replays, oldest first."""
+
+    job: JobOut
+    replays: list[ReplayRecordOut]

@@ -26,6 +26,7 @@ from shared.coalesce import Coalescer
 from shared.db.errors import is_transient
 from shared.db.submits import NewJob
 from shared.db.tickets import ticket_of
+from shared.dependencies import Wants, order
 from shared.domain import JobStatus
 from shared.ids import uuid7
 
@@ -56,15 +57,44 @@ ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 DEFAULT_QUEUE = "default"
 
 
+#: Fields added to job requests after digests were first stored, with their defaults: left
+#: at the default, a field is left out of the digest, so a request keeps the digest it had
+#: before the field existed (and a batch job, which alone has ``after``, one job's digest).
+LATER_FIELDS: dict[str, object] = {
+    "depends_on": None,
+    "on_dependency_failure": "cancel",
+    "after": None,
+    "callback_url": None,
+}
+
+
 def request_digest(data: JobIn) -> str:
     """What a job request asks for, whatever its key order or spacing: the digest an
     idempotency key is stored with, so that reusing the key for another request is refused."""
     fields = msgspec.structs.asdict(data)
     fields.pop("idempotency_key", None)  # a batch job carries its key in the body
+    for name, default in LATER_FIELDS.items():
+        if fields.get(name, default) == default:
+            fields.pop(name, None)
     fields["queue"] = fields["queue"] or DEFAULT_QUEUE  # left out or named: the same request
-    if fields["callback_url"] is None:  # keys stored before callbacks existed keep their digest
-        del fields["callback_url"]
-    return hashlib.sha256(_canonical.encode(fields)).hexdigest()
+    return canonical_digest(fields)
+
+
+def canonical_digest(value: object) -> str:
+    """SHA-256 of ``value``'s JSON with its keys sorted: one digest whatever the order."""
+    return hashlib.sha256(_canonical.encode(value)).hexdigest()
+
+
+def checked_payload(payload: object, settings: Settings) -> str:
+    """A payload's JSON text: ``413`` over ``JOBQ_MAX_PAYLOAD_BYTES``, ``422`` holding a NUL."""
+    payload_json, size = encoded_size(payload)
+    if size > settings.max_payload_bytes:
+        raise PayloadTooLarge(
+            detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
+        )
+    if ESCAPED_NUL.search(payload_json):
+        raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
+    return payload_json
 
 
 def new_job(
@@ -78,13 +108,7 @@ def new_job(
     """Validate what the schema cannot express and build the row to insert."""
     if data.run_at is not None and data.delay_seconds is not None:
         raise ValidationException(detail="give run_at or delay_seconds, not both")
-    payload_json, size = encoded_size(data.payload)
-    if size > settings.max_payload_bytes:
-        raise PayloadTooLarge(
-            detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
-        )
-    if ESCAPED_NUL.search(payload_json):
-        raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
+    payload_json = checked_payload(data.payload, settings)
     if (
         data.retry_backoff_seconds
         and data.retry_backoff_max_seconds
@@ -204,6 +228,11 @@ class Intake:
             idempotency_key, traceparent, tracestate,
         )  # fmt: skip
         self.limiter.take(principal.client_id, principal.tenant, 1)
+        if data.depends_on:
+            wants = Wants(data.depends_on, (), data.on_dependency_failure)
+            (result,) = await self.submits.insert_waiting([job], [wants])
+            await self._publish([result])
+            return result
         return await self._singles(job)
 
     async def many(
@@ -212,12 +241,24 @@ class Intake:
         principal: Principal,
         traceparent: str | None,
         tracestate: str | None = None,
+        on_complete: BatchJobIn | None = None,
     ) -> list[tuple[JobRecord, bool]]:
-        """One batch request's jobs, all or none."""
+        """One batch request's jobs, all or none; with ``on_complete``, that job last, waiting
+        for every other to finish, however it ends."""
         if len(data) > self.settings.max_batch_jobs:
             raise ValidationException(
                 detail=f"a batch holds at most {self.settings.max_batch_jobs} jobs, not {len(data)}"
             )
+        if on_complete is not None:
+            if on_complete.after or on_complete.on_dependency_failure != "cancel":
+                raise ValidationException(
+                    detail="on_complete runs after every job of the batch however it ends:"
+                    " it takes no 'after' or 'on_dependency_failure'"
+                )
+            done = msgspec.structs.replace(
+                on_complete, after=list(range(len(data))), on_dependency_failure="run"
+            )
+            data = [*data, done]
         keys = [j.idempotency_key for j in data if j.idempotency_key]
         if len(keys) != len(set(keys)):
             raise ValidationException(detail="idempotency_key repeats within the batch")
@@ -229,7 +270,12 @@ class Intake:
             for j in typed
         ]
         self.limiter.take(principal.client_id, principal.tenant, len(jobs))
-        results = await self.submits.insert(jobs)
+        wants = [Wants(j.depends_on or (), j.after or (), j.on_dependency_failure) for j in data]
+        if any(w.any for w in wants):
+            order(wants)  # a cycle is refused before any statement
+            results = await self.submits.insert_waiting(jobs, wants)
+        else:
+            results = await self.submits.insert(jobs)
         await self._publish(results)
         return results
 

@@ -1,4 +1,4 @@
-"""Delivering finished jobs to their ``callback_url`` (docs/design.md §8).
+"""Delivering finished jobs to their ``callback_url`` (docs/design.md §9).
 
 A loop of its own beside the tick: a slow receiver never delays a due job. It claims as many
 due deliveries as it has free slots (``JOBQ_CALLBACK_CONCURRENCY``), POSTs each (one

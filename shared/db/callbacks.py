@@ -1,5 +1,5 @@
 """The scheduler's statements on result callbacks, and the API's read of their record
-(docs/design.md §8).
+(docs/design.md §9).
 
 A delivery is owed by every row matching ``PENDING``; whatever finishes a job (a worker, an
 HTTP worker, an expired lease, a cancel, a retry that finishes again) makes one so without

@@ -68,13 +68,24 @@ class Job(SQLModel, table=True):
     tracestate: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     #: traceparent of the span of the attempt that failed last: the retry's span links to it.
     attempt_span: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: The jobs it waits for (docs/design.md §2.1), how many of those have not finished, and
+    #: what a dependency that ends dead or canceled does to it (``cancel`` or ``run``).
+    depends_on: list[uuid.UUID] | None = Field(
+        default=None, sa_column=sa.Column(ARRAY(PG_UUID(as_uuid=True)))
+    )
+    waiting_on: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    on_dependency_failure: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: Something waits for it: its finish releases dependents (a trigger, migration 0013).
+    has_dependents: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default="false")
+    )
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     #: The jobq client that submitted the job (``None``: an external issuer's token).
     client_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
-    #: Where the job is POSTed once it finishes (docs/design.md §8); the rest is that delivery's
+    #: Where the job is POSTed once it finishes (docs/design.md §9); the rest is that delivery's
     #: state: attempts made for the finish ``callback_for``, when the next may start (or until
     #: when the current one is claimed), and the finish last delivered or given up on.
     callback_url: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
@@ -84,6 +95,23 @@ class Job(SQLModel, table=True):
     callback_for: datetime | None = _ts()
     callback_next_at: datetime | None = _ts()
     callback_done_at: datetime | None = _ts()
+
+
+class JobDependency(SQLModel, table=True):
+    """An edge ``job_id`` waits for ``depends_on``; ``resolved`` is the status the dependency
+    ended in, once it did (each edge resolves once)."""
+
+    __tablename__ = "job_dependencies"
+
+    depends_on: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    job_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            PG_UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    resolved: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
 
 
 class ApiClient(SQLModel, table=True):
@@ -129,6 +157,51 @@ class Queue(SQLModel, table=True):
     retention_canceled_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
+
+
+class DeadLetterAction(SQLModel, table=True):
+    """A replay or purge of dead jobs: who asked, when, what, and what it did (migration 0011).
+
+    With an idempotency key, the same request again is answered with ``result`` instead of
+    acting twice."""
+
+    __tablename__ = "dead_letter_actions"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: The token's subject: a jobq client id, or an external IdP's ``sub``.
+    actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    action: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    at: datetime = _ts(nullable=False, default=True)
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    request_digest: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: What was asked (an edited payload only as its digest).
+    request: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    result: Any = Field(sa_column=sa.Column(JSONB, nullable=False, server_default="{}"))
+
+
+class DeadLetterReplay(SQLModel, table=True):
+    """One dead job a replay moved back to ``queued``, written in the same transaction."""
+
+    __tablename__ = "dead_letter_replays"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    action_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            PG_UUID(as_uuid=True),
+            sa.ForeignKey("dead_letter_actions.id", ondelete="CASCADE"),
+            nullable=False,
+        )
+    )
+    job_id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), nullable=False))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    at: datetime = _ts(nullable=False, default=True)
+    queue_before: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    queue_after: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    payload_replaced: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    #: SHA-256 of the new payload's JSON text, when it was replaced.
+    payload_digest: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
 
 
 class CallbackDelivery(SQLModel, table=True):

@@ -40,7 +40,10 @@ class JobRecord(msgspec.Struct, frozen=True):
     request_digest: str | None
     progress: msgspec.Raw | None
     tracestate: str | None
-    #: Where the job is POSTed once it finishes (docs/design.md §8).
+    depends_on: list[uuid.UUID] | None
+    waiting_on: int | None
+    on_dependency_failure: str | None
+    #: Where the job is POSTed once it finishes (docs/design.md §9).
     callback_url: str | None = None
 
     @classmethod
@@ -60,4 +63,4 @@ RECORD_COLUMNS = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, 
     j.attempts, j.max_attempts, j.timeout_seconds, j.run_at, j.created_at, j.updated_at,
     j.started_at, j.finished_at, j.result::text, j.last_error::text, j.errors::text,
     j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text,
-    j.tracestate, j.callback_url"""
+    j.tracestate, j.depends_on, j.waiting_on, j.on_dependency_failure, j.callback_url"""

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from shared.db import raw
+from shared.db import dependencies, raw
 from shared.db.errors import UNDECLARED_QUEUE
 from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from shared.dependencies import Wants
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +50,17 @@ class NewJob:
     tracestate: str | None = None
     #: A digest of the request, kept with an idempotency key to recognise its reuse.
     request_digest: str | None = None
+    #: Its start when not the submit's (``queued``, or ``scheduled`` for later): ``waiting``
+    #: or ``canceled``, as its dependencies decide (``shared.db.dependencies``).
+    status: str | None = None
     #: The jobq client that submitted it (``None``: an external issuer's token).
     client_id: uuid.UUID | None = None
-    #: Where the job is POSTed once it finishes (docs/design.md §8).
+    #: Where the job is POSTed once it finishes (docs/design.md §9).
     callback_url: str | None = None
 
 
 # By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
-# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$19`` (strict): a job
+# one order (no deadlock between them); of two jobs with one key, the first given is inserted. ``$20`` (strict): a job
 # naming an undeclared queue fails the statement (a batch request is taken whole or not at
 # all); otherwise that job alone is left out (single requests gathered into one statement).
 INSERT = f"""
@@ -68,21 +73,22 @@ INSERT = f"""
     SELECT v.id, v.tenant, v.type,
         CASE WHEN q.name IS NULL THEN jobq_undeclared_queue(v.queue) ELSE v.queue END,
         v.payload::jsonb, v.priority,
-        CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END,
+        coalesce(v.status, CASE WHEN at > now() THEN 'scheduled' ELSE 'queued' END),
         coalesce(v.max_attempts, q.max_attempts),
         coalesce(v.timeout_seconds, q.timeout_seconds), at, v.idem, v.rb, v.rbm, v.tp, v.ts,
         v.digest,
-        CASE WHEN at > now() THEN NULL ELSE now() END, v.client, v.callback
+        CASE WHEN at > now() OR v.status IS NOT NULL THEN NULL ELSE now() END, v.client,
+        v.callback
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
                 $7::int[], $8::int[], $9::float8[], $10::timestamptz[], $11::text[],
                 $12::float8[], $13::float8[], $14::text[], $15::text[], $16::text[],
-                $17::uuid[], $18::text[])
+                $17::text[], $18::uuid[], $19::text[])
         WITH ORDINALITY
         AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-             delay, run_at, idem, rb, rbm, tp, ts, digest, client, callback, n)
+             delay, run_at, idem, rb, rbm, tp, ts, digest, status, client, callback, n)
     LEFT JOIN q ON q.name = v.queue,
     LATERAL (SELECT coalesce(v.run_at, now() + make_interval(secs => v.delay)) AS at) t
-    WHERE q.name IS NOT NULL OR $19
+    WHERE q.name IS NOT NULL OR $20
     ORDER BY v.tenant, v.idem, v.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {RECORD_COLUMNS}
@@ -118,11 +124,19 @@ class SubmitStore:
             raw.connection(self.engine) as conn,
             conn.transaction() if atomic else contextlib.nullcontext(),
         ):
-            outcomes = await _insert(conn, jobs, strict=True)
-            refused = next((o for o in outcomes if isinstance(o, Exception)), None)
-            if refused is not None:
-                raise refused
-        return [o for o in outcomes if not isinstance(o, Exception)]
+            return await _insert_all(conn, jobs)
+
+    async def insert_waiting(
+        self, jobs: Sequence[NewJob], wants: Sequence[Wants]
+    ) -> list[tuple[JobRecord, bool]]:
+        """Insert the jobs of one request whose ``wants`` name dependencies, all or none, as
+        ``insert`` does; each job starts ``waiting``, ``canceled`` or as submitted
+        (``shared.db.dependencies``). Raises what ``insert`` does, and
+        ``InvalidDependencies``."""
+        async with raw.connection(self.engine) as conn, conn.transaction():
+            statuses = await dependencies.named(conn, jobs[0].tenant, wants)
+            records = await _insert_all(conn, dependencies.starting(jobs, wants, statuses))
+            return await dependencies.link(conn, records, wants, statuses)
 
     async def insert_each(self, jobs: Sequence[NewJob]) -> list[Outcome]:
         """Insert jobs of separate requests in one statement, each standing alone: one job's
@@ -149,9 +163,19 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
         [j.traceparent for j in jobs],
         [j.tracestate for j in jobs],
         [j.request_digest for j in jobs],
+        [j.status for j in jobs],
         [j.client_id for j in jobs],
         [j.callback_url for j in jobs],
     ]
+
+
+async def _insert_all(conn: Any, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
+    """Every job inserted (or found by its key), or the first refusal raised."""
+    outcomes = await _insert(conn, jobs, strict=True)
+    refused = next((o for o in outcomes if isinstance(o, Exception)), None)
+    if refused is not None:
+        raise refused
+    return [o for o in outcomes if not isinstance(o, Exception)]
 
 
 async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Outcome]:

@@ -181,7 +181,7 @@ class JobqStack:
 
     async def _reset(self) -> str:
         """Empty the jobs table and the broker queue; returns a fresh token."""
-        await self.db.execute("TRUNCATE jobs")
+        await self.db.execute("TRUNCATE jobs, job_dependencies")
         state = await amqp.queue_state(self.config.amqp_url, self.queue_name)
         if state is not None and state[0]:
             print(f"  note: {state[0]} leftover tickets in {self.queue_name}; purged", flush=True)

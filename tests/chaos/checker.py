@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.domain import TERMINAL
 from tests import audit
 
 SCHEMA = """
@@ -55,6 +56,8 @@ class Figures:
     refused_effects: int = 0
     missing_effects: int = 0
     wrong_outcomes: int = 0
+    #: Jobs that started before every job they depend on had finished.
+    early_starts: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     http: Counter[int] = field(default_factory=Counter)
     recovery_seconds: float | None = None
@@ -67,7 +70,7 @@ class Figures:
             for name in (
                 "lost", "unexpected", "key_duplicates", "terminal_violations", "illegal_paths",
                 "reexecuted_claims", "unexplained_duplicates", "stale_effects",
-                "missing_effects", "wrong_outcomes",
+                "missing_effects", "wrong_outcomes", "early_starts",
             )
             if getattr(self, name)
         ]  # fmt: skip
@@ -99,6 +102,17 @@ def expected_status(payload: Any) -> str:
     return "dead" if flags.get("fail") == "always" or flags.get("kill") else "succeeded"
 
 
+def expected_of(job_id: uuid.UUID, jobs: dict[uuid.UUID, Any]) -> str:
+    """``expected_status``, where a job waiting for one that ends otherwise than succeeded is
+    canceled if its policy says so (docs/design.md §2.1)."""
+    row = jobs[job_id]
+    if row["on_dependency_failure"] == "cancel" and any(
+        expected_of(d, jobs) != "succeeded" for d in row["depends_on"] or ()
+    ):
+        return "canceled"
+    return expected_status(row["payload"])
+
+
 def flagged(payload: Any) -> bool:
     return isinstance(payload, dict) and bool(payload.get("fail") or payload.get("kill"))
 
@@ -128,7 +142,7 @@ async def check(
         if row is None or row["status"] not in ("succeeded", "dead", "canceled"):
             f.lost += 1
             f.examples.append(f"lost {key} -> {job_id}: {row and row['status']}")
-        elif row["status"] != expected_status(row["payload"]):
+        elif row["status"] != expected_of(job_id, jobs):
             f.wrong_outcomes += 1
             f.examples.append(f"{job_id} ended {row['status']}, payload {row['payload']}")
     known = set(accepted.values())
@@ -153,6 +167,15 @@ async def check(
                     ended_by_owner.add(m.old_lease)
                 if m.to_status == "succeeded":
                     winner[job_id] = m.old_lease
+
+    finished = {j: max(m.at for m in h if m.to_status in TERMINAL) for j, h in moves.items()
+                if any(m.to_status in TERMINAL for m in h)}  # fmt: skip
+    for job_id, row in jobs.items():
+        started = [m.at for m in moves.get(job_id, []) if m.to_status == "running"]
+        parents = [finished.get(d) for d in row["depends_on"] or ()]
+        if started and any(p is None or p > started[0] for p in parents):
+            f.early_starts += 1
+            f.examples.append(f"{job_id}: started at {started[0]} before its dependencies ended")
 
     per_lease = Counter(e["lease_id"] for e in executions)
     f.reexecuted_claims = sum(n - 1 for n in per_lease.values() if n > 1)

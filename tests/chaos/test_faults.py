@@ -14,7 +14,7 @@ import pytest
 from tests.chaos import faults
 from tests.chaos.cluster import HTTP_LEASE_SECONDS
 from tests.chaos.harness import Chaos
-from tests.chaos.workload import jobs
+from tests.chaos.workload import dependents, jobs
 
 pytestmark = pytest.mark.chaos
 
@@ -23,11 +23,11 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
-async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
-    await chaos.up(workers=2)
-    load = asyncio.create_task(chaos.load.run(jobs(240, ms=(50, 400)), rate=60))
+async def kill_busiest_workers(chaos: Chaos, times: int) -> list[tuple[datetime, set[uuid.UUID]]]:
+    """Every second, kill -9 the worker running the most jobs and start another; returns when
+    each kill struck and the leases it cut."""
     kills = []
-    for _ in range(4):
+    for _ in range(times):
         await asyncio.sleep(1.0)
         workers = chaos.cluster.of("worker")
         running = {p.pid: await chaos.in_flight(p.pid) for p in workers}
@@ -35,6 +35,13 @@ async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
         kills.append((faults.utcnow(), running[victim.pid]))
         chaos.cluster.signal(victim, signal.SIGKILL)
         await chaos.cluster.start("worker")
+    return kills
+
+
+async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
+    await chaos.up(workers=2)
+    load = asyncio.create_task(chaos.load.run(jobs(240, ms=(50, 400)), rate=60))
+    kills = await kill_busiest_workers(chaos, 4)
     await load
     ended = now()
     await chaos.quiet()
@@ -45,6 +52,34 @@ async def test_worker_kill_9_mid_job_repeatedly(chaos: Chaos) -> None:
     )
     assert hit > 0, "the kills hit no running job"
     assert f.duplicate_executions <= hit
+
+
+async def test_dependency_chains_under_worker_kill_9(chaos: Chaos) -> None:
+    """Three layers of jobs waiting for jobs (docs/design.md §2.1), the later layers submitted
+    while the earlier run, and workers killed throughout: every job ends as its own flags and
+    its dependencies' outcomes say (a failed dependency cancels, or not, by policy), none
+    starts before what it waits for has finished, and each effect happens once."""
+    await chaos.up(workers=2)
+    roots = jobs(90, ms=(100, 400), seed=5, fail_always_every=15)
+    killing = asyncio.create_task(kill_busiest_workers(chaos, 3))
+    await chaos.load.run(roots, rate=60)
+    middle = dependents(roots, chaos.load.accepted, 60, seed=6)
+    await chaos.load.run(middle)
+    await chaos.load.run(dependents(middle, chaos.load.accepted, 30, seed=7))
+    kills = await killing
+    ended = now()
+    await chaos.quiet()
+    hit = sum(len(leases) for _, leases in kills)
+    waited = await chaos.fetchval(
+        "SELECT count(DISTINCT job_id) FROM jobq_audit WHERE to_status = 'waiting'"
+    )
+    f = await chaos.finish(
+        "dependency chains, worker kill -9 x3", ended, in_flight_at_kills=hit, waited=waited
+    )
+    assert f.duplicate_executions <= hit
+    assert isinstance(waited, int)
+    assert waited > 30, "hardly any job had to wait"
+    assert f.statuses["canceled"] > 0, "no failed dependency canceled its dependent"
 
 
 async def test_http_worker_killed_and_frozen_mid_job(chaos: Chaos) -> None:

@@ -67,6 +67,29 @@ def jobs(
     return out
 
 
+def dependents(
+    parents: Sequence[Spec], accepted: dict[str, uuid.UUID], n: int, *, seed: int = 0
+) -> list[Spec]:
+    """``n`` chaos.work jobs (as ``jobs`` makes them, without kills), each waiting for one to
+    three accepted ``parents`` of its tenant (docs/design.md §2.1); every other one runs even
+    if a parent fails (``on_dependency_failure=run``)."""
+    rnd = random.Random(seed)
+    by_tenant: dict[str, list[uuid.UUID]] = {}
+    for p in parents:
+        by_tenant.setdefault(p.tenant, []).append(accepted[p.key])
+    tenants = sorted(by_tenant)
+    out = []
+    for i, spec in enumerate(jobs(n, seed=seed, tenants=tenants)):
+        pool = by_tenant[spec.tenant]
+        body = {
+            **spec.body,
+            "depends_on": [str(p) for p in rnd.sample(pool, min(len(pool), rnd.randint(1, 3)))],
+            "on_dependency_failure": "run" if i % 2 else "cancel",
+        }
+        out.append(Spec(spec.key, spec.tenant, body))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One request's answer: its tenant, when it was sent (loop time), its status (0: none)

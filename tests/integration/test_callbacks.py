@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -436,7 +437,9 @@ async def test_a_new_finish_does_not_wait_out_the_backoff_of_the_last_one(
 async def test_the_migration_gives_existing_clients_a_secret_and_goes_back(
     base_settings: Settings,
 ) -> None:
-    url = await create_database(base_settings.database_url, "jobq_cbmigrate", revision="0009")
+    before = ScriptDirectory.from_config(alembic_config()).get_revision("0012").down_revision
+    assert isinstance(before, str)
+    url = await create_database(base_settings.database_url, "jobq_cbmigrate", revision=before)
     old = replace(base_settings, database_url=url)
     engine = make_engine(old, "upgrade-test", pool_size=1)
     try:
@@ -456,7 +459,7 @@ async def test_the_migration_gives_existing_clients_a_secret_and_goes_back(
                 .all()
             )
         async with engine.connect() as conn:  # and back: the downgrade runs too
-            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0009"))
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), before))
             await conn.commit()
         await upgrade(old)
     finally:

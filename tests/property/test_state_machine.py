@@ -229,7 +229,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.store = self.pg.store
         self.settings = self.pg.settings
-        self.pg.run(self.pg.conn.execute("TRUNCATE jobs, jobq_audit"))
+        self.pg.run(self.pg.conn.execute("TRUNCATE jobs, job_dependencies, jobq_audit"))
         self.jobs: list[uuid.UUID] = []
         self.rank: dict[uuid.UUID, int] = {}
         self.tenant: dict[uuid.UUID, str] = {}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 import uuid
 from typing import Annotated, Any
@@ -17,6 +15,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
+from services.api.cursors import JOB_CURSOR, job_cursor, parse_job_cursor
 from services.api.errors import Conflict
 from services.api.instants import parse_query
 from services.api.limits import WaiterCap
@@ -97,10 +96,14 @@ async def submit_batch(
     data: JSONBody[BatchIn],
     intake: NamedDependency[Intake],
 ) -> BatchOut:
-    """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction."""
+    """Submit up to ``JOBQ_MAX_BATCH_JOBS`` jobs in one transaction, and optionally a job to
+    run once when all have finished (``on_complete``)."""
     tp, ts = _trace(request)
-    results = await intake.many(data.jobs, request.user, tp, ts)
-    return BatchOut(items=[JobOut.of(job) for job, _ in results])
+    results = await intake.many(data.jobs, request.user, tp, ts, data.on_complete)
+    items = [JobOut.of(job) for job, _ in results]
+    if data.on_complete is None:
+        return BatchOut(items=items)
+    return BatchOut(items=items[:-1], on_complete=items[-1])
 
 
 @get(
@@ -164,24 +167,13 @@ async def _disconnect(request: AuthRequest) -> None:
         pass
 
 
-def _cursor(job_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
-        raise ValidationException(detail="cursor is not one this API returned") from None
-
-
 @get("/v1/jobs", guards=[requires_scopes], opt=READ, responses=problems(401, 403, 422, 503))
 async def list_jobs(
     request: AuthRequest,
     store: NamedDependency[JobStore],
     settings: NamedDependency[Settings],
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
-    cursor: Annotated[str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{22}$")] = None,
+    cursor: Annotated[str | None, QueryParameter(pattern=JOB_CURSOR)] = None,
     status: FromQuery[JobStatus | None] = None,
     type: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
     queue: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
@@ -198,14 +190,14 @@ async def list_jobs(
         request.user.tenant,
         limit=limit,
         max_bytes=settings.max_page_bytes,
-        before=_parse_cursor(cursor) if cursor else None,
+        before=parse_job_cursor(cursor) if cursor else None,
         status=status,
         type=type,
         queue=queue,
         created_after=parse_query("created_after", created_after),
         created_before=parse_query("created_before", created_before),
     )
-    next_cursor = _cursor(jobs[-1].id) if more else None
+    next_cursor = job_cursor(jobs[-1].id) if more else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 

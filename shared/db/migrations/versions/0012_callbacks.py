@@ -1,5 +1,5 @@
 """Result callbacks: a job's ``callback_url``, who submitted it, its delivery state, each
-attempt's record, and each client's signing secret (docs/design.md §8).
+attempt's record, and each client's signing secret (docs/design.md §9).
 
 A delivery is owed while ``callback_url IS NOT NULL AND finished_at IS NOT NULL AND
 callback_done_at IS DISTINCT FROM finished_at``: every path that finishes a job sets
@@ -9,7 +9,7 @@ The new ``jobs`` columns are nullable or take a constant default: adding them re
 Existing clients get a signing secret of 244 random bits (two ``gen_random_uuid``).
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0013
 Create Date: 2026-12-04
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
