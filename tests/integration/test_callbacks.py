@@ -467,3 +467,18 @@ async def test_the_migration_gives_existing_clients_a_secret_and_goes_back(
         await drop_database(url)
     assert len(set(secrets)) == 3
     assert all(re.fullmatch(r"jqcb_[0-9a-f]{64}", s) for s in secrets)
+
+
+async def test_a_dead_letter_purge_deletes_the_attempts_of_its_jobs(
+    bearer: Bearer, api: Client, engine: AsyncEngine, settings: Settings, start_worker: StartWorker
+) -> None:
+    await start_worker()
+    h = await bearer()
+    async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
+        job = await submit(api, h, receiver.url(), type="fail", payload={"permanent": True})
+        await wait_for(lambda: deliveries(api, h, job["id"]))
+    purged = await api.post("/v1/dead/purge", json={"dry_run": False}, headers=h)
+    assert purged.json()["deleted"] == 1, purged.text
+    async with engine.connect() as conn:
+        left = (await conn.execute(sa.text("SELECT count(*) FROM callback_deliveries"))).scalar()
+    assert left == 0
