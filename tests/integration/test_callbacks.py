@@ -104,6 +104,11 @@ async def canceled(api: Client, headers: dict[str, str], url: str) -> dict[str, 
     return dict(r.json())
 
 
+async def died(api: Client, headers: dict[str, str], url: str) -> dict[str, Any]:
+    """A job a worker will end dead at its first attempt."""
+    return await submit(api, headers, url, type="fail", payload={"permanent": True})
+
+
 async def deliveries(api: Client, headers: dict[str, str], job_id: str) -> list[dict[str, Any]]:
     r = await api.get(f"/v1/jobs/{job_id}/deliveries", headers=headers)
     assert r.status_code == 200, r.text
@@ -211,7 +216,7 @@ async def test_a_job_retried_and_finished_again_is_delivered_again(
     await start_worker()
     h = await bearer()
     async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
-        job = await submit(api, h, receiver.url(), type="fail", payload={"permanent": True})
+        job = await died(api, h, receiver.url())
         await wait_for(lambda: len(receiver.requests) == 1)
         assert (await api.post(f"/v1/jobs/{job['id']}/retry", headers=h)).status_code == 200
         await wait_for(lambda: len(receiver.requests) == 2)
@@ -422,7 +427,7 @@ async def test_a_new_finish_does_not_wait_out_the_backoff_of_the_last_one(
         writer.write(reply(next(answers, 200)))
 
     async with receiving(busy_once) as receiver, delivering(loop_of(patient, engine)):
-        job = await submit(api, h, receiver.url(), type="fail", payload={"permanent": True})
+        job = await died(api, h, receiver.url())
         [first] = await wait_for(lambda: deliveries(api, h, job["id"]))
         assert first["outcome"] == "retrying"
         assert (await api.post(f"/v1/jobs/{job['id']}/retry", headers=h)).status_code == 200
@@ -475,7 +480,7 @@ async def test_a_dead_letter_purge_deletes_the_attempts_of_its_jobs(
     await start_worker()
     h = await bearer()
     async with receiving(answer(200)) as receiver, delivering(loop_of(settings, engine)):
-        job = await submit(api, h, receiver.url(), type="fail", payload={"permanent": True})
+        job = await died(api, h, receiver.url())
         await wait_for(lambda: deliveries(api, h, job["id"]))
     purged = await api.post("/v1/dead/purge", json={"dry_run": False}, headers=h)
     assert purged.json()["deleted"] == 1, purged.text
