@@ -487,3 +487,32 @@ async def test_a_dead_letter_purge_deletes_the_attempts_of_its_jobs(
     async with engine.connect() as conn:
         left = (await conn.execute(sa.text("SELECT count(*) FROM callback_deliveries"))).scalar()
     assert left == 0
+
+
+async def test_an_http_worker_and_an_expired_lease_finishing_jobs_owe_deliveries_too(
+    bearer: Bearer, api: Client, engine: AsyncEngine, settings: Settings
+) -> None:
+    """Paths that know nothing of callbacks: an HTTP worker's complete, and the scheduler's
+    sweep of a lease that ran out with no attempt left (its worker died)."""
+    h = await bearer(scopes=("jobs:write", "jobs:read", "jobs:work"))
+    async with receiving(answer(200)) as receiver:
+        leased = await submit(api, h, receiver.url("/leased"), type="test.record")
+        expired = await submit(api, h, receiver.url("/expired"), type="test.record", max_attempts=1)
+        r = await api.post("/v1/leases", json={"types": ["test.record"], "max_jobs": 2}, headers=h)
+        held = {j["id"]: j["lease_id"] for j in r.json()["items"]}
+        assert set(held) == {leased["id"], expired["id"]}
+        done = await api.post(
+            f"/v1/jobs/{leased['id']}/complete", json={"lease_id": held[leased["id"]]}, headers=h
+        )
+        assert done.status_code == 200, done.text
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+                {"id": expired["id"]},
+            )
+        [dead], _ = await SweepStore(engine).expire_leases(10)
+        assert dead.dead
+        async with delivering(loop_of(settings, engine)):
+            await wait_for(lambda: len(receiver.requests) == 2)
+    events = {r.path: r.headers["x-jobq-event"] for r in receiver.requests}
+    assert events == {"/leased": "job.succeeded", "/expired": "job.dead"}
