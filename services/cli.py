@@ -175,6 +175,7 @@ async def _create_client(
     return {
         "client_id": str(client.id),
         "client_secret": secret,
+        "callback_secret": client.callback_secret,
         "name": name,
         "tenant": tenant,
         "scopes": client.scopes,
@@ -193,8 +194,10 @@ def cmd_clients(args: argparse.Namespace) -> int:
             print(json.dumps(created))
         else:
             print(
-                f"client_id:     {created['client_id']}\nclient_secret: {created['client_secret']}"
-                "\n(the secret is shown once; store it now)"
+                f"client_id:       {created['client_id']}\n"
+                f"client_secret:   {created['client_secret']}\n"
+                f"callback_secret: {created['callback_secret']}\n"
+                "(the secrets are shown once; store them now)"
             )
         return 0
 
@@ -204,11 +207,30 @@ def cmd_clients(args: argparse.Namespace) -> int:
             store = ClientStore(engine)
             if args.action == "list":
                 return await store.list()
+            if args.action == "rotate-callback-secret":
+                grace = settings.callback_secret_grace_seconds if args.grace is None else args.grace
+                return await store.rotate_callback_secret(args.client_id, grace)
             return await store.revoke(args.client_id)
         finally:
             await engine.dispose()
 
     result = _run_db(go(), settings)
+    if args.action == "rotate-callback-secret":
+        if result is None:
+            print("no such client", file=sys.stderr)
+            return 1
+        secret, until = result
+        if args.json:
+            print(json.dumps({
+                "client_id": str(args.client_id), "callback_secret": secret,
+                "previous_valid_until": until.isoformat() if until else None,
+            }))  # fmt: skip
+        else:
+            print(
+                f"callback_secret: {secret}\n(shown once; the previous one signs too "
+                + (f"until {until.isoformat()})" if until else "no more)")
+            )
+        return 0
     if args.action == "list":
         for c in result:
             state = "revoked" if c.revoked_at else "active"
@@ -396,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_parser("list", help="list clients (never secrets)")
     revoke = clients.add_parser("revoke", help="revoke a client")
     revoke.add_argument("client_id", type=uuid.UUID)
+    rotate = clients.add_parser(
+        "rotate-callback-secret",
+        help="a new secret to sign the client's callbacks (prints it once)",
+    )
+    rotate.add_argument("client_id", type=uuid.UUID)
+    rotate.add_argument(
+        "--grace",
+        type=float,
+        help="seconds the previous secret signs too (JOBQ_CALLBACK_SECRET_GRACE_SECONDS; 0: none)",
+    )
+    rotate.add_argument("--json", action="store_true")
     for sp in (create, *clients.choices.values()):
         sp.set_defaults(func=cmd_clients)
 

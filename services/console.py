@@ -182,7 +182,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with client(args) as c:
         job = c.submit(
             args.type, payload, queue=args.queue, priority=args.priority, delay=args.delay,
-            idempotency_key=args.idempotency_key,
+            idempotency_key=args.idempotency_key, callback_url=args.callback_url,
         )  # fmt: skip
         if args.wait is not None:
             job = _wait_showing(c, job, args.wait, quiet=args.json)
@@ -518,6 +518,7 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--priority", type=int)
     submit.add_argument("--delay", type=float, help="seconds")
     submit.add_argument("--idempotency-key")
+    submit.add_argument("--callback-url", help="POSTed the job, signed, once it finishes")
     submit.add_argument("--wait", type=float, metavar="SECONDS", help="wait for a final state")
     submit.add_argument("--json", action="store_true")
     submit.set_defaults(func=cmd_submit)

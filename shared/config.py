@@ -182,6 +182,20 @@ class Settings:
     #: Redirects a ``webhook`` follows, each destination checked again.
     webhook_max_redirects: int = 5
 
+    #: Result callbacks (docs/design.md §10), POSTed by the scheduler to the public addresses
+    #: ``JOBQ_WEBHOOK_ALLOW`` allows, as for the ``webhook`` handler. One attempt's whole
+    #: budget: DNS, connect, the answer.
+    callback_timeout_seconds: float = 10.0
+    #: Attempts per finished job before it is given up (each one recorded).
+    callback_max_attempts: int = 8
+    #: Backoff between attempts: full jitter over ``base * 2**(attempt-1)``, at most the cap.
+    callback_backoff_seconds: float = 5.0
+    callback_backoff_max_seconds: float = 3600.0
+    #: Deliveries one scheduler has in flight at once.
+    callback_concurrency: int = 16
+    #: After a client's callback secret is rotated, the previous one signs too for this long.
+    callback_secret_grace_seconds: float = 86400.0
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -257,6 +271,11 @@ class Settings:
             "JOBQ_DISPATCH_INTERVAL_SECONDS": self.dispatch_interval_seconds,
             "JOBQ_SCHEDULE_GRACE_SECONDS": self.schedule_grace_seconds,
             "JOBQ_MAX_SCHEDULES_PER_TENANT": self.max_schedules_per_tenant,
+            "JOBQ_CALLBACK_TIMEOUT_SECONDS": self.callback_timeout_seconds,
+            "JOBQ_CALLBACK_MAX_ATTEMPTS": self.callback_max_attempts,
+            "JOBQ_CALLBACK_BACKOFF_SECONDS": self.callback_backoff_seconds,
+            "JOBQ_CALLBACK_BACKOFF_MAX_SECONDS": self.callback_backoff_max_seconds,
+            "JOBQ_CALLBACK_CONCURRENCY": self.callback_concurrency,
         }
         for name, value in positive.items():
             if not 0 < value < float("inf"):
@@ -266,6 +285,8 @@ class Settings:
                 raise ConfigError(f"JOBQ_RETENTION_{status.upper()}_SECONDS must be >= 0 (0: keep)")
         if self.fair_depth < 0:
             raise ConfigError("JOBQ_FAIR_DEPTH must be >= 0 (0: fair dispatch off)")
+        if not 0 <= self.callback_secret_grace_seconds < float("inf"):
+            raise ConfigError("JOBQ_CALLBACK_SECRET_GRACE_SECONDS must be >= 0 (0: none)")
         if not 0 <= self.jwt_leeway_seconds <= 300:
             raise ConfigError("JOBQ_JWT_LEEWAY_SECONDS must be between 0 and 300")
         for rate, burst, suffix in (

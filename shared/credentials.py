@@ -21,6 +21,11 @@ def new_secret() -> str:
     return "jqs_" + secrets.token_urlsafe(32)
 
 
+def new_callback_secret() -> str:
+    """A secret that signs a client's callbacks (stored as is: HMAC needs it)."""
+    return "jqcb_" + secrets.token_urlsafe(32)
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

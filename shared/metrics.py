@@ -74,6 +74,10 @@ class Metrics:
             "jobq_jobs_deleted", "finished jobs deleted past their retention",
             ["queue", "status"], registry=r,
         )  # fmt: skip
+        self._callbacks = Counter(
+            "jobq_callback_attempts", "attempts to deliver a finished job to its callback_url",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self._run = Histogram(
             "jobq_job_run_seconds", "one attempt's run time, handler start to outcome",
             ["queue", "type"], buckets=LONG, registry=r,
@@ -134,6 +138,11 @@ class Metrics:
     def deleted(self, queue: str, status: str, n: int) -> None:
         if self.counting and n:
             self._deleted.labels(queue, status).inc(n)
+
+    def callback_attempt(self, outcome: str) -> None:
+        """A callback attempt ended ``delivered``, ``retrying`` or ``gave_up``."""
+        if self.counting:
+            self._callbacks.labels(outcome).inc()
 
     def submitted_in(self, route: str, seconds: float) -> None:
         """A submit request (``single`` or ``batch``) was answered in ``seconds``."""

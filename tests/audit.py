@@ -110,3 +110,29 @@ def path_errors(moves: list[Move]) -> list[str]:
 
 def terminal_moves(moves: list[Move]) -> int:
     return sum(1 for m in moves if m.to_status in TERMINAL)
+
+
+def most_running_at_once(
+    moves: dict[uuid.UUID, list[Move]], group_of: dict[uuid.UUID, str | None]
+) -> dict[str, int]:
+    """By group (a concurrency key, say), the most jobs that were ``running`` at one instant:
+    from each move into ``running`` to the move out of it (a job still running counts till
+    the end)."""
+    edges: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
+    for job_id, history in moves.items():
+        group = group_of.get(job_id)
+        if group is None:
+            continue
+        for m in history:
+            if m.to_status == JobStatus.RUNNING and m.from_status != JobStatus.RUNNING:
+                edges[group].append((m.at, 1))
+            elif m.from_status == JobStatus.RUNNING and m.to_status != JobStatus.RUNNING:
+                edges[group].append((m.at, -1))
+    peaks: dict[str, int] = {}
+    for group, points in edges.items():
+        now = peak = 0
+        for _, step in sorted(points):  # at one instant, an end sorts before a start
+            now += step
+            peak = max(peak, now)
+        peaks[group] = peak
+    return peaks

@@ -114,7 +114,7 @@ async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
             sa.text(
                 "TRUNCATE jobs, job_dependencies, api_clients, queues, job_types,"
                 " dead_letter_actions, dead_letter_replays, schedules, schedule_fires,"
-                " tenant_limits"
+                " tenant_limits, callback_deliveries"
             )
         )
         await conn.execute(

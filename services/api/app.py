@@ -47,6 +47,7 @@ from services.api.tokens import ExternalIssuer, TokenConfig
 from services.api.types import TypeCatalog
 from shared.coalesce import Coalescer
 from shared.config import Settings
+from shared.db.callbacks import CallbackStore
 from shared.db.clients import ClientGrant, ClientStore
 from shared.db.dead_letters import DeadLetterStore
 from shared.db.jobs import JobStore
@@ -118,6 +119,7 @@ def create_app(
                 dead_store=dead_store,
                 dead_letters=dead_letters,
                 limit_store=LimitStore(engine),
+                callbacks=CallbackStore(engine),
             )
             try:
                 yield
@@ -160,6 +162,7 @@ def create_app(
                 "dead_store",
                 "dead_letters",
                 "limit_store",
+                "callbacks",
             )
         },
         "settings": constant(settings),

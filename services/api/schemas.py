@@ -10,8 +10,10 @@ import msgspec
 from msgspec import Meta, Struct
 
 from services.api.broker_stats import BrokerFigures
+from shared.callbacks import MAX_URL_LENGTH
 from shared.config import NAME_PATTERN
 from shared.credentials import TENANT_PATTERN
+from shared.db.callbacks import Delivery
 from shared.db.models import ApiClient, Queue, Schedule, ScheduleFire
 from shared.db.records import JobRecord
 from shared.db.sql import JobRow
@@ -31,6 +33,9 @@ ZERO_MINIMUM: dict[str, Any] = {"extra_json_schema": {"extra": {"minimum": 0}}}
 ZERO_EXCLUSIVE: dict[str, Any] = {"extra_json_schema": {"extra": {"exclusive_minimum": 0}}}
 BackoffSeconds = Annotated[float, Meta(gt=0, le=86400, **ZERO_EXCLUSIVE)]
 BackoffMaxSeconds = Annotated[float, Meta(gt=0, le=7 * 86400, **ZERO_EXCLUSIVE)]
+CallbackUrl = Annotated[
+    str, Meta(min_length=1, max_length=MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://")
+]
 
 
 class JobIn(Struct, forbid_unknown_fields=True):
@@ -57,6 +62,9 @@ class JobIn(Struct, forbid_unknown_fields=True):
     #: once, across all workers (docs/design.md §2.2).
     concurrency_key: ConcurrencyKey | None = None
     concurrency_limit: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    #: POSTed the job, signed, once it finishes (succeeded, dead or canceled): see the
+    #: README's "Result callbacks". http or https; public addresses only.
+    callback_url: CallbackUrl | None = None
 
 
 #: Idempotency keys: 1-255 visible ASCII characters (header or batch field).
@@ -111,6 +119,7 @@ class JobOut(Struct):
     held: bool = False
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    callback_url: str | None = None
 
     @classmethod
     def of(cls, job: JobRow | JobRecord) -> JobOut:
@@ -143,6 +152,7 @@ class JobOut(Struct):
             held=job.held,
             concurrency_key=job.concurrency_key,
             concurrency_limit=job.concurrency_limit,
+            callback_url=job.callback_url,
         )
 
 
@@ -202,7 +212,8 @@ class ClientOut(Struct):
 
 
 class ClientSecret(Struct):
-    """A new client, or a rotated one: ``client_secret`` is shown this once."""
+    """A new client, or a rotated one: ``client_secret`` is shown this once; so is
+    ``callback_secret`` (it signs the client's jobs' callbacks), on creation only."""
 
     client_id: uuid.UUID
     client_secret: str
@@ -210,6 +221,20 @@ class ClientSecret(Struct):
     tenant: str
     scopes: list[str]
     expires_at: datetime | None
+    callback_secret: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class CallbackSecret(Struct):
+    """A client's new callback signing secret; the previous one signs beside it until
+    ``previous_valid_until`` (``null``: it stopped now)."""
+
+    client_id: uuid.UUID
+    callback_secret: str
+    previous_valid_until: datetime | None
+
+
+class DeliveryList(Struct):
+    items: list[Delivery]
 
 
 class ClientList(Struct):

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,6 +21,7 @@ import msgspec
 from litestar.exceptions import HTTPException, ValidationException
 
 from services.api.schemas import BatchJobIn, JobIn, encoded_size
+from shared.callbacks import CallbackPolicy, allow_list, url_problem
 from shared.coalesce import Coalescer
 from shared.db.errors import is_transient
 from shared.db.submits import NewJob
@@ -64,6 +66,7 @@ LATER_FIELDS: dict[str, object] = {
     "after": None,
     "concurrency_key": None,
     "concurrency_limit": None,
+    "callback_url": None,
 }
 
 
@@ -116,6 +119,9 @@ def new_job(
         raise ValidationException(detail="retry_backoff_max_seconds is below retry_backoff_seconds")
     if data.concurrency_limit is not None and data.concurrency_key is None:
         raise ValidationException(detail="concurrency_limit needs a concurrency_key")
+    client_id = _client_id(principal)
+    if data.callback_url is not None:
+        _check_callback(data.callback_url, client_id, settings)
     return NewJob(
         request_digest=request_digest(data) if idempotency_key else None,
         id=uuid7(),
@@ -135,7 +141,33 @@ def new_job(
         tracestate=tracestate,
         concurrency_key=data.concurrency_key,
         concurrency_limit=(data.concurrency_limit or 1) if data.concurrency_key else None,
+        client_id=client_id,
+        callback_url=data.callback_url,
     )
+
+
+def _client_id(principal: Principal) -> uuid.UUID | None:
+    """The jobq client a principal is (``None``: an external issuer's user, whose id is no
+    client's)."""
+    if principal.credential is None:
+        return None
+    try:
+        return uuid.UUID(principal.client_id)
+    except ValueError:
+        return None
+
+
+def _check_callback(url: str, client_id: uuid.UUID | None, settings: Settings) -> None:
+    """What a callback URL must be at submit (the check that counts is at each delivery,
+    after DNS: ``services/scheduler/callbacks.py``)."""
+    if client_id is None:
+        raise ValidationException(
+            detail="callback_url needs a jobq API client's token: its callback secret signs them"
+        )
+    hosts, networks = allow_list(settings.webhook_allow)
+    problem = url_problem(url, CallbackPolicy(hosts, networks))
+    if problem is not None:
+        raise ValidationException(detail=problem)
 
 
 #: Ticket batches of one process awaiting their confirms; more waits (a slow broker slows

@@ -7,11 +7,14 @@ import logging
 
 import uvloop
 
+from services.scheduler.callbacks import CALLBACKS, Callbacks
 from services.scheduler.dispatcher import DISPATCH, Dispatcher
 from services.scheduler.figures import QueueGauges
 from services.scheduler.loop import TICK, Scheduler
 from services.scheduler.retention import RETENTION, Retention
+from shared.callbacks import CallbackPolicy
 from shared.config import Settings
+from shared.db.callbacks import CallbackStore
 from shared.db.dispatch import DispatchStore
 from shared.db.queues import QueueStore
 from shared.db.sweeps import SweepStore
@@ -30,7 +33,7 @@ async def serve(settings: Settings) -> None:
     provider = start_tracing("scheduler")
     tracer = provider.get_tracer("jobq.scheduler") if provider else None
     metrics = Metrics("scheduler", counting=settings.metrics)
-    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION, DISPATCH])
+    liveness = Liveness(settings.liveness_deadline_seconds, [TICK, RETENTION, DISPATCH, CALLBACKS])
     metrics.watch(liveness)
     async with service_resources(settings, "scheduler", tracer, 4) as (engine, broker):
         sweeps = SweepStore(engine)
@@ -47,10 +50,16 @@ async def serve(settings: Settings) -> None:
         retention = Retention(settings, sweeps, QueueStore(engine), metrics, liveness)
         dispatch = DispatchStore(engine, settings.fair_depth, settings.scheduler_batch_size)
         dispatcher = Dispatcher(settings, dispatch, outbox, liveness)
+        callbacks = Callbacks(
+            CallbackPolicy.from_settings(settings), CallbackStore(engine), metrics, liveness,
+            settings.scheduler_interval_seconds,
+        )  # fmt: skip
         port = settings.scheduler_metrics_port
         stop = stop_on_signals()
         async with serving(ops, settings.metrics_host, port, "JOBQ_SCHEDULER_METRICS_PORT"):
-            await asyncio.gather(scheduler.run(stop), retention.run(stop), dispatcher.run(stop))
+            await asyncio.gather(
+                scheduler.run(stop), retention.run(stop), dispatcher.run(stop), callbacks.run(stop)
+            )
         stats = {**scheduler.stats, "released": dispatcher.released}
         log.info("scheduler stopped", extra={"stats": stats})
     if provider:

@@ -1,34 +1,41 @@
 """The ``webhook`` handler: one HTTP request whose URL comes from an untrusted payload.
 
-So that a job cannot turn the worker into a proxy into its own network (SSRF), each destination,
-the URL and every redirect, is resolved once, refused if any of its addresses is not public
-(unless the operator's allow-list permits it), and connected to at the very address that was
-checked, so a DNS answer that changes in between (rebinding) cannot redirect it.
+Each destination, the URL and every redirect, goes through ``shared.egress``: resolved once,
+refused if any of its addresses is not public (unless ``JOBQ_WEBHOOK_ALLOW`` permits it), and
+connected to at the very address that was checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import msgspec
 
-from shared.config import csv_list
+from shared import egress
+from shared.egress import (
+    HOST,
+    Answer,
+    EgressError,
+    Network,
+    RefusedDestination,
+    Resolve,
+    address_class,
+    parse_allow,
+    refusal,
+    resolve_host,
+)
 from shared.errors import ConfigError, InvalidPayload, PermanentFailure
 
 if TYPE_CHECKING:
     from shared.config import Settings
 
-IPAddress = IPv4Address | IPv6Address
-#: Resolves a host name to addresses; a parameter so tests can play DNS.
-Resolve = Callable[[str], Awaitable[list[str]]]
+__all__ = ["RefusedDestination", "address_class", "refusal", "resolve_host"]
 
 #: Headers that frame the message or address the connection: jobq derives them from the URL and
 #: body, and a payload setting them could reach another virtual host or smuggle a request.
@@ -51,25 +58,8 @@ FORBIDDEN_HEADERS = frozenset(
     }
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: What a host looks like once httpx has parsed it (IDNA, lower case; IPv6 without brackets).
-_HOST = re.compile(r"[a-z0-9._:-]+")
 _USERINFO = re.compile(r"//[^/?#@]*@")
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _JSON = {"Content-Type": "application/json"}
-_METADATA = frozenset(
-    ip_address(a)
-    for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, ...
-        "fd00:ec2::254",  # AWS over IPv6
-        "100.100.100.200",  # Alibaba
-        "168.63.129.16",  # Azure wire server (in public space)
-        "192.0.0.192",  # Oracle Cloud (classic)
-    )
-)
-_CGNAT = ip_network("100.64.0.0/10")
-#: Special-purpose ranges that ``ipaddress`` classes as global on some Python 3.11 patch levels.
-_SPECIAL = (ip_network("192.0.0.0/24"), ip_network("fec0::/10"))
-_NAT64 = ip_network("64:ff9b::/96")
 
 
 class WebhookPayload(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,12 +70,8 @@ class WebhookPayload(msgspec.Struct, forbid_unknown_fields=True):
     body: Any = msgspec.UNSET
 
 
-class WebhookError(Exception):
+class WebhookError(EgressError):
     """A webhook attempt failed in a way that may pass later (timeout, network, 408/429/5xx)."""
-
-
-class RefusedDestination(PermanentFailure):
-    """The webhook's destination is not allowed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,27 +79,17 @@ class WebhookPolicy:
     """Where the ``webhook`` handler may connect, and how long and how much it may read."""
 
     allow_hosts: frozenset[str] = frozenset()
-    allow_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    allow_networks: tuple[Network, ...] = ()
     timeout_seconds: float = 10.0
     max_response_bytes: int = 256 * 1024
     max_redirects: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookPolicy:
-        hosts, networks = set(), []
-        for entry in csv_list(settings.webhook_allow):
-            try:
-                networks.append(ip_network(entry, strict=False))
-            except ValueError:
-                name = entry.lower().rstrip(".")
-                if ":" in name or not _HOST.fullmatch(name):
-                    raise ConfigError(
-                        f"JOBQ_WEBHOOK_ALLOW: {entry!r} is neither a host name nor a CIDR"
-                    ) from None
-                hosts.add(name)
+        hosts, networks = parse_allow(settings.webhook_allow)
         policy = cls(
-            frozenset(hosts),
-            tuple(networks),
+            hosts,
+            networks,
             settings.webhook_timeout_seconds,
             settings.webhook_max_response_bytes,
             settings.webhook_max_redirects,
@@ -133,52 +109,6 @@ class WebhookPolicy:
 # -- pure checks ----------------------------------------------------------------------------
 
 
-def _unwrap(ip: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped, NAT64, 6to4): it is where packets go."""
-    if isinstance(ip, IPv6Address):
-        if ip.ipv4_mapped:
-            return ip.ipv4_mapped
-        if ip in _NAT64:
-            return IPv4Address(int(ip) & 0xFFFFFFFF)
-        if ip.sixtofour:
-            return ip.sixtofour
-    return ip
-
-
-def address_class(ip: IPAddress) -> str | None:
-    """Why ``ip`` is no public destination, or ``None`` if it is one."""
-    ip = _unwrap(ip)
-    if ip in _METADATA:
-        return "cloud metadata"
-    checks = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("shared (CGNAT)", ip in _CGNAT),
-        ("special-purpose", any(ip in network for network in _SPECIAL)),
-        ("reserved", ip.is_reserved),
-        ("private", ip.is_private),
-    )
-    return next((name for name, hit in checks if hit), None)
-
-
-def refusal(host: str, address: str, policy: WebhookPolicy) -> str | None:
-    """Why connecting to ``address``, an answer for ``host``, is refused; ``None`` if it is not.
-
-    The allow-list names hosts (whatever they resolve to) or networks (whatever the name)."""
-    ip = _unwrap(ip_address(address))
-    if host.lower().rstrip(".") in policy.allow_hosts:
-        return None
-    if any(ip in network for network in policy.allow_networks):
-        return None
-    kind = address_class(ip)
-    if kind is None:
-        return None
-    named = address if host == address else f"{host} ({address})"
-    return f"refused destination {named}: {kind} address"
-
-
 def parse_target(url: str) -> httpx.URL:
     """``url`` parsed as httpx will send it (so the host checked is the host connected to)."""
     try:
@@ -187,7 +117,7 @@ def parse_target(url: str) -> httpx.URL:
         raise InvalidPayload(f"invalid webhook URL {_redacted(url)!r}: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise RefusedDestination(f"refused scheme {parsed.scheme!r}: only http and https")
-    if not _HOST.fullmatch(parsed.raw_host.decode("ascii")):
+    if not HOST.fullmatch(parsed.raw_host.decode("ascii")):
         raise InvalidPayload(f"webhook URL {_redacted(url)!r} has no valid host")
     return parsed
 
@@ -231,32 +161,12 @@ def _decode(content_type: str, data: bytes) -> Any:
 # -- I/O ------------------------------------------------------------------------------------
 
 
-async def resolve_host(host: str) -> list[str]:
-    """The system resolver's answers, which also turn ``2130706433`` or ``0x7f.1`` into
-    ``127.0.0.1``: checking its answers, not the spelling, catches every form."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
 async def destination(url: httpx.URL, policy: WebhookPolicy, resolve: Resolve) -> str:
     """The address to connect to for ``url``: every answer is checked, the first is used."""
-    host = url.raw_host.decode("ascii")
     try:
-        addresses = await resolve(host)
-    except OSError as exc:
-        raise WebhookError(f"cannot resolve {host}: {exc}") from None
-    for address in addresses:
-        if reason := refusal(host, address, policy):
-            raise RefusedDestination(reason)
-    return addresses[0]
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    location: str | None
-    content_type: str
-    data: bytes
+        return await egress.destination(url, policy, resolve)
+    except EgressError as exc:
+        raise WebhookError(str(exc)) from None
 
 
 async def _exchange(
@@ -267,56 +177,27 @@ async def _exchange(
     content: bytes | None,
     policy: WebhookPolicy,
     tls: ssl.SSLContext,
-) -> _Answer:
-    """One request to ``url``, sent to the checked ``address``.
-
-    The request URL carries the address instead of the name, so httpx connects there and does
-    not resolve again; the Host header and the TLS ``sni_hostname`` carry the name, and TLS
-    verifies the certificate against that name. A fresh client per hop: a pooled connection,
-    keyed by address, must not serve a request for another name. No environment (proxies,
-    .netrc): the policy is the whole configuration."""
+) -> Answer:
+    """One hop, sent to the checked ``address``; an encoded or oversized response fails it."""
     host = url.raw_host.decode("ascii")
     try:
-        async with (
-            httpx.AsyncClient(
-                verify=tls, timeout=None, follow_redirects=False, trust_env=False
-            ) as client,
-            client.stream(
-                method,
-                url.copy_with(host=address),
-                headers={
-                    **headers,
-                    "Host": url.netloc.decode("ascii"),
-                    "Accept-Encoding": "identity",
-                },
-                content=content,
-                extensions={"sni_hostname": host},
-            ) as response,
-        ):
-            location = response.headers.get("location")
-            if response.status_code in _REDIRECTS and location:
-                return _Answer(response.status_code, location, "", b"")
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise PermanentFailure(
-                    f"{host} sent a {encoding!r}-encoded response although asked for identity"
-                )
-            data = bytearray()
-            async for chunk in response.aiter_raw():
-                data += chunk
-                if len(data) > policy.max_response_bytes:
-                    raise PermanentFailure(
-                        f"response from {host} exceeds {policy.max_response_bytes} bytes"
-                    )
-            content_type = response.headers.get("content-type", "")
-            return _Answer(response.status_code, None, content_type, bytes(data))
-    except httpx.TransportError as exc:
-        raise WebhookError(f"{host}: {type(exc).__name__}: {exc}") from None
+        answer = await egress.exchange(
+            url, address, method, headers, content, tls, policy.max_response_bytes
+        )
+    except EgressError as exc:
+        raise WebhookError(str(exc)) from None
+    if answer.content_encoding not in ("", "identity"):
+        raise PermanentFailure(
+            f"{host} sent a {answer.content_encoding!r}-encoded response although asked for identity"
+        )
+    if len(answer.data) > policy.max_response_bytes:
+        raise PermanentFailure(f"response from {host} exceeds {policy.max_response_bytes} bytes")
+    return answer
 
 
 async def _follow(
     payload: WebhookPayload, policy: WebhookPolicy, tls: ssl.SSLContext, resolve: Resolve
-) -> tuple[httpx.URL, _Answer]:
+) -> tuple[httpx.URL, Answer]:
     """Send the request, following redirects by hand: each destination is checked like the
     first. The payload's headers go only to its URL's origin, not wherever a redirect points."""
     check_headers(payload.headers)

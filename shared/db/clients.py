@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
-from shared.credentials import hash_secret, new_secret
+from shared.credentials import hash_secret, new_callback_secret, new_secret
 from shared.db import raw
 from shared.db.models import ApiClient
 
@@ -70,6 +70,7 @@ class ClientStore:
             tenant=tenant,
             scopes=sorted(set(scopes)),
             secret_hash=hash_secret(secret),
+            callback_secret=new_callback_secret(),
             expires_at=expires_at,
         )
         return await self.create(client), secret
@@ -141,6 +142,27 @@ class ClientStore:
         async with self.engine.begin() as conn:
             row = (await conn.execute(q)).first()
         return None if row is None else (ApiClient.model_validate(dict(row._mapping)), secret)
+
+    async def rotate_callback_secret(
+        self, client_id: uuid.UUID, grace_seconds: float
+    ) -> tuple[str, datetime | None] | None:
+        """A fresh callback secret for a client (revoked ones too: their jobs still deliver);
+        the current one keeps signing beside it for ``grace_seconds`` (0: it stops now), so
+        a receiver can switch at leisure. Returns the secret and when the previous one stops;
+        ``None`` if the client is unknown."""
+        secret = new_callback_secret()
+        async with raw.connection(self.engine) as conn:
+            row = await conn.fetchrow(
+                """
+                UPDATE api_clients SET callback_secret = $2,
+                    callback_secret_previous = CASE WHEN $3 > 0 THEN callback_secret END,
+                    callback_previous_until = CASE WHEN $3 > 0
+                        THEN now() + make_interval(secs => $3::float8) END
+                WHERE id = $1 RETURNING callback_previous_until
+                """,
+                client_id, secret, grace_seconds,
+            )  # fmt: skip
+        return None if row is None else (secret, row[0])
 
     async def any_admin(self) -> bool:
         async with self.engine.connect() as conn:

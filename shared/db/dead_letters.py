@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
 from shared.db.jobs import declared, read_page, requeue
-from shared.db.models import DeadLetterReplay, Job
+from shared.db.models import CallbackDelivery, DeadLetterReplay, Job
 from shared.db.sql import JobRow, statement
 from shared.db.tickets import tickets_of
 from shared.domain import JobStatus
@@ -260,6 +260,12 @@ class DeadLetterStore:
             .scalar_subquery()
         )
         gone = sa.delete(Job).where(col(Job.id).in_(doomed)).returning(col(Job.id)).cte("gone")
+        # The record of their callbacks goes with them, as retention's (shared.db.sweeps).
+        attempts = (
+            sa.delete(CallbackDelivery)
+            .where(col(CallbackDelivery.job_id).in_(sa.select(gone.c.id)))
+            .cte("attempts")
+        )
         count = sa.select(sa.func.count()).select_from(gone).scalar_subquery()
         step = statement("""
             UPDATE dead_letter_actions
@@ -269,7 +275,7 @@ class DeadLetterStore:
         deleted = 0
         while True:
             async with self.engine.begin() as conn:
-                n = int((await conn.execute(sa.select(count))).scalar_one())
+                n = int((await conn.execute(sa.select(count).add_cte(attempts))).scalar_one())
                 if n:
                     deleted = int(
                         (await conn.execute(step, {"n": n, "id": action_id})).scalar_one()

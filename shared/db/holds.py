@@ -21,10 +21,9 @@ def held(queue: str = "jobs.queue") -> str:
         OR EXISTS (SELECT 1 FROM tenant_limits ht WHERE ht.tenant = jobs.tenant))"""
 
 
-def queued(queue: str = "jobs.queue") -> str:
-    """The assignments of such a statement: the job held, or its ticket owed now."""
-    return f"held = {held(queue)}, dispatched_at = CASE WHEN {held(queue)} THEN NULL ELSE now() END"
-
-
-#: ``queued()`` for statements that leave the job in its queue.
-QUEUED = queued()
+def queued(queue: str = "jobs.queue", ends_queued: str = "true") -> str:
+    """The assignments of such a statement: the job held, or its ticket owed now. A statement
+    that may also end a job otherwise (dead, canceled) names when it ends ``queued``: only
+    then is it held (a dead job's ticket goes to the dead-letter exchange at once)."""
+    hold = f"({ends_queued}) AND {held(queue)}"
+    return f"held = {hold}, dispatched_at = CASE WHEN {hold} THEN NULL ELSE now() END"

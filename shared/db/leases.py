@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import raw
-from shared.db.holds import QUEUED
+from shared.db.holds import queued
 from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.db.sql import statement
 from shared.db.tickets import TICKET_COLUMNS, ticket_of, tickets_of
@@ -357,7 +357,8 @@ class LeaseStore:
             job,
             "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,"
             " finished_at = CASE WHEN cancel_requested THEN now() END,"
-            f" attempts = attempts - 1, {QUEUED}, published_at = NULL, started_at = NULL",
+            f" attempts = attempts - 1, {queued(ends_queued='NOT cancel_requested')},"
+            " published_at = NULL, started_at = NULL",
         )
         return None if row is None else next(iter(tickets_of([row])), None)
 

@@ -92,6 +92,18 @@ class Job(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False, default=True)
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
+    #: The jobq client that submitted the job (``None``: an external issuer's token).
+    client_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
+    #: Where the job is POSTed once it finishes (docs/design.md §10); the rest is that delivery's
+    #: state: attempts made for the finish ``callback_for``, when the next may start (or until
+    #: when the current one is claimed), and the finish last delivered or given up on.
+    callback_url: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    callback_attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    callback_for: datetime | None = _ts()
+    callback_next_at: datetime | None = _ts()
+    callback_done_at: datetime | None = _ts()
 
 
 class JobDependency(SQLModel, table=True):
@@ -121,6 +133,11 @@ class ApiClient(SQLModel, table=True):
     tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     scopes: list[str] = Field(sa_column=sa.Column(ARRAY(sa.Text), nullable=False))
     secret_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: Signs its jobs' callbacks (HMAC needs the secret itself, so it is stored as is); after a
+    #: rotation the previous one signs too, until ``callback_previous_until``.
+    callback_secret: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    callback_secret_previous: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    callback_previous_until: datetime | None = _ts()
     created_at: datetime = _ts(nullable=False, default=True)
     expires_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
@@ -276,3 +293,27 @@ class ScheduleFire(SQLModel, table=True):
     job_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(PG_UUID(as_uuid=True)))
     outcome: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     fired_at: datetime = _ts(nullable=False, default=True)
+
+
+class CallbackDelivery(SQLModel, table=True):
+    """One attempt to deliver a finished job to its ``callback_url``."""
+
+    __tablename__ = "callback_deliveries"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    #: Deleted with its job by retention (``shared.db.sweeps.DELETE_FINISHED``).
+    job_id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), nullable=False))
+    #: ``job.succeeded``, ``job.dead`` or ``job.canceled``.
+    event: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: The finish delivered (a job retried and finished again owes another delivery).
+    finished_at: datetime = _ts(nullable=False)
+    attempt: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    at: datetime = _ts(nullable=False)
+    duration_seconds: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: The start of the response body (``shared.callbacks.EXCERPT_BYTES``).
+    response: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    #: ``delivered``, ``retrying`` (at ``next_attempt_at``) or ``gave_up``.
+    outcome: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    next_attempt_at: datetime | None = _ts()

@@ -46,6 +46,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     held: bool
     concurrency_key: str | None
     concurrency_limit: int | None
+    #: Where the job is POSTed once it finishes (docs/design.md §10).
+    callback_url: str | None = None
 
     @classmethod
     def of(cls, record: Any) -> JobRecord:
@@ -65,4 +67,4 @@ RECORD_COLUMNS = """j.id, j.tenant, j.type, j.queue, j.status, j.payload::text, 
     j.started_at, j.finished_at, j.result::text, j.last_error::text, j.errors::text,
     j.idempotency_key, j.cancel_requested, j.traceparent, j.request_digest, j.progress::text,
     j.tracestate, j.depends_on, j.waiting_on, j.on_dependency_failure,
-    j.held, j.concurrency_key, j.concurrency_limit"""
+    j.held, j.concurrency_key, j.concurrency_limit, j.callback_url"""

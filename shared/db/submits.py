@@ -56,30 +56,36 @@ class NewJob:
     #: At most ``concurrency_limit`` of the tenant's jobs with this key run at once.
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    #: The jobq client that submitted it (``None``: an external issuer's token).
+    client_id: uuid.UUID | None = None
+    #: Where the job is POSTed once it finishes (docs/design.md §10).
+    callback_url: str | None = None
 
 
 # By tenant and key, so concurrent statements (gathered ones mix tenants) take key conflicts in
 # one order (no deadlock between them); of two jobs with one key, the first given is inserted.
-# ``$20`` (strict): a job naming an undeclared queue fails the statement (a batch request is
+# ``$22`` (strict): a job naming an undeclared queue fails the statement (a batch request is
 # taken whole or not at all); otherwise that job alone is left out (single requests gathered
 # into one statement). A queued job is held (``shared.db.holds``) when its queue has
-# ``$21`` tickets outstanding already (``JOBQ_FAIR_DEPTH``; 0: never), counted on
+# ``$23`` tickets outstanding already (``JOBQ_FAIR_DEPTH``; 0: never), counted on
 # ``jobs_ready`` no further than that, once per queue of the statement.
 INSERT = f"""
     WITH q AS (SELECT name, max_attempts, timeout_seconds,
-                   max_running IS NOT NULL OR congested OR ($21 > 0 AND (
+                   max_running IS NOT NULL OR congested OR ($23 > 0 AND (
                        SELECT count(*) FROM (SELECT 1 FROM jobs r
                            WHERE r.queue = queues.name AND r.status = 'queued' AND NOT r.held
-                           LIMIT $21) o) >= $21) AS full
+                           LIMIT $23) o) >= $23) AS full
                FROM queues WHERE name = ANY($4::text[]) FOR KEY SHARE),
     v AS (SELECT *, coalesce(run_at, now() + make_interval(secs => delay)) AS at
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::smallint[], $7::int[], $8::int[], $9::float8[], $10::timestamptz[],
                       $11::text[], $12::float8[], $13::float8[], $14::text[], $15::text[],
-                      $16::text[], $17::text[], $18::text[], $19::int[])
+                      $16::text[], $17::text[], $18::text[], $19::int[], $20::uuid[],
+                      $21::text[])
               WITH ORDINALITY
               AS v(id, tenant, type, queue, payload, priority, max_attempts, timeout_seconds,
-                   delay, run_at, idem, rb, rbm, tp, ts, digest, status, ckey, climit, n)),
+                   delay, run_at, idem, rb, rbm, tp, ts, digest, status, ckey, climit, client,
+                   callback, n)),
     r AS (SELECT v.*, q.name AS declared, q.max_attempts AS q_attempts,
               q.timeout_seconds AS q_timeout,
               coalesce(v.status, CASE WHEN v.at > now() THEN 'scheduled' ELSE 'queued' END) AS st,
@@ -89,15 +95,15 @@ INSERT = f"""
     INSERT INTO jobs AS j (id, tenant, type, queue, payload, priority, status, max_attempts,
         timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,
         retry_backoff_max_seconds, traceparent, tracestate, request_digest, held,
-        concurrency_key, concurrency_limit, dispatched_at)
+        concurrency_key, concurrency_limit, client_id, callback_url, dispatched_at)
     SELECT r.id, r.tenant, r.type,
         CASE WHEN r.declared IS NULL THEN jobq_undeclared_queue(r.queue) ELSE r.queue END,
         r.payload::jsonb, r.priority, r.st, coalesce(r.max_attempts, r.q_attempts),
         coalesce(r.timeout_seconds, r.q_timeout), r.at, r.idem, r.rb, r.rbm, r.tp, r.ts,
-        r.digest, r.st = 'queued' AND r.hold, r.ckey, r.climit,
+        r.digest, r.st = 'queued' AND r.hold, r.ckey, r.climit, r.client, r.callback,
         CASE WHEN r.st = 'queued' AND NOT r.hold THEN now() END
     FROM r
-    WHERE r.declared IS NOT NULL OR $20
+    WHERE r.declared IS NOT NULL OR $22
     ORDER BY r.tenant, r.idem, r.n
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {RECORD_COLUMNS}
@@ -184,6 +190,8 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
         [j.status for j in jobs],
         [j.concurrency_key for j in jobs],
         [j.concurrency_limit for j in jobs],
+        [j.client_id for j in jobs],
+        [j.callback_url for j in jobs],
     ]
 
 

@@ -11,10 +11,11 @@ from datetime import datetime
 import aio_pika
 import pytest
 
+from tests import audit
 from tests.chaos import faults
 from tests.chaos.cluster import HTTP_LEASE_SECONDS
 from tests.chaos.harness import Chaos
-from tests.chaos.workload import dependents, jobs
+from tests.chaos.workload import Spec, dependents, jobs
 
 pytestmark = pytest.mark.chaos
 
@@ -80,6 +81,37 @@ async def test_dependency_chains_under_worker_kill_9(chaos: Chaos) -> None:
     assert isinstance(waited, int)
     assert waited > 30, "hardly any job had to wait"
     assert f.statuses["canceled"] > 0, "no failed dependency canceled its dependent"
+
+
+async def test_concurrency_limits_hold_while_schedulers_and_workers_are_killed(
+    chaos: Chaos,
+) -> None:
+    """Jobs of five concurrency keys (two at a time each, docs/design.md §2.2) while two
+    schedulers (whose dispatchers release them) and the workers are killed with kill -9: no
+    tenant's key ever has more than two jobs running, by the audit trail, and nothing is
+    lost."""
+    await chaos.up(workers=2, schedulers=2)
+    specs = [
+        Spec(s.key, s.tenant, {**s.body, "concurrency_key": f"k{i % 5}", "concurrency_limit": 2})
+        for i, s in enumerate(jobs(150, ms=(100, 300), seed=11))
+    ]
+    load = asyncio.create_task(chaos.load.run(specs, rate=50))
+    for victim in ("scheduler", "worker", "scheduler", "worker"):
+        await asyncio.sleep(0.8)
+        chaos.cluster.signal(chaos.cluster.of(victim)[0], signal.SIGKILL)
+        await chaos.cluster.start(victim)
+    await load
+    ended = now()
+    await chaos.quiet()
+    async with chaos.connection() as conn:
+        moves = await audit.history(conn)
+        keys = dict(await conn.fetch("SELECT id, tenant || '/' || concurrency_key FROM jobs"))
+    peak = max(audit.most_running_at_once(moves, keys).values())
+    f = await chaos.finish(
+        "concurrency keys, scheduler and worker kill -9 x2 each", ended, most_running_per_key=peak
+    )
+    assert peak == 2, f"a key ran {peak} jobs at once; its limit is 2"
+    assert f.lost == 0
 
 
 async def test_http_worker_killed_and_frozen_mid_job(chaos: Chaos) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import subprocess
@@ -67,6 +68,35 @@ def test_init_creates_an_admin_once_and_never_prints_its_secret_again(
     assert again.returncode == 0
     assert "an admin client exists" in again.stdout
     assert "jqs_" not in again.stdout
+
+
+def test_clients_show_their_callback_secret_once_and_rotate_it(
+    base_settings: Settings, clean: None
+) -> None:
+    env = {**os.environ, "JOBQ_DATABASE_URL": base_settings.database_url}
+
+    def jobq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services", "clients", *args], env=env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    created = jobq(
+        "create", "--name", "shop", "--tenant", "acme", "--scopes", "jobs:write", "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    assert client["callback_secret"].startswith("jqcb_")
+    rotated = jobq("rotate-callback-secret", client["client_id"], "--grace", "0", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    answer = json.loads(rotated.stdout)
+    assert answer["callback_secret"].startswith("jqcb_")
+    assert answer["callback_secret"] != client["callback_secret"]
+    assert answer["previous_valid_until"] is None
+    listed = jobq("list")
+    assert "jqcb_" not in listed.stdout
+    unknown = jobq("rotate-callback-secret", "00000000-0000-0000-0000-000000000001")
+    assert (unknown.returncode, unknown.stderr) == (1, "no such client\n")
 
 
 def test_a_worker_for_an_undeclared_queue_is_one_line_and_exit_2(

@@ -4,6 +4,7 @@ in-process workers, schedulers and dispatchers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,8 @@ from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.loop import Scheduler
 from shared.config import Settings
 from shared.db.dispatch import DispatchStore
+from shared.db.leases import LeaseStore
+from shared.db.submits import SubmitStore
 from shared.db.tickets import TicketStore
 from shared.liveness import Liveness
 from shared.messaging import Broker
@@ -29,8 +32,11 @@ from shared.outbox import Outbox
 from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker, ticking
 from tests.integration.test_api import wait_status
+from tests.integration.test_worker import new_job
+from tests.procs import REPO_ROOT
 
 Client = AsyncTestClient[Litestar]
+README = REPO_ROOT / "README.md"
 pytestmark = pytest.mark.integration
 Dispatching = Callable[..., AbstractAsyncContextManager[list[Dispatcher]]]
 
@@ -227,3 +233,38 @@ async def test_held_jobs_are_not_leased_to_http_workers(
             sa.text("SELECT held FROM jobs WHERE id = :id"), {"id": uuid.UUID(job["id"])}
         )
     assert held is True
+
+
+async def test_the_readme_example_is_held_for_its_key(bearer: Bearer, api: Client) -> None:
+    section = README.read_text().split("\n## Fair sharing and limits\n", 1)[1].split("\n## ")[0]
+    body = json.loads(section.split("-d '", 1)[1].split("'", 1)[0])
+    r = await api.post("/v1/jobs", json=body, headers=await bearer())
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert (job["status"], job["held"]) == ("queued", True)
+    assert (job["concurrency_key"], job["concurrency_limit"]) == ("customer-42", 2)
+
+
+async def test_a_keyed_job_whose_lease_runs_out_for_good_dies_with_its_dead_letter(
+    engine: AsyncEngine, submits: SubmitStore, scheduler: Scheduler, broker: Broker
+) -> None:
+    """Held is for jobs that end queued: a keyed job killed on its last attempt is dead, and
+    its ticket goes to the dead-letter exchange at once."""
+    job = new_job(max_attempts=1, concurrency_key="k", concurrency_limit=1)
+    [(row, _)] = await submits.insert([job])
+    assert row.held
+    store = DispatchStore(engine, 0, 10)
+    assert [t.job_id for t in (await store.dispatch()).tickets] == [row.id]
+    [claimed], _ = await LeaseStore(engine).claim([row.id], lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert (await scheduler.tick())["expired"] == 1
+    async with engine.connect() as conn:
+        after = (
+            await conn.execute(
+                sa.text("SELECT status, held, published_at FROM jobs WHERE id = :id"),
+                {"id": row.id},
+            )
+        ).one()
+    assert (after.status, after.held) == ("dead", False)
+    assert after.published_at is not None  # its dead letter was published and confirmed
+    assert claimed.id == row.id

@@ -230,6 +230,8 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
     ("GET", f"/v1/admin/clients/{JOB}", "admin", None),
     ("DELETE", f"/v1/admin/clients/{JOB}", "admin", None),
     ("POST", f"/v1/admin/clients/{JOB}/rotate", "admin", None),
+    ("POST", f"/v1/admin/clients/{JOB}/rotate-callback-secret", "admin", None),
+    ("GET", f"/v1/jobs/{JOB}/deliveries", "jobs:read", None),
 ]
 
 
@@ -254,6 +256,7 @@ async def test_another_tenants_job_is_404_everywhere(api: Client, bearer: Bearer
     for method, path, body in [
         ("GET", f"/v1/jobs/{job['id']}", None),
         ("GET", f"/v1/jobs/{job['id']}/wait?timeout=0", None),
+        ("GET", f"/v1/jobs/{job['id']}/deliveries", None),
         ("POST", f"/v1/jobs/{job['id']}/cancel", None),
         ("POST", f"/v1/jobs/{job['id']}/retry", None),
         ("GET", f"/v1/dead/{job['id']}", None),

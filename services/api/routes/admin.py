@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Annotated
 
+import msgspec
 from litestar import Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from services.api.auth import requires_scopes
 from services.api.openapi import problems
-from services.api.schemas import ClientIn, ClientList, ClientOut, ClientSecret
+from services.api.schemas import CallbackSecret, ClientIn, ClientList, ClientOut, ClientSecret
+from shared.config import Settings
 from shared.db.clients import ClientStore
 from shared.db.models import ApiClient
 
 ADMIN = {"scopes": ["admin"]}
+#: The longest a rotated callback secret may keep signing.
+MAX_GRACE_SECONDS = 30 * 86400
 PATH = "/v1/admin/clients/{client_id:uuid}"
 
 
-def _shown_once(client: ApiClient, secret: str) -> ClientSecret:
+def _shown_once(client: ApiClient, secret: str, created: bool = False) -> ClientSecret:
     return ClientSecret(
         client_id=client.id,
         client_secret=secret,
@@ -32,6 +37,7 @@ def _shown_once(client: ApiClient, secret: str) -> ClientSecret:
         tenant=client.tenant,
         scopes=list(client.scopes),
         expires_at=client.expires_at,
+        callback_secret=client.callback_secret if created else msgspec.UNSET,
     )
 
 
@@ -45,12 +51,13 @@ def _shown_once(client: ApiClient, secret: str) -> ClientSecret:
 async def create_client(
     data: JSONBody[ClientIn], clients: NamedDependency[ClientStore]
 ) -> Response[ClientSecret]:
-    """Create a client for any tenant; the answer holds its secret, shown this once."""
+    """Create a client for any tenant; the answer holds its secret and its callback secret,
+    shown this once."""
     if data.expires_at is not None and data.expires_at <= datetime.now(UTC):
         raise ValidationException(detail="expires_at must be in the future")
     client, secret = await clients.register(data.name, data.tenant, data.scopes, data.expires_at)
     return Response(
-        _shown_once(client, secret),
+        _shown_once(client, secret, created=True),
         status_code=201,
         headers={"Location": f"/v1/admin/clients/{client.id}"},
     )
@@ -103,4 +110,30 @@ async def rotate_client(
     return _shown_once(*rotated)
 
 
-ROUTES = [create_client, list_clients, get_client, revoke_client, rotate_client]
+@post(
+    f"{PATH}/rotate-callback-secret",
+    guards=[requires_scopes],
+    opt=ADMIN,
+    status_code=200,
+    responses=problems(401, 403, 404, 422, 503),
+)
+async def rotate_callback_secret(
+    client_id: FromPath[uuid.UUID],
+    clients: NamedDependency[ClientStore],
+    settings: NamedDependency[Settings],
+    grace_seconds: Annotated[float | None, QueryParameter(ge=0, le=MAX_GRACE_SECONDS)] = None,
+) -> CallbackSecret:
+    """A new secret to sign the client's callbacks with, shown this once. The previous one
+    signs beside it (a second ``v1`` in ``X-Jobq-Signature``) for ``grace_seconds``
+    (default ``JOBQ_CALLBACK_SECRET_GRACE_SECONDS``; ``0``: it stops now, as after a leak)."""
+    grace = settings.callback_secret_grace_seconds if grace_seconds is None else grace_seconds
+    rotated = await clients.rotate_callback_secret(client_id, grace)
+    if rotated is None:
+        raise NotFoundException(detail=f"no client {client_id}")
+    secret, until = rotated
+    return CallbackSecret(client_id=client_id, callback_secret=secret, previous_valid_until=until)
+
+
+ROUTES = [
+    create_client, list_clients, get_client, revoke_client, rotate_client, rotate_callback_secret,
+]  # fmt: skip

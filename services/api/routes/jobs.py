@@ -20,10 +20,19 @@ from services.api.errors import Conflict
 from services.api.instants import parse_query
 from services.api.limits import WaiterCap
 from services.api.openapi import problems
-from services.api.schemas import KEY_RULES, BatchIn, BatchOut, JobIn, JobList, JobOut
+from services.api.schemas import (
+    KEY_RULES,
+    BatchIn,
+    BatchOut,
+    DeliveryList,
+    JobIn,
+    JobList,
+    JobOut,
+)
 from services.api.submission import Intake
 from services.api.tokens import Principal
 from shared.config import MAX_LIST_LIMIT, NAME_PATTERN, Settings
+from shared.db.callbacks import CallbackStore
 from shared.db.jobs import JobStore
 from shared.db.sql import JobRow
 from shared.domain import TERMINAL, JobStatus
@@ -244,4 +253,27 @@ async def retry_job(
     return JobOut.of(job)
 
 
-ROUTES = [submit_job, submit_batch, get_job, wait_job, list_jobs, cancel_job, retry_job]
+@get(
+    "/v1/jobs/{job_id:uuid}/deliveries",
+    guards=[requires_scopes],
+    opt=READ,
+    responses=problems(401, 403, 404, 422, 503),
+)
+async def list_deliveries(
+    request: AuthRequest,
+    job_id: FromPath[uuid.UUID],
+    callbacks: NamedDependency[CallbackStore],
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 100,
+) -> DeliveryList:
+    """The attempts to deliver the job to its ``callback_url``, oldest first (the newest
+    ``limit``); another tenant's job is 404, like a missing one."""
+    found = await callbacks.deliveries(request.user.tenant, job_id, limit)
+    if found is None:
+        raise NotFoundException(detail=f"no job {job_id}")
+    return DeliveryList(items=found)
+
+
+ROUTES = [
+    submit_job, submit_batch, get_job, wait_job, list_jobs, cancel_job, retry_job,
+    list_deliveries,
+]  # fmt: skip

@@ -46,10 +46,12 @@ async def _template(
         raise ValidationException(detail="a schedule's job runs at its tick: no run_at or delay")
     if job.depends_on:
         raise ValidationException(detail="a schedule's job cannot wait for other jobs")
+    if job.callback_url is not None:
+        raise ValidationException(detail="a schedule's job takes no callback_url (not yet)")
     job = await intake.typed(job, principal.tenant)
     new_job(job, principal, intake.settings, None, None)  # raises what a submit would
     template = msgspec.to_builtins(job)
-    for name in ("run_at", "delay_seconds", "depends_on", "on_dependency_failure"):
+    for name in ("run_at", "delay_seconds", "depends_on", "on_dependency_failure", "callback_url"):
         template.pop(name, None)
     template["queue"] = job.queue or DEFAULT_QUEUE
     if await queues.missing([template["queue"]]):

@@ -161,6 +161,7 @@ def job_fields(
     run_at: datetime | None = None,
     max_attempts: int | None = None,
     timeout: int | None = None,
+    callback_url: str | None = None,
 ) -> dict[str, Any]:
     """The body of one job; what is left out takes the queue's or the server's default."""
     body: dict[str, Any] = {"type": type, "payload": payload}
@@ -171,6 +172,7 @@ def job_fields(
         "run_at": run_at.isoformat() if run_at is not None else None,
         "max_attempts": max_attempts,
         "timeout_seconds": timeout,
+        "callback_url": callback_url,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

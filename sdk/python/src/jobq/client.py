@@ -201,13 +201,14 @@ class Client(_Client[httpx.Client]):
         max_attempts: int | None = None,
         timeout: int | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Submit one job; what is left out takes the queue's default. The same
         ``idempotency_key`` again returns the original job (one is made up if none is given,
         so the client's own retries never submit twice)."""
         fields = calls.job_fields(
             type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-            max_attempts=max_attempts, timeout=timeout,
+            max_attempts=max_attempts, timeout=timeout, callback_url=callback_url,
         )  # fmt: skip
         return self._send(calls.submit(fields, idempotency_key or calls.new_key()))
 
@@ -391,10 +392,11 @@ class AsyncClient(_Client[httpx.AsyncClient]):
         max_attempts: int | None = None,
         timeout: int | None = None,  # noqa: ASYNC109 (the job's time limit, not this call's)
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         fields = calls.job_fields(
             type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-            max_attempts=max_attempts, timeout=timeout,
+            max_attempts=max_attempts, timeout=timeout, callback_url=callback_url,
         )  # fmt: skip
         return await self._send(calls.submit(fields, idempotency_key or calls.new_key()))
 

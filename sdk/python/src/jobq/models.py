@@ -59,6 +59,8 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     cancel_requested: bool = False
     trace_id: str | None = None
     progress: JobProgress | None = None
+    #: POSTed the job, signed, once it finishes (see the README's "Result callbacks").
+    callback_url: str | None = None
 
 
 class JobPage(msgspec.Struct, frozen=True):
