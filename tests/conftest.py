@@ -110,7 +110,11 @@ async def engine(base_settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def clean(engine: AsyncEngine, amqp_url: str, broker_prefix: str) -> None:
     """Empty tables and queues before a test; the queues tests use are declared."""
     async with engine.begin() as conn:
-        await conn.execute(sa.text("TRUNCATE jobs, api_clients, queues, job_types"))
+        await conn.execute(
+            sa.text(
+                "TRUNCATE jobs, api_clients, queues, job_types, dead_letter_actions, dead_letter_replays"
+            )
+        )
         await conn.execute(
             sa.text("INSERT INTO queues (name) SELECT unnest(CAST(:names AS text[]))"),
             {"names": list(KNOWN_QUEUES)},

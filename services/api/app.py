@@ -24,11 +24,12 @@ from services.api import errors
 from services.api.auth import Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.broker_stats import BrokerStats
+from services.api.dead_letters import DeadLetters
 from services.api.keys import load_keyring
 from services.api.leasing import LeaseHub
 from services.api.limits import Budget, SubmitLimiter, TokenThrottle, WaiterCap
 from services.api.oidc import JwksCache
-from services.api.routes import admin, auth, health, jobs, leases, queues, types
+from services.api.routes import admin, auth, dead, health, jobs, leases, queues, types
 from services.api.submission import Intake
 from services.api.timing import SubmitTimer
 from services.api.tokens import ExternalIssuer, TokenConfig
@@ -36,6 +37,7 @@ from services.api.types import TypeCatalog
 from shared.coalesce import Coalescer
 from shared.config import Settings
 from shared.db.clients import ClientGrant, ClientStore
+from shared.db.dead_letters import DeadLetterStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
 from shared.db.queues import QueueStore
@@ -82,6 +84,10 @@ def create_app(
                 clients.grants, max_items=1000, concurrency=2
             )
             broker_stats = BrokerStats(settings.management_url, settings.amqp_url, broker.topology)
+            dead_store = DeadLetterStore(engine)
+            dead_letters = DeadLetters(
+                dead_store, outbox, settings, catalog if settings.strict_types else None
+            )
             app.state.update(
                 store=store,
                 intake=intake,
@@ -94,6 +100,8 @@ def create_app(
                 leases=lease_store,
                 hub=hub,
                 catalog=catalog,
+                dead_store=dead_store,
+                dead_letters=dead_letters,
             )
             try:
                 yield
@@ -132,6 +140,8 @@ def create_app(
                 "leases",
                 "hub",
                 "catalog",
+                "dead_store",
+                "dead_letters",
             )
         },
         "settings": constant(settings),
@@ -159,6 +169,7 @@ def create_app(
                 "/",
                 route_handlers=[
                     *jobs.ROUTES,
+                    *dead.ROUTES,
                     *leases.ROUTES,
                     *types.ROUTES,
                     *queues.ROUTES,

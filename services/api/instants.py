@@ -55,7 +55,7 @@ def check_body(value: Any, where: str = "") -> None:
     their lists (a batch). Which fields those are is worked out once per type."""
     if not isinstance(value, msgspec.Struct):
         return
-    instants, nested = _fields(type(value))
+    instants, nested, inner = _fields(type(value))
     for name in instants:
         instant = getattr(value, name)
         if instant is not None:
@@ -63,12 +63,17 @@ def check_body(value: Any, where: str = "") -> None:
     for name in nested:
         for i, item in enumerate(getattr(value, name) or ()):
             check_body(item, f"{where}{name}[{i}].")
+    for name in inner:
+        check_body(getattr(value, name), f"{where}{name}.")
 
 
 @functools.cache
-def _fields(cls: type[msgspec.Struct]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """A struct type's fields holding instants, and those holding lists of structs."""
-    instants, nested = [], []
+def _fields(
+    cls: type[msgspec.Struct],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A struct type's fields holding instants, those holding lists of structs, and those
+    holding a struct (a dead-letter filter)."""
+    instants, nested, inner = [], [], []
     for field in cast(mi.StructType, mi.type_info(cls)).fields:
         kinds = field.type.types if isinstance(field.type, mi.UnionType) else (field.type,)
         if any(isinstance(kind, mi.DateTimeType) for kind in kinds):
@@ -78,7 +83,9 @@ def _fields(cls: type[msgspec.Struct]) -> tuple[tuple[str, ...], tuple[str, ...]
             for kind in kinds
         ):
             nested.append(field.name)
-    return tuple(instants), tuple(nested)
+        elif any(isinstance(kind, mi.StructType) for kind in kinds):
+            inner.append(field.name)
+    return tuple(instants), tuple(nested), tuple(inner)
 
 
 def _invalid(name: str, why: str, source: str) -> ValidationException:

@@ -396,3 +396,106 @@ class TypesIn(Struct, forbid_unknown_fields=True):
 
 class TypeList(Struct):
     items: list[TypeOut]
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+#: A replay names at most this many jobs (by id, or a filter's ``limit``): one transaction.
+MAX_REPLAY = 1000
+#: An error class, as workers record it (``last_error.type``: the exception's class name).
+ErrorClass = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+class DeadFilterIn(Struct, forbid_unknown_fields=True):
+    """Which dead jobs: by queue, type, error class and when they died (``since``
+    inclusive, ``until`` exclusive, on ``finished_at``)."""
+
+    queue: Name | None = None
+    type: Name | None = None
+    error: ErrorClass | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ReplayIn(Struct, forbid_unknown_fields=True):
+    """Dead jobs to queue again with a fresh attempt budget: ``ids``, or the ``limit`` that
+    died last of those ``filter`` matches. ``queue`` moves them to another declared queue;
+    ``payload`` (with exactly one id) replaces the job's payload. ``tenant``: ``admin`` only."""
+
+    ids: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_REPLAY)] | None = None
+    filter: DeadFilterIn | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_REPLAY)] = 100
+    tenant: Tenant | None = None
+    queue: Name | None = None
+    payload: Any = msgspec.UNSET
+
+
+class ReplayedOut(Struct):
+    id: uuid.UUID
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+
+
+class SkippedOut(Struct):
+    """``not_found`` (unknown, or another tenant's), ``not_dead`` (with its ``status``),
+    ``queue_undeclared`` (its queue was deleted: replay it with ``queue``)."""
+
+    id: uuid.UUID
+    reason: str
+    status: str | None
+
+
+class ReplayOut(Struct):
+    """What the replay did; ``repeated``: the ``Idempotency-Key`` named an earlier request,
+    whose result this is (nothing was replayed now)."""
+
+    action_id: uuid.UUID
+    at: datetime
+    repeated: bool
+    replayed: list[ReplayedOut]
+    skipped: list[SkippedOut]
+
+
+def _no_filter() -> DeadFilterIn:
+    return DeadFilterIn()
+
+
+class PurgeIn(Struct, forbid_unknown_fields=True):
+    """Dead jobs to delete; ``dry_run`` (the default) only counts them."""
+
+    filter: DeadFilterIn = msgspec.field(default_factory=_no_filter)
+    tenant: Tenant | None = None
+    dry_run: bool = True
+
+
+class PurgeOut(Struct):
+    """``matched``: the dead jobs the filter matches now; ``deleted``: those this purge
+    deleted (0 in a dry run); ``action_id``: its audit record (``null`` in a dry run)."""
+
+    dry_run: bool
+    matched: int
+    deleted: int
+    action_id: uuid.UUID | None
+
+
+class ReplayRecordOut(Struct):
+    """One replay of the job: who (the token's subject), when, and what it changed."""
+
+    id: uuid.UUID
+    action_id: uuid.UUID
+    actor: str
+    at: datetime
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+    #: SHA-256 of the new payload's JSON (keys sorted), when it was replaced.
+    payload_digest: str | None
+
+
+class DeadLetterOut(Struct):
+    """A dead job (or one replayed from dead) with its full error history (``job.errors``)
+    and its replays, oldest first."""
+
+    job: JobOut
+    replays: list[ReplayRecordOut]

@@ -60,7 +60,24 @@ def request_digest(data: JobIn) -> str:
     fields = msgspec.structs.asdict(data)
     fields.pop("idempotency_key", None)  # a batch job carries its key in the body
     fields["queue"] = fields["queue"] or DEFAULT_QUEUE  # left out or named: the same request
-    return hashlib.sha256(_canonical.encode(fields)).hexdigest()
+    return canonical_digest(fields)
+
+
+def canonical_digest(value: object) -> str:
+    """SHA-256 of ``value``'s JSON with its keys sorted: one digest whatever the order."""
+    return hashlib.sha256(_canonical.encode(value)).hexdigest()
+
+
+def checked_payload(payload: object, settings: Settings) -> str:
+    """A payload's JSON text: ``413`` over ``JOBQ_MAX_PAYLOAD_BYTES``, ``422`` holding a NUL."""
+    payload_json, size = encoded_size(payload)
+    if size > settings.max_payload_bytes:
+        raise PayloadTooLarge(
+            detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
+        )
+    if ESCAPED_NUL.search(payload_json):
+        raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
+    return payload_json
 
 
 def new_job(
@@ -74,13 +91,7 @@ def new_job(
     """Validate what the schema cannot express and build the row to insert."""
     if data.run_at is not None and data.delay_seconds is not None:
         raise ValidationException(detail="give run_at or delay_seconds, not both")
-    payload_json, size = encoded_size(data.payload)
-    if size > settings.max_payload_bytes:
-        raise PayloadTooLarge(
-            detail=f"payload is {size} bytes; the limit is {settings.max_payload_bytes}"
-        )
-    if ESCAPED_NUL.search(payload_json):
-        raise ValidationException(detail="payload strings may not contain NUL (\\u0000)")
+    payload_json = checked_payload(data.payload, settings)
     if (
         data.retry_backoff_seconds
         and data.retry_backoff_max_seconds

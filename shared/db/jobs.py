@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from shared.db.models import Job
 from shared.db.sql import JobRow, statement
-from shared.db.tickets import TICKET_COLUMNS, ticket_of
+from shared.db.tickets import ticket_of
 from shared.domain import CANCELABLE, RETRYABLE_BY_API, TERMINAL, JobStatus
 from shared.errors import UndeclaredQueue
 from shared.messaging import Ticket
@@ -43,14 +45,8 @@ class JobStore:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> tuple[list[JobRow], bool]:
-        """Newest first, keyset-paginated on the time-ordered id; returns the page and whether
-        more may follow.
-
-        A page holds at most ``limit`` jobs, and ends with the job that takes their JSON
-        (payload, result, errors) to ``max_bytes`` or past it: 500 jobs with 256 KiB payloads
-        would be a page of 128 MiB. The database sizes the candidates and sends only the jobs
-        kept.
-        """
+        """Newest first, keyset-paginated on the time-ordered id (``read_page``); returns the
+        page and whether more may follow."""
         q = select(Job).where(col(Job.tenant) == tenant)
         for column, value in ((Job.status, status), (Job.type, type), (Job.queue, queue)):
             if value is not None:
@@ -61,26 +57,7 @@ class JobStore:
             q = q.where(col(Job.created_at) < created_before)
         if before is not None:
             q = q.where(col(Job.id) < before)
-        candidates = q.order_by(col(Job.id).desc()).limit(limit).subquery()
-        payload, *rest = (
-            sa.func.coalesce(sa.func.octet_length(sa.cast(candidates.c[name], sa.Text)), 0)
-            for name in ("payload", "result", "errors", "last_error")
-        )
-        size = sum(rest, start=payload)
-        sized = sa.select(
-            candidates,
-            (sa.func.sum(size).over(order_by=candidates.c.id.desc()) - size).label("before"),
-            sa.func.count().over().label("candidates"),
-        ).subquery()
-        page = (
-            sa.select(*(sized.c[c.name] for c in candidates.c), sized.c.candidates)
-            .where(sized.c.before < sa.literal(max_bytes, sa.BigInteger))
-            .order_by(sized.c.id.desc())
-        )
-        async with self._autocommit.connect() as conn:
-            rows: list[JobRow] = list(await conn.execute(page))
-        more = bool(rows) and (len(rows) == limit or len(rows) < int(rows[0].candidates))
-        return rows, more
+        return await read_page(self._autocommit, q, ("id",), limit, max_bytes)
 
     async def cancel(
         self, tenant: str, job_id: uuid.UUID
@@ -113,27 +90,10 @@ class JobStore:
             job = await _get(conn, tenant, job_id, lock=True)
             if job is None or job.status not in RETRYABLE_BY_API:
                 return job, None
-            declared = await conn.execute(
-                statement("SELECT 1 FROM queues WHERE name = :queue FOR KEY SHARE"),
-                {"queue": job.queue},
-            )
-            if declared.first() is None:
+            if not await declared(conn, [job.queue]):
                 raise UndeclaredQueue(job.queue)
-            rows = (
-                await conn.execute(
-                    statement(
-                        f"""
-                UPDATE jobs SET status = 'queued', attempts = 0, cancel_requested = false,
-                    run_at = now(), finished_at = NULL, started_at = NULL, result = NULL,
-                    dispatched_at = now(), published_at = NULL, updated_at = now()
-                WHERE id = :id RETURNING {TICKET_COLUMNS}
-            """,
-                        "last_error",
-                    ),
-                    {"id": job_id},
-                )
-            ).all()
-            return await _get(conn, tenant, job_id), ticket_of(rows[0])
+            [moved] = await requeue(conn, [job_id])
+            return moved, ticket_of(moved)
 
     async def counts_by_queue(
         self, tenant: str | None, queue: str | None = None
@@ -155,6 +115,88 @@ class JobStore:
     async def ping(self) -> None:
         async with self._autocommit.connect() as conn:
             await conn.execute(statement("SELECT 1"))
+
+
+#: The columns of ``jobs`` holding JSON, decoded in rows read with textual statements.
+JSON_COLUMNS = ("payload", "result", "last_error", "errors", "progress")
+
+REQUEUE = """
+    UPDATE jobs SET status = 'queued', attempts = 0, cancel_requested = false,
+        run_at = now(), finished_at = NULL, started_at = NULL, result = NULL,
+        dispatched_at = now(), published_at = NULL, updated_at = now(),
+        queue = coalesce(CAST(:queue AS text), queue),
+        payload = coalesce(CAST(:payload AS jsonb), payload)
+    WHERE id = ANY(CAST(:ids AS uuid[]))
+    RETURNING *
+"""
+
+
+async def requeue(
+    conn: AsyncConnection,
+    ids: Sequence[uuid.UUID],
+    queue: str | None = None,
+    payload_json: str | None = None,
+) -> list[JobRow]:
+    """The API's retry move (``RETRYABLE_BY_API`` -> ``queued`` with a fresh attempt budget,
+    due now, its ticket owed), into ``queue`` and with the payload ``payload_json`` if given:
+    ``retry`` and the dead-letter replay (``shared.db.dead_letters``) both make it. The caller
+    holds the rows ``FOR UPDATE``, has checked their status, and holds their target queue
+    ``FOR KEY SHARE`` (``declared``). Returns the rows as they are now."""
+    rows = await conn.execute(
+        statement(REQUEUE, *JSON_COLUMNS),
+        {"ids": list(ids), "queue": queue, "payload": payload_json},
+    )
+    return list(rows)
+
+
+async def declared(conn: AsyncConnection, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` are declared queues, held ``FOR KEY SHARE`` until the transaction
+    ends (so ``QueueStore.delete`` waits for it, and then sees the jobs it moved there)."""
+    rows = await conn.execute(
+        statement("SELECT name FROM queues WHERE name = ANY(CAST(:names AS text[])) FOR KEY SHARE"),
+        {"names": sorted(set(names))},
+    )
+    return set(rows.scalars())
+
+
+async def read_page(
+    source: AsyncEngine,
+    q: SelectOfScalar[Job],
+    keys: Sequence[str],
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[JobRow], bool]:
+    """The page of jobs ``q`` selects, in descending order of the columns ``keys`` (a keyset:
+    ``q`` holds the condition that starts after the previous page); returns it and whether more
+    may follow.
+
+    A page holds at most ``limit`` jobs, and ends with the job that takes their JSON
+    (payload, result, errors) to ``max_bytes`` or past it: 500 jobs with 256 KiB payloads
+    would be a page of 128 MiB. The database sizes the candidates and sends only the jobs
+    kept.
+    """
+    order = [col(getattr(Job, key)).desc() for key in keys]
+    candidates = q.order_by(*order).limit(limit).subquery()
+    payload, *rest = (
+        sa.func.coalesce(sa.func.octet_length(sa.cast(candidates.c[name], sa.Text)), 0)
+        for name in ("payload", "result", "errors", "last_error")
+    )
+    size = sum(rest, start=payload)
+    in_order = [candidates.c[key].desc() for key in keys]
+    sized = sa.select(
+        candidates,
+        (sa.func.sum(size).over(order_by=in_order) - size).label("before"),
+        sa.func.count().over().label("candidates"),
+    ).subquery()
+    page = (
+        sa.select(*(sized.c[c.name] for c in candidates.c), sized.c.candidates)
+        .where(sized.c.before < sa.literal(max_bytes, sa.BigInteger))
+        .order_by(*(sized.c[key].desc() for key in keys))
+    )
+    async with source.connect() as conn:
+        rows: list[JobRow] = list(await conn.execute(page))
+    more = bool(rows) and (len(rows) == limit or len(rows) < int(rows[0].candidates))
+    return rows, more
 
 
 async def _get(

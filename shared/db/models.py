@@ -112,3 +112,48 @@ class Queue(SQLModel, table=True):
     retention_canceled_seconds: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     created_at: datetime = _ts(nullable=False, default=True)
     updated_at: datetime = _ts(nullable=False, default=True)
+
+
+class DeadLetterAction(SQLModel, table=True):
+    """A replay or purge of dead jobs: who asked, when, what, and what it did (migration 0011).
+
+    With an idempotency key, the same request again is answered with ``result`` instead of
+    acting twice."""
+
+    __tablename__ = "dead_letter_actions"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: The token's subject: a jobq client id, or an external IdP's ``sub``.
+    actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    action: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    at: datetime = _ts(nullable=False, default=True)
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    request_digest: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    #: What was asked (an edited payload only as its digest).
+    request: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    result: Any = Field(sa_column=sa.Column(JSONB, nullable=False, server_default="{}"))
+
+
+class DeadLetterReplay(SQLModel, table=True):
+    """One dead job a replay moved back to ``queued``, written in the same transaction."""
+
+    __tablename__ = "dead_letter_replays"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), primary_key=True))
+    action_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            PG_UUID(as_uuid=True),
+            sa.ForeignKey("dead_letter_actions.id", ondelete="CASCADE"),
+            nullable=False,
+        )
+    )
+    job_id: uuid.UUID = Field(sa_column=sa.Column(PG_UUID(as_uuid=True), nullable=False))
+    tenant: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    actor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    at: datetime = _ts(nullable=False, default=True)
+    queue_before: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    queue_after: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    payload_replaced: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    #: SHA-256 of the new payload's JSON text, when it was replaced.
+    payload_digest: str | None = Field(default=None, sa_column=sa.Column(sa.Text))

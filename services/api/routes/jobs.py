@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 import uuid
 from typing import Annotated, Any
@@ -17,6 +15,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from opentelemetry import trace
 
 from services.api.auth import requires_scopes
+from services.api.cursors import JOB_CURSOR, job_cursor, parse_job_cursor
 from services.api.errors import Conflict
 from services.api.instants import parse_query
 from services.api.limits import WaiterCap
@@ -155,24 +154,13 @@ async def _disconnect(request: AuthRequest) -> None:
         pass
 
 
-def _cursor(job_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
-        raise ValidationException(detail="cursor is not one this API returned") from None
-
-
 @get("/v1/jobs", guards=[requires_scopes], opt=READ, responses=problems(401, 403, 422, 503))
 async def list_jobs(
     request: AuthRequest,
     store: NamedDependency[JobStore],
     settings: NamedDependency[Settings],
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
-    cursor: Annotated[str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{22}$")] = None,
+    cursor: Annotated[str | None, QueryParameter(pattern=JOB_CURSOR)] = None,
     status: FromQuery[JobStatus | None] = None,
     type: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
     queue: Annotated[str | None, QueryParameter(pattern=NAME_PATTERN)] = None,
@@ -189,14 +177,14 @@ async def list_jobs(
         request.user.tenant,
         limit=limit,
         max_bytes=settings.max_page_bytes,
-        before=_parse_cursor(cursor) if cursor else None,
+        before=parse_job_cursor(cursor) if cursor else None,
         status=status,
         type=type,
         queue=queue,
         created_after=parse_query("created_after", created_after),
         created_before=parse_query("created_before", created_before),
     )
-    next_cursor = _cursor(jobs[-1].id) if more else None
+    next_cursor = job_cursor(jobs[-1].id) if more else None
     return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
