@@ -1,5 +1,5 @@
 """The ``jobq`` commands for people, over the HTTP API with the SDK: ``login`` stores a
-profile, then ``ls``, ``get``, ``submit``, ``cancel``, ``retry`` and ``watch`` use it (or
+profile, then ``ls``, ``get``, ``submit``, ``cancel``, ``retry``, ``watch`` and ``dead`` use it (or
 ``--credentials FILE``, ``--client-id``/``--client-secret``, ``--token``, or ``JOBQ_*``).
 Tables and live views are rich's; ``--json`` prints what scripts want instead."""
 
@@ -236,6 +236,125 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_filter(args: argparse.Namespace) -> dict[str, Any]:
+    found = {"queue": args.queue, "type": args.type, "error": args.error, "since": args.since,
+             "until": args.until}  # fmt: skip
+    return {k: v for k, v in found.items() if v}
+
+
+def cmd_dead_ls(args: argparse.Namespace) -> int:
+    """Dead jobs, those that died last first."""
+    with client(args) as c:
+        page = min(args.limit, 500)
+        jobs = _first(c.dead(args.tenant, page_size=page, **_dead_filter(args)), args.limit)
+    if args.json:
+        for j in jobs:
+            print(_json(j))
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("id", "type", "queue", "died", "attempts", "error class", "message"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    for j in jobs:
+        error = j.last_error if isinstance(j.last_error, dict) else {}
+        table.add_row(
+            str(j.id), j.type, j.queue, _ago(j.finished_at), f"{j.attempts}/{j.max_attempts}",
+            str(error.get("type", "")), str(error.get("message", ""))[:60],
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def cmd_dead_show(args: argparse.Namespace) -> int:
+    """A dead job: its fields, every error it met, and who replayed it."""
+    with client(args) as c:
+        letter = c.dead_letter(args.job_id, args.tenant)
+    if args.json:
+        print(_json(letter))
+        return 0
+    job = letter.job
+    console = Console()
+    console.print(
+        f"[bold]{job.id}[/]  {job.type}  queue={job.queue}  ", _status(job.status),
+        f"  attempts {job.attempts}/{job.max_attempts}",
+    )  # fmt: skip
+    console.print(f"payload: {_json(job.payload)}", markup=False)
+    errors = Table(title="errors", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("attempt", "class", "message"):
+        errors.add_column(column)
+    for e in job.errors:
+        e = e if isinstance(e, dict) else {"message": str(e)}
+        errors.add_row(str(e.get("attempt", "")), str(e.get("type", "")), str(e.get("message")))
+    console.print(errors)
+    if letter.replays:
+        replays = Table(title="replays", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("at", "by", "queue", "payload"):
+            replays.add_column(column)
+        for r in letter.replays:
+            queue = r.queue_after if r.queue_after == r.queue_before else (
+                f"{r.queue_before} -> {r.queue_after}"
+            )  # fmt: skip
+            payload = f"replaced ({(r.payload_digest or '')[:12]})" if r.payload_replaced else ""
+            replays.add_row(r.at.isoformat(timespec="seconds"), r.actor, queue, payload)
+        console.print(replays)
+    return 0
+
+
+def cmd_dead_replay(args: argparse.Namespace) -> int:
+    """Job ids, or the ``--limit`` that died last of those a filter matches after a
+    confirmation; one idempotency key for the command, so its retries never replay twice."""
+    filters = _dead_filter(args)
+    if bool(args.job_ids) == bool(filters):
+        raise ConfigError(
+            "give job ids, or a filter (--queue, --type, --error, --since, --until), not both"
+        )
+    options: dict[str, Any] = {"queue": args.to_queue, "tenant": args.tenant}
+    if args.payload is not None:
+        try:
+            options["payload"] = json.loads(args.payload)
+        except ValueError as exc:
+            raise ConfigError(f"--payload is not JSON: {exc}") from None
+    with client(args) as c:
+        if args.job_ids:
+            done = c.replay(args.job_ids, **options, idempotency_key=args.idempotency_key)
+        else:
+            matched = c.purge(tenant=args.tenant, **filters).matched
+            wanted = min(matched, args.limit)
+            if not wanted:
+                print("jobq: no dead job matches")
+                return 0
+            if not args.yes and not _confirm(f"replay {wanted} of {matched} dead job(s)?"):
+                print("jobq: nothing replayed")
+                return 1
+            done = c.replay(
+                filter=filters, limit=args.limit, **options, idempotency_key=args.idempotency_key
+            )
+    if args.json:
+        print(_json(done))
+        return 0
+    for r in done.replayed:
+        moved = f" ({r.queue_before} -> {r.queue_after})" if r.queue_before != r.queue_after else ""
+        print(f"{r.id} queued{moved}{' with a new payload' if r.payload_replaced else ''}")
+    for skipped in done.skipped:
+        status = f" ({skipped.status})" if skipped.status else ""
+        print(f"{skipped.id} skipped: {skipped.reason}{status}")
+    again = " (the key's first result; nothing replayed now)" if done.repeated else ""
+    print(f"jobq: replayed {len(done.replayed)}, skipped {len(done.skipped)}{again}")
+    return 0
+
+
+def cmd_dead_purge(args: argparse.Namespace) -> int:
+    """Count what a filter matches; delete it only with ``--yes``."""
+    filters = _dead_filter(args)
+    with client(args) as c:
+        counted = c.purge(tenant=args.tenant, **filters)
+        if not args.yes:
+            print(f"jobq: {counted.matched} dead job(s) match; add --yes to delete them")
+            return 0
+        done = c.purge(dry_run=False, tenant=args.tenant, **filters)
+    print(f"jobq: deleted {done.deleted} dead job(s) (audit record {done.action_id})")
+    return 0
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise ConfigError(f"{question} Confirm with --yes (stdin is not a terminal)")
@@ -307,6 +426,8 @@ def add_commands(sub: Any) -> None:
     retry.add_argument("--yes", action="store_true", help="do not ask")
     retry.set_defaults(func=cmd_retry)
 
+    _dead_commands(sub)
+
     watch = http_args(sub.add_parser("watch", help="a live view of queues and recent jobs"))
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--jobs", type=int, default=15, help="recent jobs shown")
@@ -315,3 +436,44 @@ def add_commands(sub: Any) -> None:
     watch.add_argument("--type")
     watch.add_argument("--queue")
     watch.set_defaults(func=cmd_watch)
+
+
+def _dead_commands(sub: Any) -> None:
+    dead = sub.add_parser("dead", help="dead jobs: list, show, replay, purge").add_subparsers(
+        dest="dead_command", required=True
+    )
+
+    def filtered(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = http_args(dead.add_parser(name, help=help_))
+        sp.add_argument("--queue", help="the queue they died in")
+        sp.add_argument("--type")
+        sp.add_argument("--error", help="the error class (last_error.type), e.g. TimeoutError")
+        sp.add_argument("--since", help="died at or after (RFC 3339)")
+        sp.add_argument("--until", help="died before (RFC 3339)")
+        sp.add_argument("--tenant", help="another tenant's (admin only)")
+        return sp
+
+    ls = filtered("ls", "list dead jobs, those that died last first")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="one JSON job per line")
+    ls.set_defaults(func=cmd_dead_ls)
+
+    show = http_args(dead.add_parser("show", help="a dead job, its errors and its replays"))
+    show.add_argument("job_id")
+    show.add_argument("--tenant", help="another tenant's (admin only)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_dead_show)
+
+    replay = filtered("replay", "queue dead jobs again (ids, or a filter)")
+    replay.add_argument("job_ids", nargs="*")
+    replay.add_argument("--limit", type=int, default=100, help="with a filter (at most 1000)")
+    replay.add_argument("--to-queue", help="move them to this declared queue")
+    replay.add_argument("--payload", help="JSON: replaces the payload (one job id)")
+    replay.add_argument("--idempotency-key", help="default: one made up for this command")
+    replay.add_argument("--yes", action="store_true", help="do not ask (with a filter)")
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(func=cmd_dead_replay)
+
+    purge = filtered("purge", "count the dead jobs a filter matches; delete them with --yes")
+    purge.add_argument("--yes", action="store_true", help="delete them")
+    purge.set_defaults(func=cmd_dead_purge)

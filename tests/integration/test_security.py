@@ -27,11 +27,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
+from services.api.cursors import dead_cursor
 from shared.config import Settings
 from shared.db.jobs import JobStore
 from tests.conftest import Bearer, jobs_of
 from tests.forge import b64, hand_signed, pem
 from tests.integration.conftest import listening
+from tests.integration.test_dead_letters import dead_job
 
 Client = AsyncTestClient[Litestar]
 pytestmark = pytest.mark.integration
@@ -777,3 +779,28 @@ async def test_tokens_of_an_external_oidc_issuer_are_accepted_with_mapped_claims
             for _ in range(20):  # made-up kids do not make the API hammer the IdP
                 await api.get("/v1/jobs", headers=idp_token(kid=str(uuid.uuid4())))
             assert len(fetches) <= 2
+
+
+async def test_dead_letter_filters_and_cursors_are_values_never_sql_or_other_tenants(
+    api: Client, bearer: Bearer
+) -> None:
+    h = await bearer("acme", ["jobs:read", "jobs:write", "jobs:work"])
+    job = await dead_job(api, h, error="SmtpRefused")
+    for error in ["x'OR'1'='1", 'SmtpRefused"--', "%", "SmtpRefused'||'", "Smtp%"]:
+        page = await api.get("/v1/dead", params={"error": error}, headers=h)
+        assert page.status_code == 200, page.text
+        assert page.json()["items"] == []
+    for error in ["a b", "x" * 201, "\u0000"]:
+        assert (await api.get("/v1/dead", params={"error": error}, headers=h)).status_code == 422
+    # A forged cursor is only a position in the caller's own list.
+    rival = await bearer("rival", ["jobs:read", "jobs:write"])
+    forged = dead_cursor(datetime(9999, 1, 1, tzinfo=UTC), uuid.UUID(int=2**128 - 1))
+    page = await api.get("/v1/dead", params={"cursor": forged}, headers=rival)
+    assert page.json()["items"] == []
+    # Another tenant's job id is not replayed, purged or shown, and its tenant is not named.
+    replayed = await api.post("/v1/dead/replay", json={"ids": [job["id"]]}, headers=rival)
+    assert replayed.json()["skipped"] == [{"id": job["id"], "reason": "not_found", "status": None}]
+    purged = await api.post("/v1/dead/purge", json={"dry_run": False}, headers=rival)
+    assert purged.json()["deleted"] == 0
+    assert "acme" not in replayed.text + purged.text
+    assert (await api.get(f"/v1/dead/{job['id']}", headers=h)).json()["job"]["status"] == "dead"

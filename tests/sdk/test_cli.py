@@ -116,3 +116,53 @@ async def test_refusals_are_one_line(live: Live, tmp_path: Path) -> None:
     done = await run("submit", "echo", "--payload", "{nope", check=False)
     assert done.returncode == 2
     assert "--payload is not JSON" in done.stderr
+
+
+async def test_dead_ls_show_replay_and_purge(live: Live, tmp_path: Path) -> None:
+    creds = await live.credentials()
+    run = runner(tmp_path, live.url)
+    await run("login", "--client-id", creds.client_id, stdin=creds.client_secret + "\n")
+    with Client(creds) as client:
+        jobs = [client.submit("fail", {"message": f"boom {i}"}, max_attempts=1) for i in (0, 1)]
+        for j in jobs:
+            assert client.wait(j.id, timeout=30).status.value == "dead"
+    first = str(jobs[0].id)
+
+    listed = [json.loads(line) for line in (await run("dead", "ls", "--json")).stdout.splitlines()]
+    assert sorted(j["id"] for j in listed) == sorted(str(j.id) for j in jobs)
+    table = (await run("dead", "ls", "--error", "HandlerError")).stdout
+    assert first in table
+    assert "boom 0" in table
+    assert (await run("dead", "ls", "--error", "Other", "--json")).stdout == ""
+    shown = (await run("dead", "show", first)).stdout
+    assert "HandlerError" in shown
+    assert "boom 0" in shown
+
+    # One job with a new payload: it runs again (and fails again: it is ``fail``).
+    done = await run("dead", "replay", first, "--payload", '{"message": "again"}')
+    assert f"{first} queued with a new payload" in done.stdout
+    with Client(creds) as client:
+        again = client.wait(first, timeout=30)
+        assert [e["message"] for e in again.errors] == ["boom 0", "again"]
+        letter = client.dead_letter(first)
+    assert [r.actor for r in letter.replays] == [creds.client_id]
+    assert "replays" in (await run("dead", "show", first)).stdout
+
+    # By filter: a count and a confirmation first (none at hand: refused).
+    refused = await run("dead", "replay", "--error", "HandlerError", check=False)
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    done = await run("dead", "replay", "--error", "HandlerError", "--yes")
+    assert "replayed 2, skipped 0" in done.stdout
+    with Client(creds) as client:
+        for j in jobs:
+            assert client.wait(j.id, timeout=30).status.value == "dead"
+
+    counted = await run("dead", "purge", "--type", "fail")
+    assert "2 dead job(s) match; add --yes" in counted.stdout
+    assert len((await run("dead", "ls", "--json")).stdout.splitlines()) == 2
+    assert "deleted 2 dead job(s)" in (await run("dead", "purge", "--yes")).stdout
+    assert (await run("dead", "ls", "--json")).stdout == ""
+    missing = await run("dead", "show", first, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("jobq: no dead letter")

@@ -20,6 +20,7 @@ from jobq.errors import JobqError
 from jobq.handlers import Handler
 from jobq.models import (
     Batch,
+    DeadLetter,
     Heartbeat,
     Job,
     JobPage,
@@ -27,8 +28,10 @@ from jobq.models import (
     JobType,
     Lease,
     LeaseList,
+    Purge,
     Queue,
     QueueList,
+    Replay,
     Token,
     TypeList,
 )
@@ -66,6 +69,9 @@ def _decoder(kind: type[T]) -> Callable[[bytes], T]:
 _job, _page, _batch, _token = _decoder(Job), _decoder(JobPage), _decoder(Batch), _decoder(Token)
 _queues, _leases, _beat = _decoder(QueueList), _decoder(LeaseList), _decoder(Heartbeat)
 _types = _decoder(TypeList)
+_dead, _replay, _purge = _decoder(DeadLetter), _decoder(Replay), _decoder(Purge)
+#: ``replay``'s payload when the job keeps its own.
+KEEP: Any = msgspec.UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,3 +301,49 @@ def fail(
         "retryable": retryable,
     }  # fmt: skip
     return Call("POST", f"/v1/jobs/{job_id}/fail", _job, json=body, resend="unsent")
+
+
+def _instant(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def dead_filter(
+    *,
+    queue: str | None = None,
+    type: str | None = None,
+    error: str | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> dict[str, str]:
+    """Which dead jobs: by queue, type, error class and when they died."""
+    found = {"queue": queue, "type": type, "error": error, "since": _instant(since),
+             "until": _instant(until)}  # fmt: skip
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def dead_page(
+    cursor: str | None, tenant: str | None = None, page_size: int = 100, **filters: Any
+) -> Call[JobPage]:
+    params = {**dead_filter(**filters), "limit": str(page_size)}
+    params.update({k: v for k, v in (("cursor", cursor), ("tenant", tenant)) if v})
+    return Call("GET", "/v1/dead", _page, params=params)
+
+
+def dead_letter(job_id: uuid.UUID | str, tenant: str | None = None) -> Call[DeadLetter]:
+    params = {"tenant": tenant} if tenant else None
+    return Call("GET", f"/v1/dead/{job_id}", _dead, params=params)
+
+
+def replay(body: dict[str, Any], idempotency_key: str) -> Call[Replay]:
+    """Replay dead jobs; the key makes sending it again harmless (the first result comes back)."""
+    return Call(
+        "POST", "/v1/dead/replay", _replay, json=body, headers={"Idempotency-Key": idempotency_key}
+    )
+
+
+def purge(body: dict[str, Any]) -> Call[Purge]:
+    """Count (``dry_run``) or delete dead jobs; a real purge is sent again only if unsent."""
+    return Call(
+        "POST", "/v1/dead/purge", _purge, json=body,
+        resend="always" if body.get("dry_run", True) else "unsent",
+    )  # fmt: skip

@@ -23,7 +23,7 @@ from jobq import calls, profiles
 from jobq.calls import Call, Credentials, RetryPolicy, TokenCache
 from jobq.errors import RetryAfter, Unavailable, WaitTimeout, error_from
 from jobq.handlers import Handler, marked
-from jobq.models import Heartbeat, Job, JobType, Lease, Queue
+from jobq.models import DeadLetter, Heartbeat, Job, JobType, Lease, Purge, Queue, Replay
 
 T = TypeVar("T")
 #: A function marked with ``@jobq.handler``, or its ``Handler``.
@@ -295,6 +295,41 @@ class Client(_Client[httpx.Client]):
             if deadline.done(job):
                 return job
 
+    def dead(self, tenant: str | None = None, **filters: Any) -> Iterator[Job]:
+        """Dead jobs, those that died last first, page after page (``queue``, ``type``,
+        ``error``, ``since``, ``until``, ``page_size``; ``tenant``: admin only)."""
+        cursor: str | None = None
+        while True:
+            page = self._send(calls.dead_page(cursor, tenant, **filters))
+            yield from page.items
+            if (cursor := page.next_cursor) is None:
+                return
+
+    def dead_letter(self, job_id: uuid.UUID | str, tenant: str | None = None) -> DeadLetter:
+        """A dead job with its error history and its replays."""
+        return self._send(calls.dead_letter(job_id, tenant))
+
+    def replay(
+        self,
+        ids: Iterable[uuid.UUID | str] | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        queue: str | None = None,
+        payload: Any = calls.KEEP,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Replay:
+        """Queue dead jobs again with a fresh attempt budget: ``ids``, or the ``limit`` that
+        died last of those ``filter`` (``calls.dead_filter``'s fields) matches; into another
+        ``queue``, or (one id) with a new ``payload``. Never replays a job twice."""
+        body = _replay_body(ids, filter, limit, queue, payload, tenant)
+        return self._send(calls.replay(body, idempotency_key or calls.new_key()))
+
+    def purge(self, *, dry_run: bool = True, tenant: str | None = None, **filter: Any) -> Purge:
+        """Count (``dry_run``, the default) or delete the dead jobs ``filter`` matches."""
+        return self._send(calls.purge(_purge_body(dry_run, tenant, filter)))
+
 
 class AsyncClient(_Client[httpx.AsyncClient]):
     """``Client``'s calls for asyncio; an async context manager (or ``aclose`` it)."""
@@ -428,6 +463,64 @@ class AsyncClient(_Client[httpx.AsyncClient]):
             job = await self._send(calls.wait(job_id, deadline.left()))
             if deadline.done(job):
                 return job
+
+    async def dead(self, tenant: str | None = None, **filters: Any) -> AsyncIterator[Job]:
+        cursor: str | None = None
+        while True:
+            page = await self._send(calls.dead_page(cursor, tenant, **filters))
+            for job in page.items:
+                yield job
+            if (cursor := page.next_cursor) is None:
+                return
+
+    async def dead_letter(self, job_id: uuid.UUID | str, tenant: str | None = None) -> DeadLetter:
+        return await self._send(calls.dead_letter(job_id, tenant))
+
+    async def replay(
+        self,
+        ids: Iterable[uuid.UUID | str] | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        queue: str | None = None,
+        payload: Any = calls.KEEP,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Replay:
+        body = _replay_body(ids, filter, limit, queue, payload, tenant)
+        return await self._send(calls.replay(body, idempotency_key or calls.new_key()))
+
+    async def purge(
+        self, *, dry_run: bool = True, tenant: str | None = None, **filter: Any
+    ) -> Purge:
+        return await self._send(calls.purge(_purge_body(dry_run, tenant, filter)))
+
+
+def _replay_body(
+    ids: Iterable[uuid.UUID | str] | None,
+    filter: Mapping[str, Any] | None,
+    limit: int | None,
+    queue: str | None,
+    payload: Any,
+    tenant: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if ids is not None:
+        body["ids"] = [str(i) for i in ids]
+    if filter is not None:
+        body["filter"] = calls.dead_filter(**filter)
+    optional = {"limit": limit, "queue": queue, "tenant": tenant}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if payload is not calls.KEEP:
+        body["payload"] = payload
+    return body
+
+
+def _purge_body(dry_run: bool, tenant: str | None, filter: Mapping[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"filter": calls.dead_filter(**filter), "dry_run": dry_run}
+    if tenant is not None:
+        body["tenant"] = tenant
+    return body
 
 
 def _lease_call(

@@ -140,3 +140,59 @@ class Problem(msgspec.Struct, frozen=True):
     title: str = ""
     detail: str = ""
     errors: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ReplayRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """One replay of a dead job: who (the token's subject), when, and what it changed."""
+
+    id: uuid.UUID
+    action_id: uuid.UUID
+    actor: str
+    at: datetime
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+    payload_digest: str | None = None
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
+    """A dead job (or one replayed from dead), its errors in ``job.errors``, and its replays."""
+
+    job: Job
+    replays: list[ReplayRecord] = msgspec.field(default_factory=list)
+
+
+class Replayed(msgspec.Struct, kw_only=True, frozen=True):
+    id: uuid.UUID
+    queue_before: str
+    queue_after: str
+    payload_replaced: bool
+
+
+class Skipped(msgspec.Struct, kw_only=True, frozen=True):
+    """Not replayed: ``not_found``, ``not_dead`` (with its ``status``) or
+    ``queue_undeclared``."""
+
+    id: uuid.UUID
+    reason: str
+    status: str | None = None
+
+
+class Replay(msgspec.Struct, kw_only=True, frozen=True):
+    """What a replay did; ``repeated``: its idempotency key named an earlier request, whose
+    result this is."""
+
+    action_id: uuid.UUID
+    at: datetime
+    repeated: bool = False
+    replayed: list[Replayed] = msgspec.field(default_factory=list)
+    skipped: list[Skipped] = msgspec.field(default_factory=list)
+
+
+class Purge(msgspec.Struct, kw_only=True, frozen=True):
+    """``matched``: dead jobs the filter matches; ``deleted``: those deleted (0 in a dry run)."""
+
+    dry_run: bool
+    matched: int
+    deleted: int
+    action_id: uuid.UUID | None = None
