@@ -121,6 +121,31 @@ async def test_the_async_client_shares_one_token_between_concurrent_calls(live: 
         assert (await client.cancel(many[0].id)).status is JobStatus.CANCELED
 
 
+async def test_the_async_client_lists_shows_replays_and_purges_dead_letters(live: Live) -> None:
+    async with jobq.AsyncClient(await live.credentials()) as client:
+        # ``sleep`` refuses a payload with an unknown field for good: dead at the first attempt.
+        jobs = [await client.submit("sleep", {"secs": i}) for i in (0, 1)]
+        for j in jobs:
+            assert (await client.wait(j.id, timeout=30)).status is JobStatus.DEAD
+        dead = [j async for j in client.dead(type="sleep", page_size=1)]
+        assert {j.id for j in dead} == {j.id for j in jobs}
+        [error_class] = {j.last_error["type"] for j in dead}
+        key = f"fix-{uuid.uuid4()}"
+        done = await client.replay([jobs[0].id], payload={"seconds": 0}, idempotency_key=key)
+        assert [r.id for r in done.replayed] == [jobs[0].id]
+        assert (await client.replay([jobs[0].id], payload={"seconds": 0},
+                                    idempotency_key=key)).repeated  # fmt: skip
+        assert (await client.wait(jobs[0].id, timeout=30)).result == {"slept": 0}
+        letter = await client.dead_letter(jobs[0].id)
+        assert [r.payload_replaced for r in letter.replays] == [True]
+        counted = await client.purge(error=error_class)
+        assert (counted.dry_run, counted.matched, counted.deleted) == (True, 1, 0)
+        purged = await client.purge(dry_run=False, error=error_class)
+        assert purged.deleted == 1
+        with pytest.raises(jobq.NotFound):
+            await client.dead_letter(jobs[1].id)
+
+
 async def test_the_readme_example_runs(live: Live) -> None:
     section = (REPO_ROOT / "README.md").read_text().split("\n## Python SDK\n", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
