@@ -28,13 +28,13 @@ from tests.bench import pg
 from tests.bench.celery_side import CeleryConfig, CeleryStack
 from tests.bench.dramatiq_side import DramatiqConfig, DramatiqStack
 from tests.bench.jobq_side import JobqConfig, JobqStack
-from tests.bench.report import CELERY, CELERY_PG, OpenLoop, Result, render
+from tests.bench.report import CELERY, CELERY_PG, FairPoint, OpenLoop, Result, render
 from tests.procs import ProcessDied
 
 #: What ``--systems`` takes, in the order each round measures them.
 PHASES = (
-    "batch", "batch-nometrics", "single", "open", "celery", "celery-pg", "dramatiq",
-    "dramatiq-confirm",
+    "batch", "batch-nometrics", "batch-fair-off", "batch-keys", "single", "open", "fairness",
+    "celery", "celery-pg", "dramatiq", "dramatiq-confirm",
 )  # fmt: skip
 
 
@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="open loop: offered requests/s, comma-separated",
     )
     p.add_argument("--open-seconds", type=float, default=10.0, help="open loop: per rate (10)")
+    p.add_argument("--victim-rate", type=float, default=50.0, help="fairness: victim jobs/s (50)")
+    p.add_argument("--flood-factor", type=int, default=10, help="fairness: flood x victim (10)")
+    p.add_argument("--flood-seconds", type=float, default=10.0, help="fairness: offered for (10)")
+    p.add_argument(
+        "--flood-job-seconds", type=float, default=2.0, help="fairness: each job sleeps (2)"
+    )
     p.add_argument("--celery-workers", type=int, default=2, help="celery worker processes (2)")
     p.add_argument("--celery-pool", default="prefork", help="celery pool (prefork)")
     p.add_argument("--celery-concurrency", type=int, default=1, help="per celery worker (1)")
@@ -80,6 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.jobs, args.single_jobs, args.runs = 2000, 500, 1
         args.warmup, args.open_seconds = min(args.warmup, 200), min(args.open_seconds, 2.0)
+        args.flood_seconds = min(args.flood_seconds, 2.0)
     args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
     if not args.systems or not args.systems <= set(PHASES):
         p.error(f"--systems takes some of {','.join(PHASES)}")
@@ -113,6 +120,10 @@ def header(args: argparse.Namespace) -> str:
             " RabbitmqBroker defaults; +confirm: publisher confirms",
             "  peers publish from the bench process itself (no API in between); jobq is"
             " submitted to over HTTP from the same process",
+            f"  fairness: a victim tenant offers {args.victim_rate:g} sleep({args.flood_job_seconds:g} s)"
+            f" jobs/s for {args.flood_seconds:g} s, alone and beside a flood tenant offering"
+            f" {args.flood_factor}x as many (batches, 10/s); fair dispatch on (JOBQ_FAIR_DEPTH"
+            " default) and off (a second jobq, JOBQ_FAIR_DEPTH=0, which also runs batch-fair-off)",
             f"  machine: {os.cpu_count()} cpus, python {platform.python_version()}",
         ]
     )
@@ -139,8 +150,20 @@ def progress_open(p: OpenLoop) -> str:
     )
 
 
+def progress_fair(p: FairPoint) -> str:
+    flood = f"beside a {p.flood}x flood ({p.flood_jobs} jobs)" if p.flood else "alone"
+    return (
+        f"run {p.run} fairness {'on' if p.fair else 'off'}: victim {p.victim_jobs} jobs {flood},"
+        f" due-to-start p50 {p.due_p50_ms or 0:.0f} ms p99 {p.due_p99_ms or 0:.0f} ms"
+    )
+
+
 async def bench(
-    args: argparse.Namespace, log_dir: Path, results: list[Result], points: list[OpenLoop]
+    args: argparse.Namespace,
+    log_dir: Path,
+    results: list[Result],
+    points: list[OpenLoop],
+    fair_points: list[FairPoint],
 ) -> None:
     """Start every system measured, measure into ``results`` and ``points`` (kept when a
     later run fails), stop."""
@@ -162,6 +185,16 @@ async def bench(
             config, metrics=False, broker_prefix=f"{prefix}nm",
             database_url=pg.respell(
                 args.database_url, database=f"{pg.database_of(args.database_url)}_nometrics"
+            ),
+        ),
+        log_dir,
+    )  # fmt: skip
+    # Fair dispatch off (JOBQ_FAIR_DEPTH=0), on a database and broker prefix of its own.
+    unfair = JobqStack(
+        dataclasses.replace(
+            config, fair_depth=0, broker_prefix=f"{prefix}nf",
+            database_url=pg.respell(
+                args.database_url, database=f"{pg.database_of(args.database_url)}_fairoff"
             ),
         ),
         log_dir,
@@ -196,8 +229,9 @@ async def bench(
         ),
         log_dir,
     )
-    use_jobq = bool(want & {"batch", "single", "open"})
+    use_jobq = bool(want & {"batch", "batch-keys", "single", "open", "fairness"})
     use_uncounted = "batch-nometrics" in want
+    use_unfair = bool(want & {"batch-fair-off", "fairness"})
     use_dramatiq = bool(want & {"dramatiq", "dramatiq-confirm"})
 
     def record(r: Result) -> None:
@@ -211,12 +245,28 @@ async def bench(
             keep(await jobq.run_batch(jobs, args.batch_size, args.in_flight, run))
         if use_uncounted:
             keep(await uncounted.run_batch(jobs, args.batch_size, args.in_flight, run))
+        if "batch-fair-off" in want:
+            keep(await unfair.run_batch(jobs, args.batch_size, args.in_flight, run))
+        if "batch-keys" in want:
+            keep(await jobq.run_batch(jobs, args.batch_size, args.in_flight, run, keys=100))
         if "single" in want:
             keep(await jobq.run_single(single_jobs, args.clients, run))
         if "open" in want and run:
             for rate in args.rates:
                 points.append(await jobq.run_open(rate, args.open_seconds, run))
                 print(progress_open(points[-1]), flush=True)
+        if "fairness" in want and run:
+            for stack, factor in (
+                (jobq, 0),
+                (jobq, args.flood_factor),
+                (unfair, args.flood_factor),
+            ):
+                fair_points.append(
+                    await stack.run_flood(
+                        args.victim_rate, args.flood_seconds, factor, args.flood_job_seconds, run
+                    )
+                )
+                print(progress_fair(fair_points[-1]), flush=True)
         for celery in celeries.values():
             keep(await celery.measure(jobs, run))
         for confirm in (False, True):
@@ -229,6 +279,8 @@ async def bench(
             await jobq.start()
         if use_uncounted:
             await uncounted.start()
+        if use_unfair:
+            await unfair.start()
         for celery in celeries.values():
             await celery.start()
         if use_dramatiq:
@@ -239,7 +291,7 @@ async def bench(
         for run in range(1, args.runs + 1):
             await round_(run, args.jobs, args.single_jobs)
     finally:
-        for stack in (jobq, uncounted):
+        for stack in (jobq, uncounted, unfair):
             await stack.close()
             stack.stop()
         for celery in celeries.values():
@@ -256,18 +308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     results: list[Result] = []
     points: list[OpenLoop] = []
+    fair_points: list[FairPoint] = []
     code = 0
     try:
-        asyncio.run(bench(args, log_dir, results, points))
+        asyncio.run(bench(args, log_dir, results, points, fair_points))
     except ProcessDied as exc:
         print(f"\nbench failed at {time.strftime('%H:%M:%S')}: {exc}", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt:
         code = 130
-    if results or points:
+    if results or points or fair_points:
         what = "" if code == 0 else "INCOMPLETE (the bench failed): "
         print(f"\n{what}{time.monotonic() - started:.0f} s in all\n")
-        print(render(results, points))
+        print(render(results, points, fair_points))
     return code
 
 

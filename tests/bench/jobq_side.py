@@ -21,10 +21,22 @@ import httpx
 from tests.bench import BenchError, amqp, pg, tails
 from tests.bench.loadgen import Tally, Target, closed_loop, open_loop
 from tests.bench.procstat import Probe
-from tests.bench.report import BATCH, BATCH_NO_METRICS, SINGLE, OpenLoop, Result, percentile
+from tests.bench.report import (
+    BATCH,
+    BATCH_FAIR_OFF,
+    BATCH_KEYS,
+    BATCH_NO_METRICS,
+    SINGLE,
+    FairPoint,
+    OpenLoop,
+    Result,
+    percentile,
+)
 from tests.procs import REPO_ROOT, Proc, check_alive, clean_env, free_port, start, stop_all
 
 TENANT = "bench"
+#: The fairness phase's tenants: one offering a steady load, one flooding beside it.
+VICTIM, FLOOD = "victim", "flood"
 QUEUE = "default"
 POLL_INTERVAL = 0.05
 NOOP = b'{"type":"noop"}'
@@ -42,9 +54,13 @@ class JobqConfig:
     stall_seconds: float
     #: ``JOBQ_METRICS``: off, the services count nothing (what metrics cost, measured).
     metrics: bool = True
+    #: ``JOBQ_FAIR_DEPTH`` (``None``: the default); 0 turns fair dispatch off.
+    fair_depth: int | None = None
 
     @property
     def batch_system(self) -> str:
+        if self.fair_depth == 0:
+            return BATCH_FAIR_OFF
         return BATCH if self.metrics else BATCH_NO_METRICS
 
 
@@ -71,10 +87,15 @@ class JobqStack:
                 "JOBQ_SUBMIT_RATE_PER_SECOND": "0",
                 "JOBQ_SUBMIT_RATE_PER_TENANT": "0",
                 "JOBQ_METRICS": str(config.metrics).lower(),
+                **(
+                    {} if config.fair_depth is None else {"JOBQ_FAIR_DEPTH": str(config.fair_depth)}
+                ),
             }
         )
         self.procs: list[Proc] = []
         self.credentials: tuple[str, str] = ("", "")
+        #: The fairness phase's tenants' credentials.
+        self.tenants: dict[str, tuple[str, str]] = {}
         self._db: asyncpg.Connection | None = None
         self._http: httpx.AsyncClient | None = None
         self.probe = Probe(self._trees, [pg.database_of(config.database_url)])
@@ -132,6 +153,14 @@ class JobqStack:
         )
         created = json.loads(out)
         self.credentials = (created["client_id"], created["client_secret"])
+        for tenant in (VICTIM, FLOOD):
+            out = await asyncio.to_thread(
+                self._cli,
+                *("clients", "create", "--name", tenant, "--tenant", tenant),
+                *("--scopes", "jobs:write,jobs:read", "--json"),
+            )
+            made = json.loads(out)
+            self.tenants[tenant] = (made["client_id"], made["client_secret"])
 
         self._db = await asyncpg.connect(pg.libpq(cfg.database_url))
         self.probe.excluded.add(self.db.get_server_pid())  # it only polls
@@ -186,10 +215,11 @@ class JobqStack:
         if state is not None and state[0]:
             print(f"  note: {state[0]} leftover tickets in {self.queue_name}; purged", flush=True)
             await amqp.purge(self.config.amqp_url, self.queue_name)
+        return await self._token(self.credentials)
+
+    async def _token(self, credentials: tuple[str, str]) -> str:
         r = await self.http.post(
-            "/v1/auth/token",
-            data={"grant_type": "client_credentials"},
-            auth=self.credentials,
+            "/v1/auth/token", data={"grant_type": "client_credentials"}, auth=credentials
         )
         if r.status_code != 200:
             raise BenchError(f"token request failed: {r.status_code} {r.text}")
@@ -243,15 +273,27 @@ class JobqStack:
         if r.status_code != 202:
             raise BenchError(f"POST {path}: {r.status_code} {r.text[:1000]}")
 
-    async def run_batch(self, jobs: int, batch_size: int, in_flight: int, run: int) -> Result:
-        """Submit ``jobs`` through ``POST /v1/jobs/batch``, ``in_flight`` requests at once."""
+    async def run_batch(
+        self, jobs: int, batch_size: int, in_flight: int, run: int, keys: int = 0
+    ) -> Result:
+        """Submit ``jobs`` through ``POST /v1/jobs/batch``, ``in_flight`` requests at once;
+        with ``keys``, each job names one of that many concurrency keys (limit 50 each: every
+        job is held and released by the dispatcher)."""
         headers = {
             "Authorization": f"Bearer {await self._reset()}",
             "Content-Type": "application/json",
         }
         sizes = [min(batch_size, jobs - i) for i in range(0, jobs, batch_size)]
+
+        def job(i: int) -> bytes:
+            if not keys:
+                return NOOP
+            return b'{"type":"noop","concurrency_key":"k%d","concurrency_limit":50}' % (i % keys)
+
         # Encoded before the clock starts: the bench's own CPU is shared with the services.
-        bodies = iter([b'{"jobs":[' + b",".join([NOOP] * size) + b"]}" for size in sizes])
+        bodies = iter([
+            b'{"jobs":[' + b",".join(job(i) for i in range(size)) + b"]}" for size in sizes
+        ])  # fmt: skip
 
         async def submitter() -> None:
             for body in bodies:
@@ -264,8 +306,56 @@ class JobqStack:
             t_enqueued = time.perf_counter()
         t_done = await self._wait_succeeded(jobs)
         usage = self.probe.usage_since(cpu_before, jobs)
-        return Result(
-            self.config.batch_system, run, jobs, t_enqueued - t0, t_done - t0, usage=usage
+        system = BATCH_KEYS if keys else self.config.batch_system
+        return Result(system, run, jobs, t_enqueued - t0, t_done - t0, usage=usage)
+
+    async def run_flood(
+        self, rate: float, seconds: float, factor: int, job_seconds: float, run: int
+    ) -> FairPoint:
+        """A victim tenant offers ``rate`` jobs a second (single submits, an open loop) of
+        ``job_seconds`` each for ``seconds``; beside it (``factor`` > 0) a flood tenant
+        offers ``factor`` times as many, in batches ten times a second. Waits for every job,
+        then reads the victim's due-to-start latencies."""
+        await self._reset()
+        body = b'{"type":"sleep","payload":{"seconds":%g}}' % job_seconds
+        victim = Target.post(
+            f"{self.base_url}/v1/jobs", body, await self._token(self.tenants[VICTIM])
+        )
+        headers = {
+            "Authorization": f"Bearer {await self._token(self.tenants[FLOOD])}",
+            "Content-Type": "application/json",
+        }
+        per_batch = round(rate * factor / 10)
+        batch = b'{"jobs":[' + b",".join([body] * per_batch) + b"]}"
+        flooded = 0
+
+        async def flood() -> None:
+            nonlocal flooded
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with self._client(4) as client:
+                for i in range(round(seconds * 10) if factor else 0):
+                    await asyncio.sleep(max(0.0, t0 + i / 10 - loop.time()))
+                    await self._post(client, "/v1/jobs/batch", batch, headers)
+                    flooded += per_batch
+
+        tally, _ = await asyncio.gather(self._load(open_loop(victim, rate, seconds)), flood())
+        accepted = self._accepted(tally, round(rate * seconds))
+        await self._wait_succeeded(accepted + flooded)
+        due = await self.db.fetch(
+            "SELECT extract(epoch FROM started_at - run_at) * 1000 AS ms FROM jobs"
+            " WHERE tenant = $1 ORDER BY 1",
+            VICTIM,
+        )
+        due_ms = [float(row["ms"]) for row in due]
+        return FairPoint(
+            run=run,
+            fair=self.config.fair_depth != 0,
+            flood=factor,
+            victim_jobs=accepted,
+            flood_jobs=flooded,
+            due_p50_ms=percentile(due_ms, 50) if due_ms else None,
+            due_p99_ms=percentile(due_ms, 99) if due_ms else None,
         )
 
     async def run_single(self, jobs: int, clients: int, run: int) -> Result:

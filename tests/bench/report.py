@@ -14,9 +14,13 @@ from tests.bench.procstat import BENCH, POSTGRES, RABBITMQ, Usage
 BATCH, SINGLE = "jobq batch", "jobq single"
 #: The batch run again on a second jobq with ``JOBQ_METRICS=false``: what counting costs.
 BATCH_NO_METRICS = "jobq batch, no metrics"
+#: The batch run on a jobq with fair dispatch off (``JOBQ_FAIR_DEPTH=0``), and on the first
+#: with every job naming a concurrency key (each held, then released by the dispatcher).
+BATCH_FAIR_OFF = "jobq batch, fair off"
+BATCH_KEYS = "jobq batch, keyed"
 CELERY, CELERY_PG = "celery", "celery+pg"
 DRAMATIQ, DRAMATIQ_CONFIRM = "dramatiq", "dramatiq+confirm"
-JOBQ = (BATCH, BATCH_NO_METRICS, SINGLE)
+JOBQ = (BATCH, BATCH_NO_METRICS, BATCH_FAIR_OFF, BATCH_KEYS, SINGLE)
 PEERS = (CELERY, CELERY_PG, DRAMATIQ, DRAMATIQ_CONFIRM)
 SYSTEMS = JOBQ + PEERS
 #: The services' roles in the CPU table, in order; the bench process comes after their sum.
@@ -91,6 +95,43 @@ class OpenLoop:
             and self.p99_ms is not None
             and self.p99_ms < P99_BUDGET_MS
         )
+
+
+@dataclass(frozen=True)
+class FairPoint:
+    """A victim tenant's due-to-start latencies (ms) beside a flood ``flood`` times its rate
+    (0: alone), with fair dispatch on or off."""
+
+    run: int
+    fair: bool
+    flood: int
+    victim_jobs: int
+    flood_jobs: int
+    due_p50_ms: float | None
+    due_p99_ms: float | None
+
+
+def _fairness(points: Sequence[FairPoint]) -> str:
+    groups: dict[tuple[bool, int], list[FairPoint]] = {}
+    for p in points:
+        groups.setdefault((p.fair, p.flood), []).append(p)
+    rows = [
+        [
+            "on" if fair else "off",
+            f"{flood}x" if flood else "none",
+            str(round(median(p.victim_jobs for p in at) or 0)),
+            str(round(median(p.flood_jobs for p in at) or 0)),
+            _fmt(median(p.due_p50_ms for p in at)),
+            _fmt(median(p.due_p99_ms for p in at)),
+            " ".join(_fmt(p.due_p99_ms) for p in at),
+        ]
+        for (fair, flood), at in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
+    ]
+    return _table(
+        ["fair", "flood", "victim jobs", "flood jobs", "due p50 ms", "due p99 ms", "p99 each run"],
+        rows,
+        left=2,
+    )
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -300,9 +341,13 @@ def _usage(results: Sequence[Result]) -> str:
     return _table(["system", *header], rows)
 
 
-def render(results: Sequence[Result], open_loop: Sequence[OpenLoop]) -> str:
+def render(
+    results: Sequence[Result],
+    open_loop: Sequence[OpenLoop],
+    fairness: Sequence[FairPoint] = (),
+) -> str:
     """Every table that has something to show, medians first, then each run."""
-    runs = len({r.run for r in results} | {p.run for p in open_loop})
+    runs = len({r.run for r in results} | {p.run for p in open_loop} | {p.run for p in fairness})
     sections = []
     if results:
         sections += [
@@ -321,6 +366,12 @@ def render(results: Sequence[Result], open_loop: Sequence[OpenLoop]) -> str:
             " request's scheduled departure;\ndue-to-start: run_at .. started_at in PostgreSQL;"
             " non-2xx and no answer summed over the runs):",
             _open_loop(open_loop),
+        ]
+    if fairness:
+        sections += [
+            "\nA victim tenant's due-to-start (run_at .. started_at) beside a flood from another"
+            " tenant, medians (docs/design.md §2.2):",
+            _fairness(fairness),
         ]
     if any(r.usage for r in results):
         sections += [
