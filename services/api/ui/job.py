@@ -1,0 +1,55 @@
+"""``/ui/jobs/{id}``: one job of the caller's tenant, its timeline and a link to its trace;
+another tenant's job is 404, as in the API."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+from litestar.response import Template
+
+from services.api.auth import requires_scopes
+from services.api.schemas import JobOut
+from services.api.ui.render import UiRequest, page
+from services.api.ui.timeline import timeline
+from shared.config import Settings
+from shared.db.jobs import JobStore
+from shared.domain import TERMINAL
+
+
+def trace_link(template: str, trace_id: str | None) -> str | None:
+    """``JOBQ_UI_TRACE_URL`` with the job's trace id in it; ``None`` without either."""
+    return template.replace("{trace_id}", trace_id) if template and trace_id else None
+
+
+@get(
+    "/ui/jobs/{job_id:uuid}",
+    guards=[requires_scopes],
+    opt={"scopes": ["jobs:read"]},
+    include_in_schema=False,
+)
+async def job_page(
+    request: UiRequest,
+    job_id: FromPath[uuid.UUID],
+    store: NamedDependency[JobStore],
+    settings: NamedDependency[Settings],
+) -> Template:
+    row = await store.get(request.user.tenant, job_id)
+    if row is None:
+        raise NotFoundException(detail=f"no job {job_id}")
+    job = JobOut.of(row)
+    return page(
+        request,
+        "job.html",
+        job=job,
+        events=timeline(job),
+        trace_url=trace_link(settings.ui_trace_url, job.trace_id),
+        finished=job.status in TERMINAL,
+        can_replay="jobs:write" in request.user.scopes and job.status in ("dead", "canceled"),
+    )
+
+
+ROUTES = [job_page]

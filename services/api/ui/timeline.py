@@ -1,0 +1,67 @@
+"""A job's history as the dashboard shows it, read from its row alone (pure).
+
+The row keeps every failed attempt in ``errors`` (each with its ``attempt`` number, no
+instant), so a replay shows where the numbering starts again: ``attempts`` is reset to 0 by
+``POST /v1/jobs/{id}/retry`` and the dashboard's replay, the errors before it are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+#: What an event was: how the page marks it.
+OK, BAD, INFO = "ok", "bad", "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    title: str
+    detail: str = ""
+    at: datetime | None = None
+    tone: str = INFO
+
+
+def timeline(job: Any) -> list[Event]:
+    """Created, dependencies, each failed attempt (and each replay), the running or last
+    attempt, and how it ended; in the order they happened."""
+    events = [Event("created", f"queue {job.queue}, priority {job.priority}", job.created_at)]
+    if job.depends_on:
+        left = job.waiting_on or 0
+        events.append(
+            Event(
+                "waits for dependencies",
+                f"{len(job.depends_on)} jobs, {left} not finished"
+                f" (if one fails: {job.on_dependency_failure or 'cancel'})",
+            )
+        )
+    previous = 0
+    for error in job.errors or []:
+        attempt = error.get("attempt", 0) if isinstance(error, dict) else 0
+        if previous and attempt <= previous:
+            events.append(Event("re-queued by hand", "a fresh attempt budget"))
+        previous = attempt
+        events.append(Event(f"attempt {attempt} failed", describe(error), tone=BAD))
+    if job.started_at is not None:
+        started = Event(f"attempt {job.attempts} started", at=job.started_at)
+        # The last attempt failed: it started before its error.
+        last_failed = previous == job.attempts and job.status in ("retrying", "dead")
+        events.insert(len(events) - 1 if last_failed else len(events), started)
+    if job.status == "running" and job.progress:
+        fraction = job.progress.get("fraction")
+        share = f"{fraction:.0%}" if isinstance(fraction, int | float) else ""
+        events.append(
+            Event("progress", " ".join(filter(None, [share, job.progress.get("message")])))
+        )
+    if job.finished_at is not None:
+        tone = OK if job.status == "succeeded" else BAD if job.status == "dead" else INFO
+        events.append(Event(str(job.status), at=job.finished_at, tone=tone))
+    return events
+
+
+def describe(error: Any) -> str:
+    """``Type: message`` of a recorded error, whatever shape it has."""
+    if not isinstance(error, dict):
+        return str(error)
+    return ": ".join(str(error[k]) for k in ("type", "message") if error.get(k))

@@ -1,0 +1,200 @@
+"""The dashboard's pages through Litestar's test client, on real PostgreSQL and RabbitMQ:
+login and logout, each page rendered from real rows, errors as pages."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.api.app import create_app
+from shared.config import Settings
+from shared.db.clients import ClientStore
+from tests.conftest import Bearer
+
+Client = AsyncTestClient[Litestar]
+pytestmark = pytest.mark.integration
+TRACE_URL = "http://jaeger.example:16686/trace/{trace_id}"
+
+
+@pytest.fixture
+async def ui(settings: Settings, clean: None) -> AsyncIterator[Client]:
+    app = create_app(replace(settings, ui_trace_url=TRACE_URL))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+async def log_in(
+    ui: Client,
+    engine: AsyncEngine,
+    tenant: str = "acme",
+    scopes: tuple[str, ...] = ("jobs:read", "jobs:write"),
+) -> Any:
+    """Log in through the form with a new client's credentials; the overview's answer."""
+    client, secret = await ClientStore(engine).register("ui", tenant, list(scopes))
+    form = await ui.get("/ui/login")
+    r = await ui.post(
+        "/ui/login",
+        data={"client_id": str(client.id), "client_secret": secret, "csrf": csrf_of(form.text)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/ui"
+    return r
+
+
+async def dead_job(ui: Client, engine: AsyncEngine, headers: dict[str, str], **job: Any) -> str:
+    """A job submitted through the API, then dead after three failed attempts."""
+    r = await ui.post("/v1/jobs", json={"type": "noop", **job}, headers=headers)
+    assert r.status_code == 202, r.text
+    errors = [{"type": "RuntimeError", "message": f"boom {n}", "attempt": n} for n in (1, 2, 3)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE jobs SET status = 'dead', attempts = 3, max_attempts = 3,"
+                " errors = CAST(:errors AS jsonb), last_error = CAST(:last AS jsonb),"
+                " started_at = now(), finished_at = now(), published_at = now(),"
+                " updated_at = now() WHERE id = :id"
+            ),
+            {"errors": json.dumps(errors), "last": json.dumps(errors[-1]), "id": r.json()["id"]},
+        )
+    return str(r.json()["id"])
+
+
+async def test_logging_in_sets_a_strict_http_only_cookie_scoped_to_ui(
+    ui: Client, engine: AsyncEngine
+) -> None:
+    r = await log_in(ui, engine)
+    cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and "jobq_ui=" in v)
+    assert "httponly" in cookie.lower()
+    assert "samesite=strict" in cookie.lower()
+    assert "Path=/ui" in cookie
+    assert "Secure" not in cookie  # served over http here
+    overview = await ui.get("/ui")
+    assert overview.status_code == 200
+    assert '<th title="">default</th>' in overview.text
+    assert "acme" in overview.text
+
+
+async def test_wrong_credentials_show_the_form_again_and_set_no_session(
+    ui: Client, engine: AsyncEngine
+) -> None:
+    client, _ = await ClientStore(engine).register("ui", "acme", ["jobs:read"])
+    form = await ui.get("/ui/login")
+    r = await ui.post(
+        "/ui/login",
+        data={
+            "client_id": str(client.id),
+            "client_secret": "jqs_wrong",
+            "csrf": csrf_of(form.text),
+        },
+    )
+    assert r.status_code == 401
+    assert "Unknown client id or wrong secret" in r.text
+    assert "jobq_ui=" not in r.headers.get("set-cookie", "").replace("jobq_ui_login=", "")
+    assert (await ui.get("/ui", follow_redirects=False)).status_code == 303
+
+
+async def test_a_page_without_a_session_sends_to_the_login_form(ui: Client) -> None:
+    r = await ui.get("/ui/dead", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/ui/login"
+    ui.cookies.set("jobq_ui", "not-a-token", path="/ui")
+    ended = await ui.get("/ui", follow_redirects=False)
+    assert ended.status_code == 303
+    assert ended.headers["location"] == "/ui/login?expired=1"
+    assert 'jobq_ui=""' in ended.headers["set-cookie"]  # forgotten
+    form = await ui.get(ended.headers["location"])
+    assert "Your session ended" in form.text
+
+
+async def test_logging_out_forgets_the_session(ui: Client, engine: AsyncEngine) -> None:
+    await log_in(ui, engine)
+    page = await ui.get("/ui")
+    r = await ui.post("/ui/logout", data={"csrf": csrf_of(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/ui/login"
+    assert (await ui.get("/ui", follow_redirects=False)).headers["location"] == "/ui/login"
+
+
+async def test_the_overview_shows_depth_rates_and_recent_failures(
+    ui: Client, engine: AsyncEngine, bearer: Bearer
+) -> None:
+    h = await bearer()
+    for _ in range(2):
+        assert (await ui.post("/v1/jobs", json={"type": "noop"}, headers=h)).status_code == 202
+    dead = await dead_job(ui, engine, h)
+    await dead_job(ui, engine, await bearer(tenant="globex"))  # not acme's
+    await log_in(ui, engine)
+    html = (await ui.get("/ui")).text
+    row = re.search(r"<th title=\"\">default</th>(.*?)</tr>", html, re.S)
+    assert row
+    cells = re.findall(r'<td class="n[^"]*">([^<]*)</td>', row.group(1))
+    # waiting scheduled queued running retrying succeeded dead canceled | ready oldest | rates
+    assert cells[:8] == ["0", "0", "2", "0", "0", "0", "1", "0"]
+    assert cells[8] == "2"  # ready
+    assert cells[11] == "0.2"  # dead per minute: one in five minutes
+    assert f"/ui/jobs/{dead}" in html
+    assert "RuntimeError: boom 3" in html
+    assert "broker ready" not in html  # admin only
+
+
+async def test_the_dead_letter_page_lists_dead_jobs_with_a_replay_button(
+    ui: Client, engine: AsyncEngine, bearer: Bearer
+) -> None:
+    h = await bearer()
+    dead = await dead_job(ui, engine, h)
+    await ui.post("/v1/jobs", json={"type": "noop"}, headers=h)  # queued: not listed
+    await log_in(ui, engine)
+    html = (await ui.get("/ui/dead")).text
+    assert html.count("<tr data-job=") == 1
+    assert f'action="/ui/jobs/{dead}/replay"' in html
+
+
+async def test_a_replay_requeues_the_dead_job_and_shows_it(
+    ui: Client, engine: AsyncEngine, bearer: Bearer
+) -> None:
+    dead = await dead_job(ui, engine, await bearer())
+    await log_in(ui, engine)
+    csrf = csrf_of((await ui.get("/ui/dead")).text)
+    r = await ui.post(f"/ui/jobs/{dead}/replay", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/ui/jobs/{dead}"
+    job = (await ui.get(r.headers["location"])).text
+    assert 'id="status">queued<' in job
+    assert "re-queued by hand" not in job  # no attempt failed since
+    again = await ui.post(f"/ui/jobs/{dead}/replay", data={"csrf": csrf})
+    assert again.status_code == 409  # the API's refusal, as a page
+    assert "only dead or canceled jobs can be retried" in again.text
+
+
+async def test_the_job_page_shows_its_timeline_payload_and_trace_link(
+    ui: Client, engine: AsyncEngine, bearer: Bearer
+) -> None:
+    payload = {"note": "<script>alert(1)</script>"}
+    dead = await dead_job(ui, engine, await bearer(), payload=payload)
+    await log_in(ui, engine)
+    r = await ui.get(f"/ui/jobs/{dead}")
+    assert r.status_code == 200
+    html = r.text
+    for n in (1, 2, 3):
+        assert f"attempt {n} failed" in html
+        assert f"RuntimeError: boom {n}" in html
+    assert html.index("attempt 3 started") < html.index("attempt 3 failed")
+    assert re.search(r'href="http://jaeger\.example:16686/trace/[0-9a-f]{32}"', html)
+    assert "<script>alert(1)</script>" not in html  # autoescaped
+    assert "&lt;script&gt;" in html or "\\u003cscript\\u003e" in html
