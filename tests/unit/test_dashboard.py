@@ -69,6 +69,19 @@ def test_a_replay_shows_where_the_attempts_start_again() -> None:
     ]  # fmt: skip
 
 
+def test_a_replayed_job_that_succeeded_shows_its_replay() -> None:
+    j = job(errors=[failed(1), failed(2)], attempts=1, status="succeeded", started_at=T0,
+            finished_at=T0)  # fmt: skip
+    assert titles(j) == [
+        "created", "attempt 1 failed", "attempt 2 failed", "re-queued by hand",
+        "attempt 1 started", "succeeded",
+    ]  # fmt: skip
+    queued = job(errors=[failed(1)], attempts=0, status="queued")
+    assert titles(queued) == ["created", "attempt 1 failed", "re-queued by hand"]
+    retrying = job(errors=[failed(1)], attempts=1, status="retrying", started_at=T0)
+    assert titles(retrying) == ["created", "attempt 1 started", "attempt 1 failed"]
+
+
 def test_dependencies_and_progress_are_shown() -> None:
     j = job(
         depends_on=[uuid.uuid4(), uuid.uuid4()], waiting_on=1, status="running", attempts=1,

@@ -43,6 +43,8 @@ def timeline(job: Any) -> list[Event]:
             events.append(Event("re-queued by hand", "a fresh attempt budget"))
         previous = attempt
         events.append(Event(f"attempt {attempt} failed", describe(error), tone=BAD))
+    if previous and job.attempts < previous:  # re-queued after its last failure
+        events.append(Event("re-queued by hand", "a fresh attempt budget"))
     if job.started_at is not None:
         started = Event(f"attempt {job.attempts} started", at=job.started_at)
         # The last attempt failed: it started before its error.
