@@ -206,15 +206,17 @@ def create_app(
                 ],
                 security=[{"BearerToken": []}],
             ),
-            *ui.routers(authenticator),
+            *ui.routers(),
         ],
         lifespan=[resources],
         dependencies=dependencies,
         middleware=[
             DefineMiddleware(SubmitTimer, metrics=metrics),
-            # The dashboard authenticates its own pages (a cookie or the header).
             DefineMiddleware(
-                BearerAuth, authenticator=authenticator, exclude=[*PUBLIC_PATHS, "^/ui($|/)"]
+                BearerAuth,
+                authenticator=authenticator,
+                exclude=[*PUBLIC_PATHS, *ui.PUBLIC_PATHS],
+                session_cookie=(ui.PREFIX, ui.SESSION),
             ),
         ],
         before_send=[ui.security_headers],

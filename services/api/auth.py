@@ -84,18 +84,29 @@ class Authenticator:
 
 class BearerAuth(AbstractAuthenticationMiddleware):
     """Verifies ``Authorization: Bearer <JWT>``; anything else is 401. Paths matching
-    ``exclude`` (by default ``PUBLIC_PATHS``) are served without it."""
+    ``exclude`` (by default ``PUBLIC_PATHS``) are served without it; under the path prefix of
+    ``session_cookie`` (the dashboard's, ``services.api.ui.session``), its cookie may carry
+    the token instead."""
 
     def __init__(
-        self, app: ASGIApp, authenticator: Authenticator, exclude: list[str] | None = None
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        exclude: list[str] | None = None,
+        session_cookie: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(app, exclude=PUBLIC_PATHS if exclude is None else exclude)
         self.authenticator = authenticator
+        self.session_cookie = session_cookie
 
     def token_of(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         """The presented token, ``""`` if none."""
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        if self.session_cookie and connection.scope["path"].startswith(self.session_cookie[0]):
+            return connection.cookies.get(self.session_cookie[1], "")
+        return ""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]

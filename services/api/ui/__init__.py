@@ -4,27 +4,30 @@ pages (Jinja2, autoescaped), one module per page, a stylesheet and no JavaScript
 from __future__ import annotations
 
 from litestar import Router
-from litestar.middleware import DefineMiddleware
 from litestar.static_files import create_static_files_router
 
-from services.api.auth import Authenticator
 from services.api.ui import dead, job, login, overview
 from services.api.ui.render import HERE, template_config
-from services.api.ui.session import EXCEPTION_HANDLERS, PREFIX, UiAuth, security_headers
+from services.api.ui.session import (
+    EXCEPTION_HANDLERS,
+    PREFIX,
+    PUBLIC_PATHS,
+    SESSION,
+    security_headers,
+)
 
-__all__ = ["routers", "security_headers", "template_config"]
+__all__ = ["PREFIX", "PUBLIC_PATHS", "SESSION", "routers", "security_headers", "template_config"]
 
 #: Every page module's routes; a page's entry in the navigation is ``render.NAV``.
 PAGES = (login, overview, dead, job)
 
 
-def routers(authenticator: Authenticator) -> list[Router]:
-    """The pages, behind the session (cookie or bearer), and the public stylesheet."""
+def routers() -> list[Router]:
+    """The pages, with errors as pages, and the stylesheet."""
     return [
         Router(
             "/",
             route_handlers=[route for p in PAGES for route in p.ROUTES],
-            middleware=[DefineMiddleware(UiAuth, authenticator=authenticator)],
             exception_handlers=EXCEPTION_HANDLERS,
             include_in_schema=False,
         ),

@@ -1,8 +1,8 @@
 """The dashboard's session: the API's own token in a cookie, CSRF tokens bound to it, its
 security headers, and its errors as pages (docs/design.md §5.3).
 
-A page accepts the cookie set by the login form or an ``Authorization: Bearer`` header; both
-are verified by the API's ``Authenticator`` (the same scopes, tenant and revocation). A form
+A page accepts the cookie set by the login form or an ``Authorization: Bearer`` header
+(``services.api.auth.BearerAuth``); both are verified by the API's ``Authenticator`` (the same scopes, tenant and revocation). A form
 that changes something carries a CSRF token derived from the session's token, which a page
 of another site can neither read nor compute (and the cookie is ``SameSite=Strict`` too).
 """
@@ -19,10 +19,8 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.response import Redirect, Template
 
 from services.api import errors
-from services.api.auth import BearerAuth
 
 if TYPE_CHECKING:
-    from litestar.connection import ASGIConnection
     from litestar.types import ExceptionHandlersMap, Message, Scope
 
 #: The session cookie (the bearer token) and the login form's own CSRF cookie.
@@ -30,6 +28,8 @@ SESSION = "jobq_ui"
 LOGIN_CSRF = "jobq_ui_login"
 PREFIX = "/ui"
 LOGIN = "/ui/login"
+#: Served without a session (``services.api.auth.BearerAuth``'s ``exclude``).
+PUBLIC_PATHS = [f"^{LOGIN}$", f"^{PREFIX}/static/"]
 
 #: On every dashboard response, pages, redirects and errors alike.
 HEADERS = {
@@ -64,16 +64,6 @@ def cookie(
         key=key, value=value, max_age=max_age, path=path, httponly=True, samesite="strict",
         secure=request.url.scheme == "https",
     )  # fmt: skip
-
-
-class UiAuth(BearerAuth):
-    """``BearerAuth`` that also takes the session cookie; the login form is served without."""
-
-    def __init__(self, app: Any, authenticator: Any) -> None:
-        super().__init__(app, authenticator, exclude=[f"^{LOGIN}$"])
-
-    def token_of(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-        return super().token_of(connection) or connection.cookies.get(SESSION, "")
 
 
 async def security_headers(message: Message, scope: Scope) -> None:
