@@ -4,11 +4,18 @@ injected markup."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.app import create_app
 from services.api.ui.session import HEADERS
+from shared.config import Settings
+from shared.db.clients import ClientStore
 from tests.conftest import Bearer
 from tests.integration.dashboard import Client, csrf_of, dead_job, log_in, ui
 
@@ -169,3 +176,34 @@ async def test_the_dashboard_is_not_in_the_openapi_document(ui: Client) -> None:
     paths = (await ui.get("/schema/openapi.json")).json()["paths"]
     assert paths
     assert not [p for p in paths if p.startswith("/ui")]
+
+
+async def test_guessing_secrets_through_the_login_form_is_throttled_like_the_token_endpoint(
+    settings: Settings, clean: None, engine: AsyncEngine
+) -> None:
+    client, secret = await ClientStore(engine).register("ui", "acme", ["jobs:read"])
+    limited = replace(settings, token_client_failures_per_minute=2)
+    async with AsyncTestClient(app=create_app(limited)) as ui:
+
+        async def attempt(password: str) -> Any:
+            form = await ui.get("/ui/login")
+            return await ui.post(
+                "/ui/login",
+                data={"client_id": str(client.id), "client_secret": password,
+                      "csrf": csrf_of(form.text)},
+                follow_redirects=False,
+            )  # fmt: skip
+
+        assert [(await attempt("jqs_guess")).status_code for _ in range(2)] == [401, 401]
+        refused = await attempt(secret)  # even the right secret, once the budget is spent
+        assert refused.status_code == 429
+        assert "Too many failed attempts" in refused.text
+        assert int(refused.headers["retry-after"]) > 0
+        assert "jobq_ui=" not in refused.headers.get("set-cookie", "").replace("jobq_ui_", "")
+        # the API's endpoint shares the budget: one check for both
+        token = await ui.post(
+            "/v1/auth/token",
+            data={"grant_type": "client_credentials", "client_id": str(client.id),
+                  "client_secret": secret},
+        )  # fmt: skip
+        assert token.status_code == 429

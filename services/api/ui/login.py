@@ -42,12 +42,18 @@ class CsrfForm(msgspec.Struct):
     csrf: str = ""
 
 
-def _form(request: Request[Any, Any, Any], message: str = "", status: int = 200) -> Template:
+def _form(
+    request: Request[Any, Any, Any],
+    message: str = "",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Template:
     token = secrets.token_urlsafe(24)
     return Template(
         template_name="login.html",
         context={"nav": (), "csrf": token, "message": message},
         status_code=status,
+        headers=headers,
         cookies=[cookie(request, LOGIN_CSRF, token, FORM_SECONDS, LOGIN)],
     )
 
@@ -78,7 +84,10 @@ async def login(
     except (NotAuthorizedException, ClientException):
         return _form(request, "Unknown client id or wrong secret.", 401)
     except TooManyRequests as exc:
-        return _form(request, f"Too many failed attempts: wait {exc.retry_after}s.", 429)
+        wait = str(exc.retry_after)
+        return _form(
+            request, f"Too many failed attempts: wait {wait}s.", 429, {"Retry-After": wait}
+        )
     redirect = Redirect(
         PREFIX,
         status_code=303,
