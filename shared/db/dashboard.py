@@ -1,4 +1,4 @@
-"""The dashboard's reads beyond the API's (docs/design.md §5.3): what a tenant's queues
+"""The dashboard's reads beyond the API's (docs/design.md §5.9): what a tenant's queues
 finished lately, and its jobs that failed lately. Each is bounded by an index and a limit."""
 
 from __future__ import annotations

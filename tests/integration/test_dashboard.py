@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.clients import ClientStore
@@ -120,10 +121,14 @@ async def test_a_replay_requeues_the_dead_job_and_shows_it(
     assert r.headers["location"] == f"/ui/jobs/{dead}"
     job = (await ui.get(r.headers["location"])).text
     assert 'id="status">queued<' in job
-    assert job.index("attempt 3 failed") < job.index("re-queued by hand")
+    # recorded, as every replay is (docs/design.md §8): by whom, when
+    assert job.index("attempt 3 failed") < job.index("replayed") < job.index("by client")
     again = await ui.post(f"/ui/jobs/{dead}/replay", data={"csrf": csrf})
-    assert again.status_code == 409  # the API's refusal, as a page
-    assert "only dead or canceled jobs can be retried" in again.text
+    assert again.status_code == 409  # never replayed twice; the refusal as a page
+    assert "only a dead job can be replayed; this one is queued" in again.text
+    async with engine.connect() as conn:
+        actors = (await conn.execute(sa.text("SELECT actor FROM dead_letter_replays"))).all()
+    assert len(actors) == 1
 
 
 async def test_the_job_page_shows_its_timeline_payload_and_trace_link(

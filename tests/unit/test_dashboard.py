@@ -82,6 +82,17 @@ def test_a_replayed_job_that_succeeded_shows_its_replay() -> None:
     assert titles(retrying) == ["created", "attempt 1 started", "attempt 1 failed"]
 
 
+def test_recorded_replays_name_who_made_them_and_a_retry_after_them_does_not() -> None:
+    replay = SimpleNamespace(at=T0, actor="c-1", queue_before="default", queue_after="slow")
+    j = job(errors=[failed(1), failed(1)], attempts=0, status="queued")
+    events = timeline(j, [replay])
+    assert [e.title for e in events] == [
+        "created", "attempt 1 failed", "replayed", "attempt 1 failed", "re-queued by hand",
+    ]  # fmt: skip
+    assert events[2].detail == "by client c-1, into queue slow"
+    assert events[2].at == T0
+
+
 def test_dependencies_and_progress_are_shown() -> None:
     j = job(
         depends_on=[uuid.uuid4(), uuid.uuid4()], waiting_on=1, status="running", attempts=1,

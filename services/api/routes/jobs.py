@@ -239,15 +239,8 @@ async def retry_job(
     outbox: NamedDependency[Outbox],
 ) -> JobOut:
     """Queue a dead or canceled job again with a fresh attempt budget; otherwise 409."""
-    return JobOut.of(await requeue(store, outbox, request.user.tenant, job_id))
-
-
-async def requeue(store: JobStore, outbox: Outbox, tenant: str, job_id: uuid.UUID) -> JobRow:
-    """The retry move and its ticket's publish, for the API and the dashboard's replay
-    (``services.api.ui.dead``): ``NotFoundException`` for a job not of ``tenant``,
-    ``Conflict`` for one that is neither dead nor canceled, or whose queue is gone."""
     try:
-        job, ticket = await store.retry(tenant, job_id)
+        job, ticket = await store.retry(request.user.tenant, job_id)
     except UndeclaredQueue as exc:
         raise Conflict(detail=f"{exc}: declare it again to retry this job") from None
     if job is None:
@@ -257,7 +250,7 @@ async def requeue(store: JobStore, outbox: Outbox, tenant: str, job_id: uuid.UUI
             detail=f"only dead or canceled jobs can be retried; this one is {job.status}"
         )
     await outbox.send([ticket], "retried")
-    return job
+    return JobOut.of(job)
 
 
 @get(

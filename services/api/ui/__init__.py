@@ -1,4 +1,4 @@
-"""The dashboard, served by the API under ``/ui`` (docs/design.md §5.3): server-rendered
+"""The dashboard, served by the API under ``/ui`` (docs/design.md §5.9): server-rendered
 pages (Jinja2, autoescaped), one module per page, a stylesheet and no JavaScript."""
 
 from __future__ import annotations

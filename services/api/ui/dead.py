@@ -1,7 +1,9 @@
-"""``/ui/dead``: the tenant's dead jobs, newest first, each with a replay button.
+"""``/ui/dead``: the tenant's dead jobs, those that died last first, each with a replay button.
 
-A replay is the API's retry (``services.api.routes.jobs.requeue``: the same move, the same
-ticket through the outbox), behind scope ``jobs:write`` and the session's CSRF token.
+Both are the dead-letter resource's (docs/design.md §8): the list is ``GET /v1/dead``'s read,
+a replay is ``POST /v1/dead/replay`` of one id (``DeadLetters.replay``: recorded with who made
+it, never twice, its ticket through the outbox), behind scope ``jobs:write`` and the
+session's CSRF token.
 """
 
 from __future__ import annotations
@@ -12,42 +14,44 @@ from typing import Annotated
 from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery
+from litestar.exceptions import NotFoundException
+from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from services.api.auth import requires_scopes
-from services.api.routes.jobs import requeue
+from services.api.cursors import DEAD_CURSOR, dead_cursor, parse_dead_cursor
+from services.api.dead_letters import DeadLetters, dead_filter
+from services.api.errors import Conflict
+from services.api.schemas import ReplayIn
 from services.api.ui.login import CsrfForm
 from services.api.ui.render import UiRequest, page
 from services.api.ui.session import check_csrf
 from shared.config import Settings
-from shared.db.jobs import JobStore
-from shared.domain import JobStatus
-from shared.outbox import Outbox
+from shared.db.dead_letters import DeadLetterStore
 
-#: Dead jobs on a page; ``before`` (the last one's id) pages on.
+#: Dead jobs on a page; ``cursor`` pages on.
 PAGE_SIZE = 50
 
 
 @get("/ui/dead", guards=[requires_scopes], opt={"scopes": ["jobs:read"]}, include_in_schema=False)
 async def dead_letters(
     request: UiRequest,
-    store: NamedDependency[JobStore],
+    dead_store: NamedDependency[DeadLetterStore],
     settings: NamedDependency[Settings],
-    before: FromQuery[uuid.UUID | None] = None,
+    cursor: Annotated[str | None, QueryParameter(pattern=DEAD_CURSOR)] = None,
 ) -> Template:
-    jobs, more = await store.list(
-        request.user.tenant,
+    jobs, more = await dead_store.list(
+        dead_filter(request.user.tenant, None),
         limit=PAGE_SIZE,
         max_bytes=settings.max_page_bytes,
-        before=before,
-        status=JobStatus.DEAD,
+        after=parse_dead_cursor(cursor) if cursor else None,
     )
+    last = jobs[-1] if more else None
     return page(
         request,
         "dead.html",
         jobs=jobs,
-        older=jobs[-1].id if more else None,
+        older=dead_cursor(last.finished_at, last.id) if last is not None else None,
         can_replay="jobs:write" in request.user.scopes,
     )
 
@@ -63,12 +67,17 @@ async def replay(
     request: UiRequest,
     job_id: FromPath[uuid.UUID],
     data: Annotated[CsrfForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
-    store: NamedDependency[JobStore],
-    outbox: NamedDependency[Outbox],
+    dead_letters: NamedDependency[DeadLetters],
 ) -> Redirect:
-    """Re-queue the job and show it."""
+    """Replay the dead job and show it; one that is not (any more) dead is ``409``."""
     check_csrf(request, data.csrf)
-    await requeue(store, outbox, request.user.tenant, job_id)
+    outcome = await dead_letters.replay(request.user, ReplayIn(ids=[job_id]), None)
+    for skipped in outcome.skipped:
+        if skipped.reason == "not_found":
+            raise NotFoundException(detail=f"no job {job_id}")
+        if skipped.reason == "not_dead":
+            raise Conflict(detail=f"only a dead job can be replayed; this one is {skipped.status}")
+        raise Conflict(detail=f"its queue is no longer declared ({skipped.reason})")
     return Redirect(f"/ui/jobs/{job_id}", status_code=303)
 
 

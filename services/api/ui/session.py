@@ -1,5 +1,5 @@
 """The dashboard's session: the API's own token in a cookie, CSRF tokens bound to it, its
-security headers, and its errors as pages (docs/design.md §5.3).
+security headers, and its errors as pages (docs/design.md §5.9).
 
 A page accepts the cookie set by the login form or an ``Authorization: Bearer`` header
 (``services.api.auth.BearerAuth``); both are verified by the API's ``Authenticator`` (the same scopes, tenant and revocation). A form
