@@ -2,9 +2,10 @@
 security headers, and its errors as pages (docs/design.md §5.9).
 
 A page accepts the cookie set by the login form or an ``Authorization: Bearer`` header
-(``services.api.auth.BearerAuth``); both are verified by the API's ``Authenticator`` (the same scopes, tenant and revocation). A form
-that changes something carries a CSRF token derived from the session's token, which a page
-of another site can neither read nor compute (and the cookie is ``SameSite=Strict`` too).
+(``services.api.auth.BearerAuth``); both are verified by the API's ``Authenticator`` (the
+same scopes, tenant and revocation). A form that changes something carries a CSRF token
+derived from the session's token, which a page of another site can neither read nor compute
+(and the cookie is ``SameSite=Strict`` too).
 """
 
 from __future__ import annotations
