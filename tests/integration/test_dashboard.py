@@ -4,11 +4,16 @@ login and logout, each page rendered from real rows, errors as pages."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.app import token_config
+from services.api.tokens import Principal, issue
+from shared.config import Settings
+from shared.credentials import credential_digest
 from shared.db.clients import ClientStore
 from tests.conftest import Bearer
 from tests.integration.dashboard import Client, csrf_of, dead_job, log_in, ui
@@ -149,3 +154,25 @@ async def test_the_job_page_shows_its_timeline_payload_and_trace_link(
     assert re.search(r'href="http://jaeger\.example:16686/trace/[0-9a-f]{32}"', html)
     assert "<script>alert(1)</script>" not in html  # autoescaped
     assert "&lt;script&gt;" in html or "\\u003cscript\\u003e" in html
+
+
+async def test_an_expired_or_revoked_session_ends_at_the_login_form_with_a_message(
+    ui: Client, engine: AsyncEngine, settings: Settings
+) -> None:
+    await log_in(ui, engine)
+    (client,) = [c for c in await ClientStore(engine).list() if c.name == "ui"]
+    principal = Principal(
+        str(client.id), "acme", frozenset({"jobs:read"}),
+        credential=credential_digest(client.secret_hash),
+    )  # fmt: skip
+    expired = issue(token_config(settings), principal, time.time() - 3600, 60)
+    session = ui.cookies["jobq_ui"]
+    for token, then in ((expired, None), (session, client.id)):
+        ui.cookies.set("jobq_ui", token, path="/ui")
+        if then is not None:
+            assert (await ui.get("/ui", follow_redirects=False)).status_code == 200
+            assert await ClientStore(engine).revoke(then)
+        r = await ui.get("/ui/dead", follow_redirects=False)
+        assert r.status_code == 303
+        assert r.headers["location"] == "/ui/login?expired=1"
+        assert "Your session ended" in (await ui.get(r.headers["location"])).text
