@@ -1,5 +1,6 @@
 """The dashboard's reads beyond the API's (docs/design.md §5.9): what a tenant's queues
-finished lately, and its jobs that failed lately. Each is bounded by an index and a limit."""
+finished lately, and its jobs that failed lately. Each reads ranges of an index, bounded by
+a window and (failures) a limit."""
 
 from __future__ import annotations
 
@@ -24,13 +25,20 @@ FINISHED = """
     GROUP BY queue, status
 """
 
-#: Jobs of tenant ``$1`` retrying or dead whose last move was within ``$2`` seconds, newest
-#: first, at most ``$3``: read through ``jobs_tenant_status_id``.
+#: Jobs of tenant ``$1`` that failed within the last ``$2`` seconds, newest first, at most
+#: ``$3``: those that died (a range of ``jobs_dead``, read backwards) and those waiting out a
+#: retry's backoff (``jobs_tenant_status_id``: live jobs, few), each bounded by the limit.
 FAILURES = """
-    SELECT id, type, queue, status, attempts, max_attempts, last_error, updated_at FROM jobs
-    WHERE tenant = $1 AND status IN ('retrying', 'dead')
-      AND updated_at > now() - make_interval(secs => $2::float8)
-    ORDER BY updated_at DESC LIMIT $3
+    (SELECT id, type, queue, status, attempts, max_attempts, last_error, finished_at AS at
+     FROM jobs WHERE tenant = $1 AND status = 'dead'
+       AND finished_at > now() - make_interval(secs => $2::float8)
+     ORDER BY finished_at DESC, id DESC LIMIT $3)
+    UNION ALL
+    (SELECT id, type, queue, status, attempts, max_attempts, last_error, updated_at AS at
+     FROM jobs WHERE tenant = $1 AND status = 'retrying'
+       AND updated_at > now() - make_interval(secs => $2::float8)
+     ORDER BY updated_at DESC LIMIT $3)
+    ORDER BY at DESC LIMIT $3
 """
 
 
@@ -46,7 +54,8 @@ class Failure:
     max_attempts: int
     #: ``{"type", "message", "attempt", ...}`` as the attempt recorded it.
     last_error: Any
-    updated_at: datetime
+    #: When it died, or when its attempt failed.
+    at: datetime
 
 
 class DashboardStore:
