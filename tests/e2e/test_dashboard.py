@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import jobq
 import pytest
 
@@ -68,6 +69,14 @@ async def test_an_operator_replays_a_dead_job_from_the_dashboard_and_sees_it_suc
             for j in done:
                 assert (await api.wait(j.id, timeout=30)).status == "succeeded"
             assert (await api.wait(dead.id, timeout=30)).status == "dead"
+            schedule = {"name": "nightly-report", "cron": "30 2 * * *", "timezone": "Europe/Paris",
+                        "job": {"type": "echo", "payload": {"report": "daily"}}}  # fmt: skip
+            async with httpx.AsyncClient(base_url=c.url, timeout=10) as http:
+                r = await http.post(
+                    "/v1/schedules", json=schedule,
+                    headers={"Authorization": f"Bearer {await api.token()}"},
+                )  # fmt: skip
+                assert r.status_code == 201, r.text
 
         async with chromium(tmp_path) as page:
             await page.goto(f"{c.url}/ui")
@@ -101,3 +110,8 @@ async def test_an_operator_replays_a_dead_job_from_the_dashboard_and_sees_it_suc
             trace = await page.evaluate("document.querySelector('dl.facts a[target]').href")
             assert trace.startswith("http://127.0.0.1:16686/trace/")
             await page.screenshot(shots / "job.png")
+
+            await page.click('a[href="/ui/schedules"]')
+            await page.wait_for("!!document.querySelector('tr[data-schedule]')")
+            assert "nightly-report" in await page.evaluate("document.body.innerText")
+            await page.screenshot(shots / "schedules.png")

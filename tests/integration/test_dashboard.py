@@ -176,3 +176,23 @@ async def test_an_expired_or_revoked_session_ends_at_the_login_form_with_a_messa
         assert r.status_code == 303
         assert r.headers["location"] == "/ui/login?expired=1"
         assert "Your session ended" in (await ui.get(r.headers["location"])).text
+
+
+async def test_the_schedules_page_lists_the_tenants_schedules(
+    ui: Client, engine: AsyncEngine, bearer: Bearer
+) -> None:
+    every = {"cron": "*/5 * * * *", "timezone": "Europe/Paris", "job": {"type": "report.daily"}}
+    for tenant, name in (("acme", "nightly-report"), ("globex", "their-schedule")):
+        r = await ui.post(
+            "/v1/schedules", json={"name": name, **every}, headers=await bearer(tenant)
+        )
+        assert r.status_code == 201, r.text
+    await log_in(ui, engine)
+    html = (await ui.get("/ui/schedules")).text
+    assert html.count("<tr data-schedule=") == 1
+    assert "nightly-report" in html
+    assert "<code>*/5 * * * *</code>" in html
+    assert "Europe/Paris" in html
+    assert "report.daily" in html
+    assert "their-schedule" not in html
+    assert 'href="/ui/schedules" aria-current="page"' in html

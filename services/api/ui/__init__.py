@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.static_files import create_static_files_router
 
-from services.api.ui import dead, job, login, overview
+from services.api.ui import dead, job, login, overview, schedules
 from services.api.ui.render import HERE, template_config
 from services.api.ui.session import (
     EXCEPTION_HANDLERS,
@@ -19,7 +19,7 @@ from services.api.ui.session import (
 __all__ = ["PREFIX", "PUBLIC_PATHS", "SESSION", "routers", "security_headers", "template_config"]
 
 #: Every page module's routes; a page's entry in the navigation is ``render.NAV``.
-PAGES = (login, overview, dead, job)
+PAGES = (login, overview, dead, job, schedules)
 
 
 def routers() -> list[Router]:

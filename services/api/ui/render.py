@@ -21,6 +21,7 @@ HERE = Path(__file__).parent
 NAV = (
     ("Overview", "/ui"),
     ("Dead letters", "/ui/dead"),
+    ("Schedules", "/ui/schedules"),
 )
 
 UiRequest = Request[Principal, str, Any]
