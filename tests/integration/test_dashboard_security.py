@@ -77,7 +77,7 @@ async def test_a_replay_by_a_read_only_session_is_403(
 
 async def test_a_session_without_jobs_read_sees_no_page(ui: Client, engine: AsyncEngine) -> None:
     await log_in(ui, engine, scopes=("jobs:work",))
-    for path in ("/ui", "/ui/dead"):
+    for path in ("/ui", "/ui/dead", "/ui/schedules"):
         r = await ui.get(path)
         assert r.status_code == 403
         assert "missing scope: jobs:read" in r.text
