@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import get, post
+from litestar import post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
@@ -24,7 +24,7 @@ from services.api.dead_letters import DeadLetters, dead_filter
 from services.api.errors import Conflict
 from services.api.schemas import ReplayIn
 from services.api.ui.login import CsrfForm
-from services.api.ui.render import UiRequest, page
+from services.api.ui.render import UiRequest, page, view
 from services.api.ui.session import check_csrf
 from shared.config import Settings
 from shared.db.dead_letters import DeadLetterStore
@@ -33,7 +33,7 @@ from shared.db.dead_letters import DeadLetterStore
 PAGE_SIZE = 50
 
 
-@get("/ui/dead", guards=[requires_scopes], opt={"scopes": ["jobs:read"]}, include_in_schema=False)
+@view("/ui/dead")
 async def dead_letters(
     request: UiRequest,
     dead_store: NamedDependency[DeadLetterStore],

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import uuid
 
-from litestar import get
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Template
 
-from services.api.auth import requires_scopes
 from services.api.schemas import JobOut
-from services.api.ui.render import UiRequest, page
+from services.api.ui.render import UiRequest, page, view
 from services.api.ui.timeline import timeline
 from shared.config import Settings
 from shared.db.dead_letters import DeadLetterStore
@@ -26,12 +24,7 @@ def trace_link(template: str, trace_id: str | None) -> str | None:
     return template.replace("{trace_id}", trace_id) if template and trace_id else None
 
 
-@get(
-    "/ui/jobs/{job_id:uuid}",
-    guards=[requires_scopes],
-    opt={"scopes": ["jobs:read"]},
-    include_in_schema=False,
-)
+@view("/ui/jobs/{job_id:uuid}")
 async def job_page(
     request: UiRequest,
     job_id: FromPath[uuid.UUID],

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litestar import get
 from litestar.di import NamedDependency
 from litestar.response import Template
 
-from services.api.auth import requires_scopes
 from services.api.broker_stats import BrokerFigures, BrokerStats
-from services.api.ui.render import UiRequest, page
+from services.api.ui.render import UiRequest, page, view
 from shared.db.dashboard import DashboardStore
 from shared.db.jobs import JobStore
 from shared.db.models import Queue
@@ -67,7 +65,7 @@ def queue_rows(
     ]
 
 
-@get("/ui", guards=[requires_scopes], opt={"scopes": ["jobs:read"]}, include_in_schema=False)
+@view("/ui")
 async def overview(
     request: UiRequest,
     store: NamedDependency[JobStore],

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from litestar import Request
+from litestar import Request, get
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template import TemplateConfig
 
+from services.api.auth import requires_scopes
 from services.api.tokens import Principal
 from services.api.ui.session import csrf_token
 
@@ -25,6 +26,13 @@ NAV = (
 )
 
 UiRequest = Request[Principal, str, Any]
+
+
+def view(path: str) -> get:
+    """A page's route: ``GET``, scope ``jobs:read``, outside the OpenAPI document."""
+    return get(
+        path, guards=[requires_scopes], opt={"scopes": ["jobs:read"]}, include_in_schema=False
+    )
 
 
 def page(request: UiRequest, template: str, **context: Any) -> Template:

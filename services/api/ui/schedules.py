@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Template
 
-from services.api.auth import requires_scopes
-from services.api.ui.render import UiRequest, page
+from services.api.ui.render import UiRequest, page, view
 from shared.config import NAME_PATTERN
 from shared.db.schedules import ScheduleStore
 
@@ -20,12 +18,7 @@ from shared.db.schedules import ScheduleStore
 PAGE_SIZE = 100
 
 
-@get(
-    "/ui/schedules",
-    guards=[requires_scopes],
-    opt={"scopes": ["jobs:read"]},
-    include_in_schema=False,
-)
+@view("/ui/schedules")
 async def schedules_page(
     request: UiRequest,
     schedules: NamedDependency[ScheduleStore],
