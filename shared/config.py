@@ -211,7 +211,7 @@ class Settings:
     #: ``/health`` fails once a service's loop has made no progress for this long.
     liveness_deadline_seconds: float = 60.0
 
-    #: The dashboard's link from a job to its trace (docs/operations.md §5): ``{trace_id}`` is
+    #: The dashboard's link from a job to its trace (docs/operations.md §6): ``{trace_id}`` is
     #: replaced by the job's, e.g. ``http://127.0.0.1:16686/trace/{trace_id}`` for Jaeger's
     #: UI; empty: the dashboard shows the trace id without a link.
     ui_trace_url: str = ""
