@@ -88,6 +88,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"jobq up: api on {url} ({settings.api_processes} process(es); OpenAPI: {url}/schema),"
         f" scheduler, {args.workers} worker(s).\n"
         f"  token:  .venv/bin/jobq token --credentials .jobq/admin.json   (written by jobq init)\n"
+        f"  dashboard: {url}/ui (log in with the client_id and client_secret of that file)\n"
         f"  broker: http://127.0.0.1:15672 (RabbitMQ management, guest/guest)\n"
         f"  metrics: {url}/metrics, {_metrics_urls(settings, ports)}\n"
         f"  Ctrl-C stops everything.",

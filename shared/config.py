@@ -211,6 +211,11 @@ class Settings:
     #: ``/health`` fails once a service's loop has made no progress for this long.
     liveness_deadline_seconds: float = 60.0
 
+    #: The dashboard's link from a job to its trace (docs/operations.md §6): ``{trace_id}`` is
+    #: replaced by the job's, e.g. ``http://127.0.0.1:16686/trace/{trace_id}`` for Jaeger's
+    #: UI; empty: the dashboard shows the trace id without a link.
+    ui_trace_url: str = ""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from ``JOBQ_*`` variables; a malformed value is a ``ConfigError``."""
@@ -320,6 +325,11 @@ class Settings:
             raise ConfigError("JOBQ_OIDC_ISSUER must differ from JOBQ_JWT_ISSUER")
         if not self.oidc_algorithm_list or not set(self.oidc_algorithm_list) <= OIDC_ALGORITHMS:
             raise ConfigError(f"JOBQ_OIDC_ALGORITHMS takes some of {sorted(OIDC_ALGORITHMS)}")
+        trace_url = urlsplit(self.ui_trace_url)
+        if self.ui_trace_url and (
+            trace_url.scheme not in ("http", "https") or "{trace_id}" not in self.ui_trace_url
+        ):
+            raise ConfigError("JOBQ_UI_TRACE_URL must be an http(s) URL holding {trace_id}")
         jwks = urlsplit(self.oidc_jwks_url)
         if self.oidc_issuer and not (
             jwks.scheme == "https" or jwks.hostname in ("127.0.0.1", "::1", "localhost")

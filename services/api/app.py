@@ -20,8 +20,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.api import errors
-from services.api.auth import Authenticator, BearerAuth
+from services.api import errors, ui
+from services.api.auth import PUBLIC_PATHS, Authenticator, BearerAuth
 from services.api.bodies import JsonRequest
 from services.api.broker_stats import BrokerStats
 from services.api.dead_letters import DeadLetters
@@ -49,6 +49,7 @@ from shared.coalesce import Coalescer
 from shared.config import Settings
 from shared.db.callbacks import CallbackStore
 from shared.db.clients import ClientGrant, ClientStore
+from shared.db.dashboard import DashboardStore
 from shared.db.dead_letters import DeadLetterStore
 from shared.db.jobs import JobStore
 from shared.db.leases import LeaseStore
@@ -56,6 +57,7 @@ from shared.db.limits import LimitStore
 from shared.db.queues import QueueStore
 from shared.db.schedules import ScheduleStore
 from shared.db.submits import SubmitStore
+from shared.db.sweeps import SweepStore
 from shared.db.tickets import TicketStore
 from shared.db.types import TypeStore
 from shared.metrics import Metrics
@@ -120,6 +122,8 @@ def create_app(
                 dead_letters=dead_letters,
                 limit_store=LimitStore(engine),
                 callbacks=CallbackStore(engine),
+                sweeps=SweepStore(engine),
+                dashboard=DashboardStore(engine),
             )
             try:
                 yield
@@ -163,6 +167,8 @@ def create_app(
                 "dead_letters",
                 "limit_store",
                 "callbacks",
+                "sweeps",
+                "dashboard",
             )
         },
         "settings": constant(settings),
@@ -200,13 +206,21 @@ def create_app(
                 ],
                 security=[{"BearerToken": []}],
             ),
+            *ui.routers(),
         ],
         lifespan=[resources],
         dependencies=dependencies,
         middleware=[
             DefineMiddleware(SubmitTimer, metrics=metrics),
-            DefineMiddleware(BearerAuth, authenticator=authenticator),
+            DefineMiddleware(
+                BearerAuth,
+                authenticator=authenticator,
+                exclude=[*PUBLIC_PATHS, *ui.PUBLIC_PATHS],
+                session_cookie=(ui.PREFIX, ui.SESSION),
+            ),
         ],
+        before_send=[ui.security_headers],
+        template_config=ui.template_config(),
         exception_handlers=errors.EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
         request_class=JsonRequest,

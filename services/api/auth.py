@@ -83,24 +83,41 @@ class Authenticator:
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
-    """Verifies ``Authorization: Bearer <JWT>``; anything else is 401."""
+    """Verifies ``Authorization: Bearer <JWT>``; anything else is 401. Paths matching
+    ``exclude`` (by default ``PUBLIC_PATHS``) are served without it; under the path prefix of
+    ``session_cookie`` (the dashboard's, ``services.api.ui.session``), its cookie may carry
+    the token instead."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
-        super().__init__(app, exclude=PUBLIC_PATHS)
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        exclude: list[str] | None = None,
+        session_cookie: tuple[str, str] | None = None,
+    ) -> None:
+        super().__init__(app, exclude=PUBLIC_PATHS if exclude is None else exclude)
         self.authenticator = authenticator
+        self.session_cookie = session_cookie
+
+    def token_of(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+        """The presented token, ``""`` if none."""
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        if self.session_cookie and connection.scope["path"].startswith(self.session_cookie[0]):
+            return connection.cookies.get(self.session_cookie[1], "")
+        return ""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = self.token_of(connection)
+        if not token:
             raise NotAuthorizedException(
                 detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
         try:
-            principal = await self.authenticator.authenticate(
-                token.strip(), connection.app.state["grants"]
-            )
+            principal = await self.authenticator.authenticate(token, connection.app.state["grants"])
         except InvalidToken:
             raise NotAuthorizedException(
                 detail="invalid or expired token",

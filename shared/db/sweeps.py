@@ -129,11 +129,12 @@ class SweepStore:
         async with raw.connection(self.engine) as conn:
             return [row[0] for row in await conn.fetch(QUEUES_WITH_FINISHED)]
 
-    async def queue_figures(self) -> list[QueueFigures]:
-        """What every declared queue holds now, by what it waits for (docs/operations.md §2).
-        Each part reads the partial index of its status, never the finished jobs."""
+    async def queue_figures(self, tenant: str | None = None) -> list[QueueFigures]:
+        """What every declared queue holds now, by what it waits for (docs/operations.md §2),
+        of every tenant or (the dashboard's) one. Each part reads the partial index of its
+        status, never the finished jobs."""
         async with raw.connection(self.engine) as conn:
-            rows = await conn.fetch(FIGURES)
+            rows = await conn.fetch(FIGURES, tenant)
         return [QueueFigures(*row) for row in rows]
 
     async def _take(self, sql: str, **params: Any) -> list[Ticket]:
@@ -188,20 +189,24 @@ QUEUES_WITH_FINISHED = """
 
 #: ``QueueFigures`` of every declared queue, each status counted through its partial index:
 #: ``jobs_ready`` and ``jobs_held`` (ready counts held jobs: due, waiting for the dispatcher),
-#: ``jobs_due`` and ``jobs_lease_expiry``.
+#: ``jobs_due`` and ``jobs_lease_expiry``; of tenant ``$1`` only unless it is null.
 FIGURES = """
     WITH queued AS (
         SELECT queue, count(*) FILTER (WHERE run_at <= now()) AS ready,
             coalesce(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)
                 AS oldest,
             count(*) FILTER (WHERE published_at IS NULL AND NOT held) AS unconfirmed
-        FROM jobs WHERE (status = 'queued' AND NOT held) OR (status = 'queued' AND held)
+        FROM jobs WHERE ((status = 'queued' AND NOT held) OR (status = 'queued' AND held))
+            AND ($1::text IS NULL OR tenant = $1)
         GROUP BY queue),
     waiting AS (
         SELECT queue, count(*) FILTER (WHERE status = 'scheduled') AS delayed,
             count(*) FILTER (WHERE status = 'retrying') AS retrying
-        FROM jobs WHERE status IN ('scheduled', 'retrying') GROUP BY queue),
-    running AS (SELECT queue, count(*) AS running FROM jobs WHERE status = 'running' GROUP BY queue)
+        FROM jobs WHERE status IN ('scheduled', 'retrying') AND ($1::text IS NULL OR tenant = $1)
+        GROUP BY queue),
+    running AS (
+        SELECT queue, count(*) AS running FROM jobs
+        WHERE status = 'running' AND ($1::text IS NULL OR tenant = $1) GROUP BY queue)
     SELECT q.name, coalesce(queued.ready, 0), coalesce(waiting.delayed, 0),
         coalesce(waiting.retrying, 0), coalesce(running.running, 0),
         coalesce(queued.oldest, 0)::float8, coalesce(queued.unconfirmed, 0)

@@ -162,6 +162,10 @@ def test_a_job_submitted_over_http_succeeds(system: System) -> None:
         system.jobq("get", r.json()["id"], "--json", "--token", headers["Authorization"][7:])
     )
     assert status["status"] == "succeeded"
+    # the dashboard, as `jobq up` (`make run`) serves it, takes the same token
+    page = httpx.get(f"{system.url}/ui/jobs/{r.json()['id']}", headers=headers)
+    assert page.status_code == 200
+    assert 'id="status">succeeded<' in page.text
 
 
 def test_a_job_survives_its_worker_being_killed_mid_run(system: System) -> None:

@@ -82,12 +82,27 @@ async def token(
         )
     creds = _basic_credentials(request.headers.get("authorization", ""))
     client_id, secret = creds or (data.client_id or "", data.client_secret or "")
+    address = request.client.host if request.client else ""
+    return await exchange(clients, tokens, throttle, client_id, secret, data.scope, address)
+
+
+async def exchange(
+    clients: ClientStore,
+    tokens: TokenConfig,
+    throttle: TokenThrottle,
+    client_id: str,
+    secret: str,
+    scope: str | None,
+    address: str,
+) -> TokenOut:
+    """Client credentials to a token, or ``NotAuthorizedException`` (``invalid_client``),
+    ``ClientException`` (``invalid_scope``) or ``TooManyRequests``: the token endpoint's and
+    the dashboard's login form's (``services.api.ui.login``) one check."""
     try:
         # Parsed, so that spellings of one id (case, braces, urn:uuid:) share its budget.
         key = uuid.UUID(client_id)
     except ValueError:
         key = NO_CLIENT
-    address = request.client.host if request.client else ""
     # Before the credentials are checked: a refused guess must learn nothing.
     throttle.attempt(str(key), address)
     try:
@@ -105,8 +120,8 @@ async def token(
         raise _invalid_client()
     throttle.refund(str(key), address)
     scopes = frozenset(client.scopes)
-    if data.scope:
-        asked = frozenset(data.scope.split())
+    if scope:
+        asked = frozenset(scope.split())
         if not asked <= scopes:
             raise ClientException(
                 detail="scope exceeds the client's scopes", extra={"error": "invalid_scope"}
