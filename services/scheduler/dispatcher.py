@@ -1,5 +1,7 @@
-"""Releasing held jobs (docs/design.md §2.2): a loop of its own beside the tick, every
-``JOBQ_DISPATCH_INTERVAL_SECONDS``, at once again while a pass filled its batch.
+"""Releasing held jobs (docs/design.md §2.2): a loop of its own beside the tick. A pass that
+released jobs is followed by another at once (workers drain a backlog as fast as tickets
+come); one that released none while jobs are held (no room yet) by another after
+``HOLDING_PAUSE``; with nothing held, the loop waits ``JOBQ_DISPATCH_INTERVAL_SECONDS``.
 
 Each pass (``shared.db.dispatch``) releases held jobs tenant by tenant within their limits,
 in one transaction; their tickets are published after it commits, as a submit's are. A
@@ -26,6 +28,9 @@ log = logging.getLogger("jobq.scheduler")
 
 #: The dispatch loop, as the scheduler's liveness knows it.
 DISPATCH = "dispatch"
+#: Between passes while jobs are held but none could be released: a pass then costs a
+#: bounded count per queue, and a draining backlog needs its room refilled soon.
+HOLDING_PAUSE = 0.02
 
 
 class Dispatcher:
@@ -42,9 +47,10 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.liveness.beat(DISPATCH)
-            more = False
+            pause = self.settings.dispatch_interval_seconds
             try:
-                more = await self.dispatch()
+                released, holding = await self.dispatch()
+                pause = 0.0 if released else HOLDING_PAUSE if holding else pause
             except Exception as exc:
                 if is_transient(exc):
                     log.warning(
@@ -52,15 +58,12 @@ class Dispatcher:
                     )
                 else:
                     log.exception("dispatch failed")
-            if more:
-                await asyncio.sleep(0)
-                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.dispatch_interval_seconds)
+                await asyncio.wait_for(stop.wait(), pause)
 
-    async def dispatch(self) -> bool:
-        """One pass; whether held jobs are left that the next pass may release at once."""
+    async def dispatch(self) -> tuple[int, bool]:
+        """One pass: how many jobs it released, and whether jobs are still held."""
         done = await self.store.dispatch()
         await self.outbox.send(done.tickets, "dispatched")
         self.released += len(done.tickets)
-        return done.more
+        return len(done.tickets), done.holding

@@ -95,11 +95,11 @@ FLAG = "UPDATE queues SET congested = $2 WHERE name = $1 AND congested <> $2"
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """One pass's outcome: the tickets to send, in order, and whether a queue was left
-    with held jobs it had no room for (the next pass should come soon)."""
+    """One pass's outcome: the tickets to send, in order, and whether a queue still holds
+    jobs (the next pass should come soon)."""
 
     tickets: list[Ticket]
-    more: bool
+    holding: bool
 
 
 class DispatchStore:
@@ -113,7 +113,7 @@ class DispatchStore:
     async def dispatch(self) -> Pass:
         """One pass over every queue; nothing if another scheduler is dispatching."""
         tickets: list[Ticket] = []
-        more = False
+        holding = False
         async with raw.connection(self.engine) as conn, conn.transaction():
             if not await conn.fetchval(LOCK):
                 return Pass([], False)
@@ -123,12 +123,12 @@ class DispatchStore:
                 released: list[Ticket] = []
                 if holds:
                     released = await self._queue(conn, name, max_running, outstanding)
-                    more |= len(released) == self.batch
+                    holding = True
                 tickets += released
                 after = outstanding + len(released)
                 threshold = self.depth / 2 if congested else self.depth
                 await conn.execute(FLAG, name, self.depth > 0 and after >= threshold)
-        return Pass(tickets, more)
+        return Pass(tickets, holding)
 
     async def _queue(
         self, conn: Any, queue: str, max_running: int | None, outstanding: int
