@@ -93,7 +93,7 @@ def create_app(
             hub = LeaseHub(lease_store, outbox, settings.lease_poll_seconds)
             catalog = TypeCatalog(TypeStore(engine), settings.types_grace_seconds)
             intake = Intake(
-                SubmitStore(engine, settings.fair_depth), outbox, limiter, settings, metrics,
+                SubmitStore(engine), outbox, limiter, settings, metrics,
                 accepted=hub.poke,
                 catalog=catalog if settings.strict_types else None,
             )  # fmt: skip

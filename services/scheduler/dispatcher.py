@@ -1,4 +1,6 @@
-"""Releasing held jobs (docs/design.md §2.2): a loop of its own beside the tick. A pass that
+"""Releasing held jobs (docs/design.md §2.2): a loop of its own beside the tick. Each pass
+first asks RabbitMQ how many tickets wait in each queue (its room, and its congestion, are
+measured against ``JOBQ_FAIR_DEPTH``), then releases in one transaction. A pass that
 released jobs is followed by another at once (workers drain a backlog as fast as tickets
 come); one that released none while jobs are held (no room yet) by another after
 ``HOLDING_PAUSE``; with nothing held, the loop waits ``JOBQ_DISPATCH_INTERVAL_SECONDS``.
@@ -63,7 +65,19 @@ class Dispatcher:
 
     async def dispatch(self) -> tuple[int, bool]:
         """One pass: how many jobs it released, and whether jobs are still held."""
-        done = await self.store.dispatch()
+        done = await self.store.dispatch(await self._ready() if self.store.depth else {})
         await self.outbox.send(done.tickets, "dispatched")
         self.released += len(done.tickets)
         return len(done.tickets), done.holding
+
+    async def _ready(self) -> dict[str, int | None]:
+        """The tickets waiting in each queue's RabbitMQ queue, by passive declare (``None``
+        for one the broker did not answer for: the pass then releases nothing into it)."""
+        ready: dict[str, int | None] = {}
+        for name in await self.store.queues():
+            try:
+                ready[name], _ = await self.outbox.broker.queue_state(name)
+            except Exception as exc:
+                log.warning("queue depth unknown", extra={"queue": name, "error": repr(exc)})
+                ready[name] = None
+        return ready

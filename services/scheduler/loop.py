@@ -61,7 +61,7 @@ class Scheduler:
     ):
         self.settings = settings
         self.sweeps = sweeps
-        self.schedules = ScheduleStore(sweeps.engine, settings.fair_depth)
+        self.schedules = ScheduleStore(sweeps.engine)
         self.outbox = outbox
         self.broker = broker
         #: Without one (nothing exports spans) a tick is no span.

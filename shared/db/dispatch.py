@@ -9,7 +9,7 @@ else that moves jobs can only lower those counts, or hold jobs again (``shared.d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -24,16 +24,20 @@ from shared.messaging import Ticket
 #: The advisory lock of the dispatcher (any constant no other part of jobq takes).
 LOCK = "SELECT pg_try_advisory_xact_lock(7406118601)"
 
-#: Every declared queue with its limit, flag, tickets outstanding (counted on ``jobs_ready``
-#: as far as ``$1`` or its limit, whichever is more) and whether it holds jobs.
+#: Every declared queue with its limit, its flag, whether it holds jobs, and (with a limit)
+#: its jobs sent but not yet claimed, counted on ``jobs_ready`` as far as the limit.
 QUEUES = """
     SELECT q.name, q.max_running, q.congested,
-        (SELECT count(*) FROM (SELECT 1 FROM jobs r WHERE r.queue = q.name
-                               AND r.status = 'queued' AND NOT r.held
-                               LIMIT greatest($1, coalesce(q.max_running, 0))) o),
-        EXISTS (SELECT 1 FROM jobs h WHERE h.queue = q.name AND h.status = 'queued' AND h.held)
+        EXISTS (SELECT 1 FROM jobs h WHERE h.queue = q.name AND h.status = 'queued' AND h.held),
+        CASE WHEN q.max_running IS NOT NULL THEN
+            (SELECT count(*) FROM (SELECT 1 FROM jobs r WHERE r.queue = q.name
+                                   AND r.status = 'queued' AND NOT r.held
+                                   LIMIT q.max_running) o) END
     FROM queues q ORDER BY q.name
 """
+
+#: The declared queues' names.
+NAMES = "SELECT name FROM queues ORDER BY name"
 
 RUNNING = "SELECT count(*) FROM jobs WHERE status = 'running' AND queue = $1"
 
@@ -110,33 +114,43 @@ class DispatchStore:
         #: Jobs one pass releases from one queue at most.
         self.batch = batch
 
-    async def dispatch(self) -> Pass:
-        """One pass over every queue; nothing if another scheduler is dispatching."""
+    async def queues(self) -> list[str]:
+        async with raw.connection(self.engine) as conn:
+            return [row[0] for row in await conn.fetch(NAMES)]
+
+    async def dispatch(self, ready: Mapping[str, int | None]) -> Pass:
+        """One pass over every queue, given ``ready``: the tickets waiting in each queue's
+        RabbitMQ queue (``None``: unknown, the broker did not answer; no room is assumed).
+        Nothing if another scheduler is dispatching."""
         tickets: list[Ticket] = []
         holding = False
         async with raw.connection(self.engine) as conn, conn.transaction():
             if not await conn.fetchval(LOCK):
                 return Pass([], False)
-            for name, max_running, congested, outstanding, holds in await conn.fetch(
-                QUEUES, self.depth or self.batch
-            ):
-                released: list[Ticket] = []
+            for name, max_running, congested, holds, sent in await conn.fetch(QUEUES):
+                waiting = ready.get(name)
                 if holds:
-                    released = await self._queue(conn, name, max_running, outstanding)
                     holding = True
-                tickets += released
-                after = outstanding + len(released)
-                threshold = self.depth / 2 if congested else self.depth
-                await conn.execute(FLAG, name, self.depth > 0 and after >= threshold)
+                    tickets += await self._queue(conn, name, max_running, sent, waiting)
+                if self.depth and waiting is not None:
+                    threshold = self.depth / 2 if congested else self.depth
+                    await conn.execute(FLAG, name, waiting >= threshold)
         return Pass(tickets, holding)
 
     async def _queue(
-        self, conn: Any, queue: str, max_running: int | None, outstanding: int
+        self,
+        conn: Any,
+        queue: str,
+        max_running: int | None,
+        sent: int | None,
+        waiting: int | None,
     ) -> list[Ticket]:
-        room = self.batch if not self.depth else min(self.batch, self.depth - outstanding)
+        room = self.batch
+        if self.depth:
+            room = min(room, self.depth - (self.depth if waiting is None else waiting))
         if max_running is not None:
             running = await conn.fetchval(RUNNING, queue)
-            room = min(room, max_running - running - outstanding)
+            room = min(room, max_running - running - (sent or 0))
         if room <= 0:
             return []
         candidates = [Candidate(*row) for row in await conn.fetch(CANDIDATES, queue, room)]

@@ -47,10 +47,8 @@ UNFINISHED = sorted(set(JobStatus) - TERMINAL)
 class ScheduleStore:
     """The ``schedules`` and ``schedule_fires`` tables."""
 
-    def __init__(self, engine: AsyncEngine, fair_depth: int = 0) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        #: ``JOBQ_FAIR_DEPTH``, for the jobs ticks insert (``shared.db.submits``).
-        self.fair_depth = fair_depth
 
     async def create(self, schedule: Schedule) -> Schedule | None:
         """Insert ``schedule``; ``None`` if its tenant has one of that name."""
@@ -136,7 +134,7 @@ class ScheduleStore:
                 one = Fired()
                 try:  # under a savepoint: one schedule's fault spares the rest of the batch
                     async with conn.transaction():
-                        await _fire(conn, s, s["now"], grace, one, self.fair_depth)
+                        await _fire(conn, s, s["now"], grace, one)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
@@ -167,7 +165,7 @@ class Fired:
         self.skipped_ticks += other.skipped_ticks
 
 
-async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired, depth: int) -> None:
+async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired) -> None:
     try:
         owed = cron.due(s["cron"], s["timezone"], s["next_fire_at"], now, s["catch_up"], grace)
     except cron.BadSchedule:  # a zone the system no longer knows: paused, not retried forever
@@ -188,7 +186,7 @@ async def _fire(conn: Any, s: Any, now: datetime, grace: float, fired: Fired, de
         if running is not None and not skip:
             await _cancel(conn, running, fired)
         if job_id is not None:
-            outcome, job_id = await _submit(conn, s, template, tick, job_id, fired, depth)
+            outcome, job_id = await _submit(conn, s, template, tick, job_id, fired)
             if job_id is None:
                 await conn.execute(SET_OUTCOME, s["id"], tick, outcome)
             else:
@@ -206,7 +204,6 @@ async def _submit(
     tick: datetime,
     job_id: uuid.UUID,
     fired: Fired,
-    depth: int,
 ) -> tuple[str, uuid.UUID | None]:
     """Insert the tick's job as a submit would; its idempotency key names the schedule and
     the tick (``schedule:<id>:<tick>``), so the job says where it came from."""
@@ -231,7 +228,7 @@ async def _submit(
         if template.get("concurrency_key")
         else None,
     )
-    [outcome] = await insert_on(conn, [job], depth)
+    [outcome] = await insert_on(conn, [job])
     if isinstance(outcome, Exception):  # its queue was deleted since: recorded, not retried
         return "queue_missing", None
     record, created = outcome

@@ -66,15 +66,11 @@ class NewJob:
 # one order (no deadlock between them); of two jobs with one key, the first given is inserted.
 # ``$22`` (strict): a job naming an undeclared queue fails the statement (a batch request is
 # taken whole or not at all); otherwise that job alone is left out (single requests gathered
-# into one statement). A queued job is held (``shared.db.holds``) when its queue has
-# ``$23`` tickets outstanding already (``JOBQ_FAIR_DEPTH``; 0: never), counted on
-# ``jobs_ready`` no further than that, once per queue of the statement.
+# into one statement). A queued job is held (``shared.db.holds``) by the same rule as any
+# move to ``queued``: its key, its queue's limit or congestion, its tenant's limits.
 INSERT = f"""
-    WITH q AS (SELECT name, max_attempts, timeout_seconds,
-                   max_running IS NOT NULL OR congested OR ($23 > 0 AND (
-                       SELECT count(*) FROM (SELECT 1 FROM jobs r
-                           WHERE r.queue = queues.name AND r.status = 'queued' AND NOT r.held
-                           LIMIT $23) o) >= $23) AS full
+    WITH q AS (SELECT name, max_attempts, timeout_seconds, max_running IS NOT NULL OR congested
+                   AS full
                FROM queues WHERE name = ANY($4::text[]) FOR KEY SHARE),
     v AS (SELECT *, coalesce(run_at, now() + make_interval(secs => delay)) AS at
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -122,10 +118,8 @@ Outcome = tuple[JobRecord, bool] | Exception
 class SubmitStore:
     """Inserts submitted jobs; the API's only write on the submit path."""
 
-    def __init__(self, engine: AsyncEngine, fair_depth: int = 0) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        #: ``JOBQ_FAIR_DEPTH``: a queue with this many tickets outstanding holds new jobs.
-        self.fair_depth = fair_depth
 
     async def insert(self, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
         """Insert the jobs of one request, all or none: each job with ``True`` if created,
@@ -141,7 +135,7 @@ class SubmitStore:
             raw.connection(self.engine) as conn,
             conn.transaction() if atomic else contextlib.nullcontext(),
         ):
-            return await _insert_all(conn, jobs, self.fair_depth)
+            return await _insert_all(conn, jobs)
 
     async def insert_waiting(
         self, jobs: Sequence[NewJob], wants: Sequence[Wants]
@@ -153,20 +147,20 @@ class SubmitStore:
         async with raw.connection(self.engine) as conn, conn.transaction():
             statuses = await dependencies.named(conn, jobs[0].tenant, wants)
             started = dependencies.starting(jobs, wants, statuses)
-            records = await _insert_all(conn, started, self.fair_depth)
+            records = await _insert_all(conn, started)
             return await dependencies.link(conn, records, wants, statuses)
 
     async def insert_each(self, jobs: Sequence[NewJob]) -> list[Outcome]:
         """Insert jobs of separate requests in one statement, each standing alone: one job's
         undeclared queue or reused key refuses that job only."""
         async with raw.connection(self.engine) as conn:
-            return await insert_on(conn, jobs, self.fair_depth)
+            return await insert_on(conn, jobs)
 
 
-async def insert_on(conn: Any, jobs: Sequence[NewJob], fair_depth: int) -> list[Outcome]:
+async def insert_on(conn: Any, jobs: Sequence[NewJob]) -> list[Outcome]:
     """``insert_each`` on the caller's asyncpg connection, within its transaction: how a
     schedule's tick inserts its job (``shared.db.schedules``), exactly as a submit would."""
-    return await _insert(conn, jobs, strict=False, depth=fair_depth)
+    return await _insert(conn, jobs, strict=False)
 
 
 def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
@@ -195,20 +189,18 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
     ]
 
 
-async def _insert_all(
-    conn: Any, jobs: Sequence[NewJob], depth: int
-) -> list[tuple[JobRecord, bool]]:
+async def _insert_all(conn: Any, jobs: Sequence[NewJob]) -> list[tuple[JobRecord, bool]]:
     """Every job inserted (or found by its key), or the first refusal raised."""
-    outcomes = await _insert(conn, jobs, strict=True, depth=depth)
+    outcomes = await _insert(conn, jobs, strict=True)
     refused = next((o for o in outcomes if isinstance(o, Exception)), None)
     if refused is not None:
         raise refused
     return [o for o in outcomes if not isinstance(o, Exception)]
 
 
-async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool, depth: int) -> list[Outcome]:
+async def _insert(conn: Any, jobs: Sequence[NewJob], *, strict: bool) -> list[Outcome]:
     try:
-        rows = await conn.fetch(INSERT, *_columns(jobs), strict, depth)
+        rows = await conn.fetch(INSERT, *_columns(jobs), strict)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == UNDECLARED_QUEUE:
             raise UndeclaredQueue(getattr(exc, "detail", None) or "") from None

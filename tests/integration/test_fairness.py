@@ -30,7 +30,7 @@ from shared.liveness import Liveness
 from shared.messaging import Broker
 from shared.outbox import Outbox
 from tests.conftest import Bearer
-from tests.integration.conftest import StartWorker, ticking
+from tests.integration.conftest import StartWorker, ticking, wait_for
 from tests.integration.test_api import wait_status
 from tests.integration.test_worker import new_job
 from tests.procs import REPO_ROOT
@@ -187,8 +187,9 @@ async def test_a_flood_from_one_tenant_does_not_queue_ahead_of_another(
     start_worker: StartWorker,
     dispatching: Dispatching,
 ) -> None:
-    """The flood fills the queue's depth (20 here) and the rest of it is held; the victim's
-    jobs, submitted after, are held too but go out in the first turns of the next pass."""
+    """The flood's first batch goes out and fills RabbitMQ's queue past its depth (20 here);
+    the dispatcher's next pass marks the queue congested, so the flood's second batch is held,
+    and so are the victim's jobs, which go out in the first turns of the next pass."""
     flood_h, victim_h = await bearer("flood"), await bearer("victim")
     depth = 20
     body = {"jobs": [{"type": "sleep", "payload": {"seconds": 0.01}} for _ in range(400)]}
@@ -197,8 +198,10 @@ async def test_a_flood_from_one_tenant_does_not_queue_ahead_of_another(
         r = await client.post("/v1/jobs/batch", json=body, headers=flood_h)
         assert r.status_code == 202, r.text
         assert sum(not j["held"] for j in r.json()["items"]) == 400  # the queue was empty
+        async with dispatching(depth=depth):
+            await wait_for(lambda: _congested(engine))
         r = await client.post("/v1/jobs/batch", json=body, headers=flood_h)
-        assert all(j["held"] for j in r.json()["items"])  # now it has 400 outstanding
+        assert all(j["held"] for j in r.json()["items"])  # 400 tickets wait in RabbitMQ
         victims = [
             (await client.post("/v1/jobs", json={"type": "noop"}, headers=victim_h)).json()
             for _ in range(5)
@@ -216,6 +219,12 @@ async def test_a_flood_from_one_tenant_does_not_queue_ahead_of_another(
             )
     # the victim waited for the first batch (already in RabbitMQ) and a turn, not the second
     assert flood_started < 400 + depth + 50
+
+
+async def _congested(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        flag = await conn.scalar(sa.text("SELECT congested FROM queues WHERE name = 'default'"))
+    return bool(flag)
 
 
 async def test_held_jobs_are_not_leased_to_http_workers(
@@ -254,7 +263,7 @@ async def test_a_keyed_job_whose_lease_runs_out_for_good_dies_with_its_dead_lett
     [(row, _)] = await submits.insert([job])
     assert row.held
     store = DispatchStore(engine, 0, 10)
-    assert [t.job_id for t in (await store.dispatch()).tickets] == [row.id]
+    assert [t.job_id for t in (await store.dispatch({})).tickets] == [row.id]
     [claimed], _ = await LeaseStore(engine).claim([row.id], lease_seconds=0.05)
     await asyncio.sleep(0.1)
     assert (await scheduler.tick())["expired"] == 1
