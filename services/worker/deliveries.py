@@ -1,4 +1,10 @@
-"""Deliveries waiting for a free slot, highest priority first, and how they are settled.
+"""Deliveries waiting for a free slot, highest priority first, tenants taking turns, and how
+they are settled.
+
+Within a priority the buffer is fair between tenants (start-time fair queuing): a delivery's
+turn is one past its tenant's previous one, and never before the turn of the last delivery
+taken, so a tenant with a few deliveries beside another's hundreds (a flood the worker has
+prefetched) waits for one turn, not for the hundreds (docs/design.md §2.2).
 
 A delivery is acked once the claim of its job commits (docs/design.md §3.3); acks of a whole
 claimed batch go in one ``basic.ack(multiple=True)`` when that settles exactly the batch
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from services.worker.acks import Outstanding
+from shared.messaging import TENANT_HEADER
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobq.worker")
 
 Settle = Literal["ack", "nack", "reject"]
+#: Past this many tenants seen, those with no turn ahead are forgotten.
+MAX_TENANTS_REMEMBERED = 1000
 
 
 class Message(Protocol):
@@ -53,7 +62,8 @@ class Message(Protocol):
 
 @dataclass(order=True)
 class Delivery:
-    sort_key: tuple[int, int]
+    #: ``(-priority, turn, arrival)``.
+    sort_key: tuple[int, int, int]
     message: Message = field(compare=False)
     ticket: TicketBody = field(compare=False)
     received: float = field(compare=False)
@@ -84,6 +94,9 @@ class DeliveryBuffer:
         self._heap: list[Delivery] = []
         self._outstanding = Outstanding()
         self._seq = itertools.count()
+        #: The turn of the last delivery taken, and the next turn of each tenant seen.
+        self._turn = 0
+        self._next_turn: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -96,16 +109,26 @@ class DeliveryBuffer:
         channel: int,
         delivered: SpanContext | None = None,
     ) -> None:
+        tenant = str(message.headers.get(TENANT_HEADER, ""))
+        turn = max(self._turn, self._next_turn.get(tenant, 0))
+        self._next_turn[tenant] = turn + 1
         d = Delivery(
-            (-priority, next(self._seq)), message, ticket, time.monotonic(), channel,
+            (-priority, turn, next(self._seq)), message, ticket, time.monotonic(), channel,
             delivered=delivered,
         )  # fmt: skip
         self._outstanding.add(d.channel, d.tag)
         heapq.heappush(self._heap, d)
 
     def take(self, n: int) -> list[Delivery]:
-        """Up to ``n`` deliveries, highest priority (then oldest) first."""
-        return [heapq.heappop(self._heap) for _ in range(min(n, len(self._heap)))]
+        """Up to ``n`` deliveries, highest priority first, then by turn (tenants alternate),
+        then oldest."""
+        taken = [heapq.heappop(self._heap) for _ in range(min(n, len(self._heap)))]
+        if taken:
+            self._turn = max(self._turn, max(d.sort_key[1] for d in taken))
+            if len(self._next_turn) > MAX_TENANTS_REMEMBERED:
+                # Tenants whose next turn has passed would start at the current turn anyway.
+                self._next_turn = {t: n for t, n in self._next_turn.items() if n > self._turn}
+        return taken
 
     def put_back(self, deliveries: Iterable[Delivery]) -> None:
         for d in deliveries:

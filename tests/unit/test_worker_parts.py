@@ -113,6 +113,22 @@ def test_deliveries_are_taken_highest_priority_first_then_oldest() -> None:
     assert len(buffer) == 0
 
 
+def test_tenants_take_turns_within_a_priority_however_many_each_has_buffered() -> None:
+    buffer = DeliveryBuffer()
+    flood = [FakeMessage(tag, 5, headers={"x-jobq-tenant": "flood"}) for tag in range(1, 101)]
+    for m in flood:
+        buffer.add(m, ticket(), 5, channel=1)
+    assert [d.tag for d in buffer.take(3)] == [1, 2, 3]
+    victim = [FakeMessage(tag, 5, headers={"x-jobq-tenant": "victim"}) for tag in (101, 102)]
+    for m in victim:
+        buffer.add(m, ticket(), 5, channel=1)
+    urgent = FakeMessage(103, 9, headers={"x-jobq-tenant": "flood"})
+    buffer.add(urgent, ticket(), 9, channel=1)
+    # priority first; then the victim goes at once and its two alternate with the flood
+    assert [d.tag for d in buffer.take(6)] == [103, 101, 4, 102, 5, 6]
+    assert [d.tag for d in buffer.take(200)] == list(range(7, 101))
+
+
 async def test_a_claimed_batch_is_acked_in_one_frame_only_when_that_settles_exactly_it() -> None:
     buffer, messages = buffer_of(5, 5, 5, 1)
     batch = buffer.take(3)  # tags 1..3; tag 4 (low priority) still waits
