@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobq.broker")
 
 
+#: The header naming a ticket's tenant (the console shows it; workers' buffers take turns by it).
+TENANT_HEADER = "x-jobq-tenant"
+
+
 class TicketBody(msgspec.Struct, forbid_unknown_fields=False):
     """The message body: ids only; the payload stays in PostgreSQL."""
 
@@ -90,7 +94,7 @@ def headers(ticket: Ticket, message_id: str) -> dict[str, str | int]:
         "x-jobq-attempt": ticket.attempt if ticket.dead else ticket.attempt + 1,
     }
     if ticket.tenant:
-        h["x-jobq-tenant"] = ticket.tenant
+        h[TENANT_HEADER] = ticket.tenant
     if ticket.traceparent:
         h["traceparent"] = ticket.traceparent
     if ticket.tracestate:
@@ -323,15 +327,23 @@ class Broker:
         ``TimeoutError`` if RabbitMQ does not answer within the publish timeout."""
         if self.connection is None:
             raise RuntimeError("Broker.connect() first")
-        async with asyncio.timeout(self.settings.publish_timeout_seconds):
-            channel = await self.connection.channel(publisher_confirms=False)
-            try:
-                q = await channel.declare_queue(name, passive=True)
-                result = q.declaration_result
-                return int(result.message_count or 0), int(result.consumer_count or 0)
-            finally:  # a declare cut short by the timeout has closed the channel already
-                if not channel.is_closed:
-                    await channel.close()
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_seconds):
+                channel = await self.connection.channel(publisher_confirms=False)
+                try:
+                    q = await channel.declare_queue(name, passive=True)
+                    result = q.declaration_result
+                    return int(result.message_count or 0), int(result.consumer_count or 0)
+                finally:  # a declare cut short by the timeout has closed the channel already
+                    if not channel.is_closed:
+                        await channel.close()
+        except asyncio.CancelledError:
+            # aiormq cancels the calls in flight when it gives a stuck connection up; that is
+            # a lost connection to the caller, not its own cancellation (which goes on).
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise ConnectionError("the RabbitMQ connection was lost") from None
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a job queue's broker queue, tickets and all; ``QueueInUse`` while a consumer

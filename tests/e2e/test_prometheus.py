@@ -201,7 +201,7 @@ async def test_prometheus_sees_what_the_database_holds(
     assert (await prom.one("sum(jobq_publish_confirm_seconds_count)") or 0) > 0
     ages = await prom.query("jobq_loop_progress_age_seconds")
     loops = {k.split("loop=")[1].split(",")[0] for k in ages}
-    assert loops == {"deliveries", "heartbeat", "tick", "retention"}
+    assert loops == {"deliveries", "heartbeat", "tick", "retention", "dispatch", "callbacks"}
     assert all(age < 60 for age in ages.values())
     async with httpx.AsyncClient(timeout=5) as http:
         for port in cluster.metrics_ports.values():
