@@ -128,11 +128,14 @@ def most_running_at_once(
                 edges[group].append((m.at, 1))
             elif m.from_status == JobStatus.RUNNING and m.to_status != JobStatus.RUNNING:
                 edges[group].append((m.at, -1))
-    peaks: dict[str, int] = {}
-    for group, points in edges.items():
-        now = peak = 0
-        for _, step in sorted(points):  # at one instant, an end sorts before a start
-            now += step
-            peak = max(peak, now)
-        peaks[group] = peak
-    return peaks
+    return {group: peak(points) for group, points in edges.items()}
+
+
+def peak(edges: list[tuple[datetime, int]]) -> int:
+    """The highest running sum of ``(instant, +1 start | -1 end)`` edges, in time order (at
+    one instant, an end sorts before a start)."""
+    now = highest = 0
+    for _, step in sorted(edges):
+        now += step
+        highest = max(highest, now)
+    return highest

@@ -13,12 +13,15 @@ republishing sweeps leave it alone and no worker can claim it. The submit's INSE
 from __future__ import annotations
 
 
-def held(queue: str = "jobs.queue") -> str:
-    """Whether a row of ``UPDATE jobs`` that moves it into ``queue`` is held."""
-    return f"""(jobs.concurrency_key IS NOT NULL
+def held(
+    queue: str = "jobs.queue", key: str = "jobs.concurrency_key", tenant: str = "jobs.tenant"
+) -> str:
+    """Whether a job (by default the row of an ``UPDATE jobs``; the submit's INSERT names its
+    own columns) that moves into ``queue`` is held."""
+    return f"""({key} IS NOT NULL
         OR EXISTS (SELECT 1 FROM queues hq WHERE hq.name = {queue}
                    AND (hq.max_running IS NOT NULL OR hq.congested))
-        OR EXISTS (SELECT 1 FROM tenant_limits ht WHERE ht.tenant = jobs.tenant))"""
+        OR EXISTS (SELECT 1 FROM tenant_limits ht WHERE ht.tenant = {tenant}))"""
 
 
 def queued(queue: str = "jobs.queue", ends_queued: str = "true") -> str:

@@ -87,8 +87,9 @@ CLAIM = """
 
 #: Leases up to ``$4`` due jobs of tenant ``$1`` in queues ``$2`` (of types ``$3``, if not
 #: null) to an HTTP worker: highest priority, then oldest, first (the order of the index
-#: ``jobs_lease_ready``; held jobs wait for the dispatcher, ``shared.db.holds``, so the backlog is read only as far as it takes); rows another claim
-#: holds are skipped, not waited for. ``$5`` lease seconds.
+#: ``jobs_lease_ready``, so the backlog is read only as far as it takes; held jobs wait for
+#: the dispatcher, ``shared.db.holds``); rows another claim holds are skipped, not waited
+#: for. ``$5`` lease seconds.
 LEASE = """
     UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(),
         progress = NULL, lease_id = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $5),

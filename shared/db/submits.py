@@ -18,6 +18,7 @@ import asyncpg
 
 from shared.db import dependencies, raw
 from shared.db.errors import UNDECLARED_QUEUE
+from shared.db.holds import held
 from shared.db.records import RECORD_COLUMNS, JobRecord
 from shared.errors import IdempotencyKeyReused, UndeclaredQueue
 
@@ -69,9 +70,8 @@ class NewJob:
 # into one statement). A queued job is held (``shared.db.holds``) by the same rule as any
 # move to ``queued``: its key, its queue's limit or congestion, its tenant's limits.
 INSERT = f"""
-    WITH q AS (SELECT name, max_attempts, timeout_seconds, max_running IS NOT NULL OR congested
-                   AS full
-               FROM queues WHERE name = ANY($4::text[]) FOR KEY SHARE),
+    WITH q AS (SELECT name, max_attempts, timeout_seconds FROM queues
+               WHERE name = ANY($4::text[]) FOR KEY SHARE),
     v AS (SELECT *, coalesce(run_at, now() + make_interval(secs => delay)) AS at
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                       $6::smallint[], $7::int[], $8::int[], $9::float8[], $10::timestamptz[],
@@ -85,8 +85,7 @@ INSERT = f"""
     r AS (SELECT v.*, q.name AS declared, q.max_attempts AS q_attempts,
               q.timeout_seconds AS q_timeout,
               coalesce(v.status, CASE WHEN v.at > now() THEN 'scheduled' ELSE 'queued' END) AS st,
-              v.ckey IS NOT NULL OR coalesce(q.full, false)
-                  OR EXISTS (SELECT 1 FROM tenant_limits tl WHERE tl.tenant = v.tenant) AS hold
+              {held("v.queue", "v.ckey", "v.tenant")} AS hold
           FROM v LEFT JOIN q ON q.name = v.queue)
     INSERT INTO jobs AS j (id, tenant, type, queue, payload, priority, status, max_attempts,
         timeout_seconds, run_at, idempotency_key, retry_backoff_seconds,

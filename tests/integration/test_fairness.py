@@ -29,6 +29,7 @@ from shared.db.tickets import TicketStore
 from shared.liveness import Liveness
 from shared.messaging import Broker
 from shared.outbox import Outbox
+from tests import audit
 from tests.conftest import Bearer
 from tests.integration.conftest import StartWorker, ticking, wait_for
 from tests.integration.test_api import wait_status
@@ -84,12 +85,7 @@ async def runs(engine: AsyncEngine, where: str, **params: Any) -> list[tuple[dat
 
 def most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
     """The most intervals that overlap at any instant."""
-    edges = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
-    now = peak = 0
-    for _, step in edges:
-        now += step
-        peak = max(peak, now)
-    return peak
+    return audit.peak([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
 
 
 async def test_a_concurrency_key_runs_at_most_its_limit_at_once_across_workers(
